@@ -1,0 +1,163 @@
+"""``fornet-deploy lint MODEL.onnx --target tensorrt``: what TensorRT will reject or mishandle.
+
+A static look at the graph, so it runs anywhere (no TensorRT needed). Findings are
+``blocker`` (the TensorRT ONNX parser/builder fails, or the engine would be wrong),
+``warning`` (works, but slow or needs an option such as an optimization profile) or
+``info``. Op restrictions follow the onnx-tensorrt operator matrix (docs/operators.md)
+for TensorRT 8.5-10.x; FoR-Net specifics (TopK K limit, FP32 selector) are added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import FornetError
+from ..model.fornet import FP32_SCOPES
+from .onnx import load_onnx
+
+# TensorRT's TopK (ITopKLayer) handles K <= 3840 (MAX_TOPK_K in NvInfer.h).
+TRT_MAX_TOPK_K = 3840
+TRT_MAX_OPSET = 21
+
+# Ops the TensorRT ONNX parser does not implement (onnx-tensorrt operator matrix).
+TRT_UNSUPPORTED_OPS = frozenset({
+    "Bernoulli", "BitShift", "BlackmanWindow", "Compress", "ConcatFromSequence", "ConvInteger", "DFT", "Det",
+    "DynamicQuantizeLinear", "HammingWindow", "HannWindow", "Hardmax", "MatMulInteger", "MaxRoiPool", "MaxUnpool",
+    "MelWeightMatrix", "Multinomial", "NegativeLogLikelihoodLoss", "Optional", "OptionalGetElement",
+    "OptionalHasElement", "QLinearConv", "QLinearMatMul", "STFT", "SequenceAt", "SequenceConstruct",
+    "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength", "SequenceMap",
+    "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringNormalizer", "TfIdfVectorizer", "Unique",
+})
+# Supported, but the output shape depends on the data (or the op runs as a slow loop).
+TRT_DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Loop", "Scan", "If"})
+TRT_RESIZE_TRANSFORMS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "blocker" | "warning" | "info"
+    check: str
+    node: str
+    message: str
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _in_fp32_scope(name: str) -> bool:
+    return any(scope in name for scope in FP32_SCOPES)
+
+
+def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
+    """All TensorRT findings for one model (pure function, no TensorRT needed)."""
+    findings: list[Finding] = []
+    add = lambda sev, check, node, msg: findings.append(Finding(sev, check, node, msg))  # noqa: E731
+    constants = _constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset > TRT_MAX_OPSET:
+        add("warning", "opset", "-", f"opset {opset} is newer than TensorRT 10.x is tested with ({TRT_MAX_OPSET}); export with --opset 17")
+
+    for inp in model.graph.input:
+        if inp.name in constants:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+        if dynamic:
+            add("warning", "dynamic-shape", inp.name,
+                f"input '{inp.name}' has dynamic dims {dynamic}: build-trt needs an optimization profile "
+                "(--min-shape/--opt-shape/--max-shape)")
+        if inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE:
+            add("blocker", "dtype", inp.name, f"input '{inp.name}' is float64; TensorRT has no FP64 I/O")
+
+    for node in model.graph.node:
+        name = node.name or node.output[0]
+        if node.domain not in ("", "ai.onnx"):
+            add("blocker", "custom-op", name, f"{node.domain}::{node.op_type} is not a standard ONNX op; TensorRT needs a plugin")
+            continue
+        if node.op_type in TRT_UNSUPPORTED_OPS:
+            add("blocker", "unsupported-op", name, f"{node.op_type} is not supported by the TensorRT ONNX parser")
+        elif node.op_type in TRT_DATA_DEPENDENT_OPS:
+            add("warning", "data-dependent", name, f"{node.op_type} has data-dependent shapes or control flow (slow or unsupported on DLA)")
+        if node.op_type == "TopK":
+            k = constants.get(node.input[1]) if len(node.input) > 1 else None
+            if k is None:
+                add("blocker", "topk", name, "TopK's K is computed at run time; TensorRT needs a build-time constant "
+                    "(export with --topk threshold)")
+            elif int(np.asarray(k).reshape(-1)[0]) > TRT_MAX_TOPK_K:
+                add("blocker", "topk", name, f"TopK with K={int(np.asarray(k).reshape(-1)[0])} exceeds TensorRT's limit of "
+                    f"{TRT_MAX_TOPK_K} (export with --topk threshold)")
+            else:
+                add("info", "topk", name, "TopK with a constant K: fixed to the export resolution")
+        if node.op_type == "Resize":
+            mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            if mode not in TRT_RESIZE_TRANSFORMS:
+                add("blocker", "resize", name, f"Resize coordinate_transformation_mode={mode} is not supported by TensorRT")
+        if node.op_type in QUANT_OPS:
+            findings.extend(_lint_qdq(node, name, constants))
+        if node.op_type == "DequantizeLinear" or not _in_fp32_scope(name):
+            continue
+        for tensor in node.input:
+            producer = producers.get(tensor)
+            if producer is not None and producer.op_type == "DequantizeLinear" and tensor not in constants:
+                add("warning", "fp32-selector", name, "the importance-map / Top-K subgraph takes a quantized activation; "
+                    "a quantized importance map creates ties (exclude it from calibration)")
+                break
+    return findings
+
+
+def _lint_qdq(node: onnx.NodeProto, name: str, constants: dict) -> list[Finding]:
+    out = []
+    if len(node.input) > 2 and node.input[2]:
+        zero_point = constants.get(node.input[2])
+        if zero_point is None:
+            out.append(Finding("blocker", "qdq", name, "Q/DQ zero point is not a constant"))
+        else:
+            if zero_point.dtype == np.uint8:
+                out.append(Finding("blocker", "qdq", name, "unsigned (UINT8) Q/DQ: TensorRT takes symmetric INT8 only "
+                                   "(the U8S8 graph is for ONNX Runtime on CPU)"))
+            elif np.any(zero_point != 0):
+                out.append(Finding("blocker", "qdq", name, "non-zero Q/DQ zero point: TensorRT supports symmetric quantization only"))
+    scale = constants.get(node.input[1])
+    if scale is not None and np.any(np.asarray(scale) <= 0):
+        out.append(Finding("blocker", "qdq", name, "Q/DQ scale <= 0"))
+    return out
+
+
+def lint_file(path: str | Path, target: str = "tensorrt") -> dict:
+    """The library function behind ``fornet-deploy lint``: findings + pass/fail."""
+    if target != "tensorrt":
+        raise FornetError(f"--target {target}: only 'tensorrt' is linted")
+    model = load_onnx(path)
+    findings = lint_tensorrt(model)
+    blockers = [f for f in findings if f.severity == "blocker"]
+    return {
+        "model": str(path),
+        "target": target,
+        "passed": not blockers,
+        "blockers": len(blockers),
+        "warnings": sum(1 for f in findings if f.severity == "warning"),
+        "findings": [asdict(f) for f in findings],
+    }

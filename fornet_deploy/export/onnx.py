@@ -1,0 +1,202 @@
+"""``fornet-deploy export``: checkpoint -> ONNX in a deploy bundle.
+
+Steps: load the checkpoint, switch the Top-K to the requested form (``threshold`` by
+default: no TopK/Sort/NonZero/Loop in the graph), trace with the TorchScript exporter,
+run the ONNX checker and shape inference, simplify (onnxsim), embed the metadata a
+deployment needs (classes, palette, preprocessing, Top-K mode/ratio), and write
+``model.onnx`` + ``checkpoint.safetensors`` + ``manifest.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..bundle import Bundle, atomic_path
+from ..data.cityscapes import CLASS_NAMES, PALETTE
+from ..data.transforms import Preprocessing, check_stride
+from ..errors import FornetError
+from ..model.checkpoint import load_checkpoint
+from ..model.fornet import FoRNet
+from ..runtimes.base import IMPORTANCE, INPUT_NAME, LABELS, LOGITS, OUTPUT_NAMES, TOPK_MASK
+
+ONNX_NAME = "model.onnx"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
+# Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
+# data-dependent shapes, loops).
+DYNAMIC_TOPK_OPS = ("TopK", "Sort", "NonZero", "Loop", "Scan", "Unique")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    height: int = 512
+    width: int = 1024
+    batch: int = 1
+    dynamic: bool = False  # dynamic batch, height and width
+    topk: str = "threshold"  # "threshold" | "exact"
+    opset: int = 17
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    labels_dtype: str = "uint8"  # in-graph ArgMax output: "uint8" | "int32"
+    simplify: bool = True
+
+    def validate(self) -> None:
+        check_stride(self.height, self.width, FoRNet.output_stride)
+        unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
+        if unknown or not self.outputs:
+            raise FornetError(f"--outputs: unknown {unknown}; choose from {','.join(OUTPUT_NAMES)}")
+        if self.topk not in ("threshold", "exact"):
+            raise FornetError(f"--topk must be threshold or exact, got {self.topk!r}")
+        if self.labels_dtype not in ("uint8", "int32"):
+            raise FornetError(f"labels dtype must be uint8 or int32, got {self.labels_dtype!r}")
+        if not 13 <= self.opset <= 21:
+            raise FornetError(f"--opset {self.opset} is outside the supported range 13..21")
+
+
+class ExportWrapper(nn.Module):
+    """Returns the requested outputs as a tuple in a fixed order (ONNX needs one)."""
+
+    def __init__(self, model: FoRNet, outputs: tuple[str, ...], labels_dtype: str):
+        super().__init__()
+        self.model = model
+        self.outputs = outputs
+        self.labels_dtype = torch.uint8 if labels_dtype == "uint8" else torch.int32
+
+    def forward(self, image):
+        out = self.model.forward_all(image)
+        if (IMPORTANCE in self.outputs or TOPK_MASK in self.outputs) and out[IMPORTANCE] is None:
+            raise FornetError("this model has no selector (focus='none'): drop importance/topk_mask from --outputs")
+        out[LABELS] = out[LOGITS].argmax(dim=1).to(self.labels_dtype)
+        return tuple(out[name] for name in self.outputs)
+
+
+def export_onnx_model(model: FoRNet, cfg: ExportConfig) -> onnx.ModelProto:
+    """Trace a model to an ONNX ModelProto (checked, shape-inferred, simplified)."""
+    cfg.validate()
+    model = model.eval().set_topk_mode(cfg.topk)
+    wrapper = ExportWrapper(model, cfg.outputs, cfg.labels_dtype).eval()
+    dummy = torch.zeros(cfg.batch, 3, cfg.height, cfg.width)
+    dynamic_axes = _dynamic_axes(cfg.outputs) if cfg.dynamic else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected
+        torch.onnx.export(
+            wrapper, (dummy,), buffer, dynamo=False, opset_version=cfg.opset,
+            input_names=[INPUT_NAME], output_names=list(cfg.outputs),
+            dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto, full_check=True)
+    if cfg.simplify:
+        proto = simplify(proto)
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _dynamic_axes(outputs: tuple[str, ...]) -> dict:
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    for name in outputs:
+        if name == LABELS:
+            axes[name] = {0: "batch", 1: "height", 2: "width"}
+        elif name == LOGITS:
+            axes[name] = {0: "batch", 2: "height", 3: "width"}
+        else:  # 1/8-scale maps
+            axes[name] = {0: "batch", 2: "height_8", 3: "width_8"}
+    return axes
+
+
+def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:  # pragma: no cover - onnxsim's own self-check failed; keep the original
+        warnings.warn("onnxsim could not validate the simplified model; keeping the unsimplified graph")
+        return proto
+    return simplified
+
+
+def embed_metadata(proto: onnx.ModelProto, metadata: dict) -> None:
+    """Store JSON metadata as ONNX metadata_props (readable by any runtime)."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = f"fornet.{key}"
+        entry.value = json.dumps(value)
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict:
+    return {p.key[len("fornet."):]: json.loads(p.value) for p in proto.metadata_props if p.key.startswith("fornet.")}
+
+
+def graph_op_types(proto: onnx.ModelProto) -> set[str]:
+    return {node.op_type for node in proto.graph.node}
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; corrupt or truncated files give one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FornetError(f"ONNX file {path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FornetError(f"{path} is not a valid ONNX model ({first[:160]})") from None
+    return proto
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: ExportConfig = ExportConfig(),
+    preprocessing: Preprocessing = Preprocessing(),
+) -> dict:
+    """The library function behind ``fornet-deploy export``; returns the manifest entry."""
+    cfg.validate()
+    model, info = load_checkpoint(checkpoint)
+    proto = export_onnx_model(model, cfg)
+    ops = graph_op_types(proto)
+    if cfg.topk == "threshold" and ops & set(DYNAMIC_TOPK_OPS):
+        raise FornetError(f"threshold Top-K export still contains {sorted(ops & set(DYNAMIC_TOPK_OPS))}")  # a bug guard
+    sections = {
+        "model": model.config.to_dict(),
+        "classes": list(CLASS_NAMES[: model.config.num_classes]),
+        "palette": [list(c) for c in PALETTE[: model.config.num_classes]],
+        "preprocessing": preprocessing.to_dict(),
+        "topk": _topk_section(model, cfg.topk),
+        "export": {**asdict(cfg), "outputs": list(cfg.outputs), "torch": torch.__version__, "onnx": onnx.__version__},
+        "checkpoint_info": info,
+    }
+    embed_metadata(proto, {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")})
+
+    out = Path(out)
+    bundle = Bundle.open(out, verify=False) if (out / "manifest.json").is_file() else Bundle.create(out)
+    bundle.manifest.update(sections)
+    with bundle.writing(CHECKPOINT_NAME, kind="checkpoint") as tmp:
+        shutil.copyfile(checkpoint, tmp)
+    with atomic_path(out / ONNX_NAME) as tmp:
+        onnx.save(proto, str(tmp))
+    return bundle.record(
+        ONNX_NAME, kind="onnx", precision="fp32", opset=cfg.opset, topk=cfg.topk,
+        input_shape=[None if cfg.dynamic else cfg.batch, 3, None if cfg.dynamic else cfg.height, None if cfg.dynamic else cfg.width],
+        export_shape=[cfg.batch, 3, cfg.height, cfg.width], dynamic=cfg.dynamic, outputs=list(cfg.outputs),
+        ops=sorted(ops),
+    )
+
+
+def _topk_section(model: FoRNet, mode: str) -> dict:
+    c = model.config
+    section = {"mode": mode, "focus": c.focus, "ratio": c.topk_ratio, "bisection_steps": c.bisection_steps}
+    if c.focus == "adaptive":
+        section |= {"threshold": c.adaptive_threshold, "min_ratio": c.adaptive_min_ratio, "max_ratio": c.adaptive_max_ratio}
+    return section

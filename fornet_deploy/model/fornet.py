@@ -1,0 +1,347 @@
+"""FoR-Net: a light segmentation network that focuses on hard regions.
+
+Our reading of "FoR-Net: Learning to Focus on Hard Regions for Efficient Semantic
+Segmentation" (arXiv 2605.02764; only the abstract is public, see DESIGN.md section 1):
+
+    image ─ stem (1/4) ─ stage1 (1/4, detail) ─ stage2 (1/8) ─ stage3 (1/16) ─ stage4 (1/32)
+                                   │                 └──────── neck: top-down fusion + global context ──┐
+                                   │                                                      F (1/8) ──────┤
+                                   │           selector: s = sigmoid(conv1x1(F))  (importance map, 1/8) │
+                                   │           Top-K:    M = topk_mask(s, ratio)                        │
+                                   │           branches: E = fuse(dw3x3 dilations 1/2/4)(F)             │
+                                   │           F' = F + M * s * E   (gradient reaches s; M is constant) │
+                                   └── head: upsample F' to 1/4, concat detail, conv, classify, upsample x4
+
+Every architectural choice is a field of :class:`FoRNetConfig` so a user can match their
+own checkpoint. ``focus="none"`` gives the ablation without selector/Top-K (F' = F + E,
+same budget); ``focus="adaptive"`` selects a scene-dependent number of regions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FornetError
+from .topk import TopK
+
+# ONNX node-name prefixes of the importance-map and Top-K subgraph (module paths as the
+# exporter names them). Quantizers and TensorRT keep these layers in FP32: a quantized or
+# half-precision importance map creates ties and changes which regions are selected.
+FP32_SCOPES = ("/focus/selector/", "/focus/topk/")
+OUTPUT_STRIDE = 32
+FOCUS_MODES = ("topk", "adaptive", "none")
+
+
+@dataclass(frozen=True)
+class FoRNetConfig:
+    num_classes: int = 19
+    stem_channels: int = 16
+    stage_channels: tuple[int, int, int, int] = (32, 64, 128, 256)  # at 1/4, 1/8, 1/16, 1/32
+    stage_depths: tuple[int, int, int, int] = (1, 2, 3, 2)
+    # Inverted-residual expansion of stages 2..4: narrow at 1/8 where pixels are many,
+    # wide at 1/16 and 1/32 where parameters are cheap in FLOPs.
+    expansions: tuple[int, int, int] = (2, 3, 4)
+    neck_channels: int = 96
+    branch_dilations: tuple[int, ...] = (1, 2, 4)
+    branch_channels: int = 48
+    selector_channels: int = 32
+    head_channels: int = 64
+    detail_channels: int = 48
+    focus: str = "topk"  # "topk" (fixed ratio), "adaptive", or "none" (ablation)
+    topk_ratio: float = 0.25
+    topk_mode: str = "exact"  # "exact" | "threshold"; switchable after loading
+    bisection_steps: int = 32
+    adaptive_threshold: float = 0.5
+    adaptive_min_ratio: float = 0.05
+    adaptive_max_ratio: float = 0.5
+
+    def __post_init__(self):
+        if self.focus not in FOCUS_MODES:
+            raise FornetError(f"focus must be one of {FOCUS_MODES}, got {self.focus!r}")
+        if len(self.stage_channels) != 4 or len(self.stage_depths) != 4 or len(self.expansions) != 3:
+            raise FornetError(
+                "stage_channels and stage_depths need 4 entries (1/4, 1/8, 1/16, 1/32), expansions 3"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FoRNetConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise FornetError(f"unknown FoR-Net config fields {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def replace(self, **changes) -> "FoRNetConfig":
+        return FoRNetConfig.from_dict({**self.to_dict(), **changes})
+
+    # fields that change only how the network runs, not its weights
+    RUNTIME_FIELDS = ("topk_mode", "bisection_steps")
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    padding = dilation * (k - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, padding, dilation=dilation, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def conv_bn(cin: int, cout: int, k: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise 3x3 + pointwise, residual when the shape allows (cheap at 1/4 scale)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.dw = conv_bn_relu(cin, cin, 3, stride, groups=cin)
+        self.pw = conv_bn(cin, cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.pw(self.dw(x))
+        return F.relu(x + y) if self.residual else F.relu(y)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: expand 1x1, depthwise 3x3, project 1x1."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        self.expand = conv_bn_relu(cin, hidden, 1)
+        self.dw = conv_bn_relu(hidden, hidden, 3, stride, groups=hidden)
+        self.project = conv_bn(hidden, cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class Backbone(nn.Module):
+    """Stem to 1/4 and four stages at 1/4, 1/8, 1/16, 1/32."""
+
+    def __init__(self, cfg: FoRNetConfig):
+        super().__init__()
+        c = cfg.stage_channels
+        self.stem = nn.Sequential(
+            conv_bn_relu(3, cfg.stem_channels, 3, 2), conv_bn_relu(cfg.stem_channels, c[0], 3, 2)
+        )
+        self.stage1 = nn.Sequential(*[SeparableBlock(c[0], c[0]) for _ in range(cfg.stage_depths[0])])
+        e, d = cfg.expansions, cfg.stage_depths
+        self.stage2 = self._stage(c[0], c[1], d[1], e[0])
+        self.stage3 = self._stage(c[1], c[2], d[2], e[1])
+        self.stage4 = self._stage(c[2], c[3], d[3], e[2])
+
+    @staticmethod
+    def _stage(cin: int, cout: int, depth: int, expansion: int) -> nn.Sequential:
+        blocks = [InvertedResidual(cin, cout, 2, expansion)]
+        blocks += [InvertedResidual(cout, cout, 1, expansion) for _ in range(depth - 1)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x4 = self.stage1(self.stem(x))
+        x8 = self.stage2(x4)
+        x16 = self.stage3(x8)
+        x32 = self.stage4(x16)
+        return x4, x8, x16, x32
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    # A constant scale (not a size read from another tensor) keeps Shape ops out of the graph.
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class Neck(nn.Module):
+    """Top-down fusion of 1/32, 1/16, 1/8 features plus global context, output at 1/8."""
+
+    def __init__(self, cfg: FoRNetConfig):
+        super().__init__()
+        c, n = cfg.stage_channels, cfg.neck_channels
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c[3], n, 1, bias=False), nn.ReLU(inplace=True))
+        self.lateral32 = conv_bn(c[3], n)
+        self.lateral16 = conv_bn(c[2], n)
+        self.lateral8 = conv_bn(c[1], n)
+        self.smooth16 = SeparableBlock(n, n)
+        self.smooth8 = SeparableBlock(n, n)
+
+    def forward(self, x8, x16, x32):
+        p32 = F.relu(self.lateral32(x32) + self.context(x32))
+        p16 = self.smooth16(F.relu(self.lateral16(x16) + upsample2(p32)))
+        return self.smooth8(F.relu(self.lateral8(x8) + upsample2(p16)))
+
+
+class MultiScaleBranches(nn.Module):
+    """Parallel depthwise branches with different dilations, fused by a 1x1 conv."""
+
+    def __init__(self, channels: int, branch_channels: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                conv_bn_relu(channels, channels, 3, dilation=d, groups=channels),
+                conv_bn_relu(channels, branch_channels, 1),
+            )
+            for d in dilations
+        )
+        self.fuse = conv_bn(branch_channels * len(dilations), channels)
+
+    def forward(self, x):
+        return self.fuse(torch.cat([b(x) for b in self.branches], dim=1))
+
+
+class Selector(nn.Module):
+    """Importance map s in (0, 1), one value per 1/8-scale position."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True))
+        self.score = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.score(self.conv(x)))
+
+
+class FocusModule(nn.Module):
+    """F' = F + M * s * E(F): multi-scale enhancement emphasised on the selected regions."""
+
+    def __init__(self, cfg: FoRNetConfig):
+        super().__init__()
+        self.enhance = MultiScaleBranches(cfg.neck_channels, cfg.branch_channels, cfg.branch_dilations)
+        self.uses_selector = cfg.focus != "none"
+        if self.uses_selector:
+            self.selector = Selector(cfg.neck_channels, cfg.selector_channels)
+            self.topk = TopK(
+                ratio=cfg.topk_ratio,
+                mode=cfg.topk_mode,
+                steps=cfg.bisection_steps,
+                selection="adaptive" if cfg.focus == "adaptive" else "fixed",
+                adaptive_threshold=cfg.adaptive_threshold,
+                min_ratio=cfg.adaptive_min_ratio,
+                max_ratio=cfg.adaptive_max_ratio,
+            )
+
+    def forward(self, x):
+        enhanced = self.enhance(x)
+        if not self.uses_selector:
+            return x + enhanced, None, None
+        importance = self.selector(x)
+        mask = self.topk(importance.detach())  # selection is not differentiable; s is
+        return x + mask * importance * enhanced, importance, mask
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: FoRNetConfig):
+        super().__init__()
+        self.detail = conv_bn_relu(cfg.stage_channels[0], cfg.detail_channels, 1)
+        cin = cfg.neck_channels + cfg.detail_channels
+        self.fuse = nn.Sequential(conv_bn_relu(cin, cin, 3, groups=cin), conv_bn_relu(cin, cfg.head_channels, 1))
+        self.classifier = nn.Conv2d(cfg.head_channels, cfg.num_classes, 1)
+
+    def forward(self, focused, x4):
+        y = torch.cat([upsample2(focused), self.detail(x4)], dim=1)
+        return self.classifier(self.fuse(y))
+
+
+class FoRNet(nn.Module):
+    """FoR-Net. ``forward(x)`` -> logits (N, C, H, W); ``forward_all`` also returns the
+    importance map and Top-K mask (1/8 scale)."""
+
+    output_stride = OUTPUT_STRIDE
+
+    def __init__(self, config: FoRNetConfig | None = None):
+        super().__init__()
+        self.config = config or FoRNetConfig()
+        self.backbone = Backbone(self.config)
+        self.neck = Neck(self.config)
+        self.focus = FocusModule(self.config)
+        self.head = Head(self.config)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise FornetError(f"FoR-Net takes an N x 3 x H x W batch, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.output_stride or w % self.output_stride:
+            raise FornetError(
+                f"input size {h}x{w} is not a multiple of the network stride {self.output_stride}"
+            )
+
+    def forward_features(self, x):
+        x4, x8, x16, x32 = self.backbone(x)
+        return x4, self.neck(x8, x16, x32)
+
+    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        self.check_input(x)
+        x4, features = self.forward_features(x)
+        focused, importance, mask = self.focus(features)
+        logits = self.head(focused, x4)
+        logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
+        return {"logits": logits, "importance": importance, "topk_mask": mask}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)["logits"]
+
+    @property
+    def topk(self) -> TopK | None:
+        return self.focus.topk if self.focus.uses_selector else None
+
+    def set_topk_mode(self, mode: str, steps: int | None = None) -> "FoRNet":
+        """Switch exact/threshold Top-K without retraining (no-op for focus='none')."""
+        if self.topk is not None:
+            self.topk.mode = mode
+            if steps is not None:
+                self.topk.steps = steps
+        changes = {"topk_mode": mode} | ({"bisection_steps": steps} if steps is not None else {})
+        self.config = self.config.replace(**changes)
+        return self
+
+
+def build_model(config: FoRNetConfig | None = None) -> FoRNet:
+    """The one factory: a FoR-Net from a config (defaults when None)."""
+    return FoRNet(config)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, height: int = 1024, width: int = 2048) -> float:
+    """FLOPs (2 x multiply-accumulates) of convolutions for one image of the given size.
+
+    Convolutions are >99 % of the arithmetic; elementwise ops, resizes and the Top-K
+    bisection are left out, as common FLOP counters do.
+    """
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, height, width))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return 2.0 * total

@@ -1,0 +1,72 @@
+"""PyTorch backend: the FP32 reference every other runtime is compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import HardwareError
+from ..model.checkpoint import load_checkpoint
+from ..model.fornet import FoRNet
+from .base import IMPORTANCE, LABELS, LOGITS, TOPK_MASK, InputSpec, Runner, RunnerInfo
+
+
+def torch_device(device: str) -> torch.device:
+    if device in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HardwareError(f"--device {device}: PyTorch sees no CUDA GPU on this machine")
+    return torch.device(device)
+
+
+class TorchRunner(Runner):
+    """Runs a FoR-Net checkpoint in PyTorch eager mode.
+
+    ``topk``: "exact" (the reference) or "threshold" (to isolate export effects).
+    ``precision``: "fp32", or "fp16" on CUDA (autocast; the Top-K stays FP32).
+    """
+
+    def __init__(self, checkpoint: str | Path | FoRNet, topk: str = "exact", device: str = "cpu", precision: str = "fp32"):
+        super().__init__(f"torch-{precision}")
+        self.checkpoint = checkpoint
+        self.topk = topk
+        self.device = torch_device(device)
+        if precision not in ("fp32", "fp16"):
+            raise HardwareError(f"PyTorch runner supports fp32 and fp16, not {precision}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise HardwareError("PyTorch fp16 inference needs a CUDA device")
+        self.precision = precision
+        self.model: FoRNet | None = None
+
+    def _activate_impl(self) -> None:
+        model = self.checkpoint if isinstance(self.checkpoint, FoRNet) else load_checkpoint(self.checkpoint)[0]
+        self.model = model.eval().set_topk_mode(self.topk).to(self.device)
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(stride=FoRNet.output_stride)
+
+    @torch.inference_mode()
+    def _infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(batch).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
+            out = self.model.forward_all(x)
+        result = {LOGITS: out[LOGITS].float().cpu().numpy()}
+        result[LABELS] = out[LOGITS].argmax(1).cpu().numpy().astype(np.uint8)
+        if out[IMPORTANCE] is not None:
+            result[IMPORTANCE] = out[IMPORTANCE].float().cpu().numpy()
+            result[TOPK_MASK] = out[TOPK_MASK].float().cpu().numpy()
+        return result
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def info(self) -> RunnerInfo:
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return RunnerInfo(
+            backend="torch", precision=self.precision, device=device,
+            artifact=str(self.checkpoint) if not isinstance(self.checkpoint, FoRNet) else None,
+            details={"torch": torch.__version__, "topk": self.topk, "threads": torch.get_num_threads()},
+        )

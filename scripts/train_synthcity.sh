@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reproduces weights/fornet_synthcity.safetensors and the SynthCity training numbers in
+# docs/benchmarks.md: a CPU-only run sized for <= 15 minutes on a 2-core machine.
+set -euo pipefail
+DATA=${DATA:-runs/synthcity}
+OUT=${OUT:-runs/train_synthcity}
+ITERATIONS=${ITERATIONS:-1000}
+fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --height 256 --width 512 --seed 0
+start=$(date +%s)
+fornet-deploy train --data "$DATA" --out "$OUT" --iterations "$ITERATIONS" --batch-size 8 --crop 256x256 \
+    --val-interval 250 --seed 0 --device cpu
+echo "training wall time: $(( $(date +%s) - start )) s"
+mkdir -p weights
+cp "$OUT/last.safetensors" weights/fornet_synthcity.safetensors

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny FoR-Net, a tiny SynthCity dataset and a tiny bundle (session-wide)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fornet_deploy.data.synthcity import SynthCityConfig, generate
+from fornet_deploy.model.checkpoint import save_checkpoint
+from fornet_deploy.model.fornet import FoRNetConfig, build_model
+
+TINY = FoRNetConfig(
+    stem_channels=8, stage_channels=(8, 16, 16, 16), stage_depths=(1, 1, 1, 1), expansions=(2, 2, 2),
+    neck_channels=16, branch_channels=8, selector_channels=8, head_channels=8, detail_channels=8,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> FoRNetConfig:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    # Move BatchNorm statistics away from identity so outputs are not trivially flat.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, model, {"note": "tiny test model"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthcity")
+    generate(root, SynthCityConfig(train=6, val=3, height=128, width=256, seed=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    from fornet_deploy.export.onnx import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_bundle(tiny_checkpoint, out, ExportConfig(height=128, width=256, dynamic=True))
+    return out

@@ -1,0 +1,48 @@
+"""The commands as a user runs them: clear one-line errors, non-zero exits, nothing half-written."""
+
+from cli_helpers import assert_one_line_error, run_cli
+
+
+def test_train_on_a_missing_dataset(tmp_path):
+    result = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--iterations", "1")
+    assert_one_line_error(result, "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_an_empty_dataset_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--iterations", "1")
+    assert_one_line_error(result, "no leftImg8bit/train/ folder")
+
+
+def test_export_a_corrupt_checkpoint(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    result = run_cli("export", "--checkpoint", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "b"))
+    assert_one_line_error(result, "corrupt")
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_mismatched_shape_and_lint_of_a_corrupt_onnx(tmp_path, tiny_checkpoint):
+    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--height", "100")
+    assert_one_line_error(result, "multiple of the network stride 32")
+    (tmp_path / "x.onnx").write_bytes(b"\x08\x07garbage")
+    assert_one_line_error(run_cli("lint", str(tmp_path / "x.onnx")), "not a valid ONNX model")
+
+
+def test_parity_on_a_tampered_bundle(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from fornet_deploy.export.onnx import ExportConfig, export_bundle
+
+    export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(height=64, width=64))
+    onnx_path = tmp_path / "b" / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    assert_one_line_error(run_cli("parity", "--bundle", str(tmp_path / "b")), "does not match the sha256")
+    shutil.rmtree(tmp_path / "b")
+    assert_one_line_error(run_cli("parity", "--bundle", str(tmp_path / "b")), "does not exist")
+
+
+def test_info_reports_parameters_and_gflops():
+    result = run_cli("info", "--height", "512", "--width", "1024")
+    assert result.returncode == 0, result.stderr
+    assert "GFLOPs at 512x1024" in result.stdout
