@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import progress as prog
@@ -32,7 +33,8 @@ def main() -> None:
     try:
         app()
     except FornetError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # escape: messages hold literal brackets such as 'fornet-deploy[tensorrt]'
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
 
 
@@ -248,6 +250,86 @@ def eval_cmd(
         ["Top-K coverage of errors", result["topk_coverage_errors"]], ["images", result["num_images"]],
     ])
     _write_json(json_out, result)
+
+
+@app.command()
+def calibrate(
+    bundle: Path = typer.Option(..., help="deploy bundle with model.onnx"),
+    data: Path = typer.Option(..., help="dataset root (Cityscapes layout); images from its train split"),
+    num: int = typer.Option(64, help="calibration images"),
+    method: str = typer.Option("entropy", help="entropy | minmax | percentile"),
+    target: str = typer.Option("tensorrt", help="tensorrt (symmetric S8S8 Q/DQ) | cpu (U8S8 for ONNX Runtime on x86)"),
+    seed: int = typer.Option(0, help="seed of the calibration-image selection"),
+):
+    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32)."""
+    from .calibration.qdq import TARGETS, calibrate_bundle
+
+    with prog.bar(f"calibrate {method} -> {target}") as update:
+        entry = calibrate_bundle(bundle, data, num=num, method=method, target=target, seed=seed, progress=update)
+    print_table(f"INT8 ({target})", ["field", "value"], [
+        ["artefact", TARGETS[target].artifact], ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
+        ["calibration key", entry["calibration"]["key"][:16]], ["nodes kept FP32", len(entry["excluded_nodes"])],
+        ["sha256", entry["sha256"][:12]],
+    ])
+
+
+@app.command("build-trt")
+def build_trt(
+    bundle: Path = typer.Option(..., help="deploy bundle"),
+    fp16: bool = typer.Option(False, "--fp16", help="from model.fp16.onnx (strongly typed)"),
+    int8: bool = typer.Option(False, "--int8", help="from model.int8.qdq.onnx (strongly typed)"),
+    fp32: bool = typer.Option(False, "--fp32", help="from model.onnx"),
+    min_shape: Optional[str] = typer.Option(None, help="optimization profile minimum, NxCxHxW or HxW"),
+    opt_shape: Optional[str] = typer.Option(None, help="optimization profile optimum"),
+    max_shape: Optional[str] = typer.Option(None, help="optimization profile maximum"),
+    workspace: Optional[int] = typer.Option(None, help="workspace limit in MB"),
+    timing_cache: Optional[Path] = typer.Option(None, help="timing cache file (read if present, updated after the build)"),
+    dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson, TensorRT 10.x)"),
+    legacy_calibrator: bool = typer.Option(False, "--legacy-calibrator",
+                                           help="TensorRT 10.x only: FP32 graph + builder flags (+ entropy calibrator for --int8)"),
+    calib_data: Optional[Path] = typer.Option(None, help="dataset for --legacy-calibrator --int8"),
+    calib_num: int = typer.Option(64, help="calibration images for --legacy-calibrator --int8"),
+):
+    """Build a TensorRT engine from the bundle's graph of the chosen precision."""
+    from .runtimes.trt_build import BuildConfig, build_with_calibration_data, parse_shape
+
+    chosen = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
+    if len(chosen) != 1:
+        raise FornetError("build-trt: choose exactly one of --fp16, --int8, --fp32")
+    config = BuildConfig(
+        precision=chosen[0], workspace_mb=workspace, timing_cache=timing_cache, dla_core=dla_core,
+        legacy_calibrator=legacy_calibrator,
+        **{k: parse_shape(v) for k, v in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape)) if v},
+    )
+    meta = build_with_calibration_data(bundle, config, calib_data, calib_num, progress=console.print)
+    print_table(f"engine {meta['engine']}", ["field", "value"], [[k, v] for k, v in meta.items() if not isinstance(v, (dict, list))])
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="images, folders and videos"),
+    bundle: Path = typer.Option(..., help="deploy bundle"),
+    out: Path = typer.Option(..., help="output folder"),
+    runtime: str = typer.Option("ort", help="torch | ort | trt"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
+    shape: Optional[str] = typer.Option(None, help="network input HxW (images are resized, predictions resized back)"),
+    importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
+    mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
+    label_ids: bool = typer.Option(False, "--label-ids", help="also write Cityscapes labelIds maps (for submission)"),
+    video_every: int = typer.Option(1, help="process every n-th video frame"),
+):
+    """Segment images, folders and videos: label maps, colour overlays, and what FoR-Net focused on."""
+    from .predict import PredictConfig, predict as run_predict
+
+    cfg = PredictConfig(runtime=runtime, precision=precision, device=device,
+                        shape=prog.parse_hw(shape, "--shape") if shape else None,
+                        importance=importance, mask=mask, label_ids=label_ids, video_every=video_every)
+    with prog.bar("predict") as update:
+        summary = run_predict(bundle, inputs, out, cfg, progress=update)
+    for note in summary.get("notes", []):
+        console.print(note)
+    console.print(f"wrote {len(summary['files'])} files to {out} (list in {out / 'predictions.json'})")
 
 
 if __name__ == "__main__":  # pragma: no cover

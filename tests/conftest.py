@@ -11,6 +11,28 @@ from fornet_deploy.data.synthcity import SynthCityConfig, generate
 from fornet_deploy.model.checkpoint import save_checkpoint
 from fornet_deploy.model.fornet import FoRNetConfig, build_model
 
+def _hardware_skip_reasons() -> dict[str, str]:
+    import importlib.util
+
+    reasons = {}
+    if importlib.util.find_spec("tensorrt") is None:
+        reasons["tensorrt"] = "TensorRT is not installed (pip install 'fornet-deploy[tensorrt]' on a GPU machine)"
+    if not torch.cuda.is_available():
+        reasons["gpu"] = "no CUDA GPU on this machine"
+    if not Path("/etc/nv_tegra_release").exists():
+        reasons["jetson"] = "not a Jetson board"
+    return reasons
+
+
+def pytest_collection_modifyitems(config, items):
+    """Hardware tests skip cleanly, with the reason, where the hardware is absent."""
+    reasons = _hardware_skip_reasons()
+    for item in items:
+        for marker, reason in reasons.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 TINY = FoRNetConfig(
     stem_channels=8, stage_channels=(8, 16, 16, 16), stage_depths=(1, 1, 1, 1), expansions=(2, 2, 2),
     neck_channels=16, branch_channels=8, selector_channels=8, head_channels=8, detail_channels=8,

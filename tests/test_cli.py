@@ -46,3 +46,15 @@ def test_info_reports_parameters_and_gflops():
     result = run_cli("info", "--height", "512", "--width", "1024")
     assert result.returncode == 0, result.stderr
     assert "GFLOPs at 512x1024" in result.stdout
+
+
+def test_build_trt_without_tensorrt_names_the_extra(tiny_bundle):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    result = run_cli("build-trt", "--bundle", str(tiny_bundle), "--fp32")
+    assert_one_line_error(result, "pip install 'fornet-deploy[tensorrt]'")
+    assert not list(tiny_bundle.glob("*.engine"))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..bundle import Bundle, atomic_path, atomic_write_json
-from ..data.cityscapes import colorize
+from ..data.cityscapes import colorize, find_samples
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError
 from ..runtimes.base import LOGITS, TOPK_MASK, Runner
@@ -169,10 +169,12 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
     if data is not None:
+        total = len(find_samples(data, split, require_labels=False)[: limit if limit else None])
         examples = iterate_examples(data, split, pre, limit, require_labels=False)
     else:
         h, w = bundle.manifest["export"]["height"], bundle.manifest["export"]["width"]
-        examples = synthetic_examples(synthetic or 8, h, w, pre)
+        total = synthetic or 8
+        examples = synthetic_examples(total, h, w, pre)
     out_dir = Path(out_dir) if out_dir else bundle.root / "parity" / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
@@ -180,7 +182,8 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     with make_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             make_runner(bundle, runtime, precision, device) as candidate:
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
-                            num_classes=len(bundle.manifest["classes"]), progress=progress)
+                            num_classes=len(bundle.manifest["classes"]),
+                            progress=(lambda done: progress(done, total)) if progress else None)
     report["bundle"] = str(bundle.root)
     atomic_write_json(out_dir / "parity.json", report)
     report["report_path"] = str(out_dir / "parity.json")

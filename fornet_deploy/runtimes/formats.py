@@ -3,7 +3,7 @@ benchmark matrix and the docs (as Ultralytics' exporter table does)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..bundle import Bundle
@@ -49,12 +49,21 @@ def candidates(runtime: str, precision: str, device: str) -> list[Format]:
     return found
 
 
+def _engine_for(bundle: Bundle, precision: str) -> str | None:
+    """A TensorRT engine of this precision; build-trt names DLA, legacy-calibrator and
+    non-default-shape engines differently, so look them up by their manifest entry."""
+    engines = [name for name, meta in bundle.artifacts_of("tensorrt-engine").items() if meta.get("precision") == precision]
+    return min(engines, key=len) if engines else None
+
+
 def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str) -> Format:
     """The first format of the table the bundle holds for (runtime, precision, device)."""
     options = candidates(runtime, precision, device)
     for fmt in options:
         if bundle.has(fmt.artifact):
             return fmt
+        if runtime == "trt" and (engine := _engine_for(bundle, precision)):
+            return replace(fmt, artifact=engine)
     raise FornetError(
         f"bundle {bundle.root} has no {runtime} {precision} artefact ({options[-1].artifact}); "
         f"make it with `{options[-1].made_by}`"
@@ -63,12 +72,12 @@ def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str) ->
 
 def available_formats(bundle: Bundle, device: str) -> list[Format]:
     """Every (runtime, precision) the bundle can run on this device, one artefact each."""
-    seen, result = set(), []
-    for fmt in FORMATS:
-        key = (fmt.runtime, fmt.precision)
-        if key not in seen and device in fmt.devices and bundle.has(fmt.artifact):
-            seen.add(key)
-            result.append(fmt)
+    result = []
+    for runtime, precision in dict.fromkeys((f.runtime, f.precision) for f in FORMATS):
+        try:
+            result.append(resolve_format(bundle, runtime, precision, device))
+        except FornetError:  # not in this bundle, or not for this device
+            continue
     return result
 
 

@@ -1,8 +1,7 @@
 """Jetson board detection, tool parsers, tegrastats sampling and summary.
 
 Fixtures are real outputs from many boards; tests/bench/fixtures/jetson/SOURCES.md says
-where each came from. Tests marked ``jetson`` need a real board and are deselected by
-default.
+where each came from. Tests marked ``jetson`` need a real board and are skipped (with the reason) elsewhere.
 """
 
 from __future__ import annotations

@@ -30,3 +30,27 @@ def test_compare_outputs_counts_superset_masks_and_disagreement():
     assert (result.mask_count_reference, result.mask_count_candidate) == (1, 2)
     assert result.max_abs_logit == 1.0
     assert THRESHOLDS["fp32"].max_abs_logit == 1e-3
+
+
+def test_adaptive_k_export_passes_parity_at_two_resolutions(tmp_path, tiny_config):
+    import torch
+
+    from fornet_deploy.evaluation.parity import run_parity, synthetic_examples
+    from fornet_deploy.export.onnx import ExportConfig, export_bundle
+    from fornet_deploy.data.transforms import Preprocessing
+    from fornet_deploy.model.checkpoint import save_checkpoint
+    from fornet_deploy.model.fornet import build_model
+    from fornet_deploy.runtimes.formats import make_runner
+
+    torch.manual_seed(3)
+    save_checkpoint(tmp_path / "adaptive.safetensors", build_model(tiny_config.replace(focus="adaptive")))
+    export_bundle(tmp_path / "adaptive.safetensors", tmp_path / "b", ExportConfig(height=128, width=256, dynamic=True))
+    for h, w in [(128, 256), (192, 96)]:
+        with make_runner(tmp_path / "b", "torch", "fp32", topk="exact") as ref, make_runner(tmp_path / "b", "ort", "fp32") as ort:
+            report = run_parity(ref, ort, synthetic_examples(3, h, w, Preprocessing(), seed=h), THRESHOLDS["fp32"])
+        s = report["summary"]
+        assert s["passed"] and s["argmax_agreement"] >= 0.9999, s
+        assert s["mask_agreement"] == 1.0
+        counts = {i["mask_count_reference"] for i in report["images"]}
+        cells = (h // 8) * (w // 8)
+        assert all(0.05 * cells <= c <= 0.5 * cells + 1 for c in counts)  # clamped adaptive count
