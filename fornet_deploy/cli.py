@@ -332,5 +332,38 @@ def predict(
     console.print(f"wrote {len(summary['files'])} files to {out} (list in {out / 'predictions.json'})")
 
 
+@app.command()
+def bench(
+    bundle: Path = typer.Option(..., help="deploy bundle"),
+    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
+    runtime: str = typer.Option("ort", help="torch | ort | trt"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    shape: Optional[str] = typer.Option(None, help="input HxW (default: the export shape)"),
+    batch: int = typer.Option(1),
+    warmup: int = typer.Option(10),
+    iters: int = typer.Option(50),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime"),
+    images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
+    matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
+    data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
+    accuracy_images: int = typer.Option(8, help="with --matrix: images for the accuracy columns"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+):
+    """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
+    from .bench.bench import BenchConfig, bench_rows, run_benchmark, run_matrix
+
+    cfg = BenchConfig(device=device, runtime=runtime, precision=precision, batch=batch, warmup=warmup, iters=iters,
+                      shape=prog.parse_hw(shape, "--shape") if shape else None, threads=threads, images=images)
+    with prog.bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
+        if matrix:
+            result = run_matrix(bundle, device, data=data, accuracy_images=accuracy_images, cfg=cfg, progress=update, json_out=json_out)
+        else:
+            result = run_benchmark(bundle, cfg, progress=update, json_out=json_out)
+    columns, rows = bench_rows(result)
+    print_table(f"benchmark on {result['machine'].get('cpu_model') or device}", columns, rows)
+    if json_out:
+        console.print(f"JSON written to {json_out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

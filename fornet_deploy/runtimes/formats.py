@@ -71,24 +71,29 @@ def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str) ->
 
 
 def available_formats(bundle: Bundle, device: str) -> list[Format]:
-    """Every (runtime, precision) the bundle can run on this device, one artefact each."""
+    """Every artefact of the bundle that runs on this device (both INT8 variants on a CPU)."""
     result = []
-    for runtime, precision in dict.fromkeys((f.runtime, f.precision) for f in FORMATS):
-        try:
-            result.append(resolve_format(bundle, runtime, precision, device))
-        except FornetError:  # not in this bundle, or not for this device
+    for fmt in FORMATS:
+        if device not in fmt.devices:
             continue
+        if bundle.has(fmt.artifact):
+            result.append(fmt)
+        elif fmt.runtime == "trt" and (engine := _engine_for(bundle, fmt.precision)):
+            result.append(replace(fmt, artifact=engine))
     return result
 
 
 def make_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu", **options) -> Runner:
     """A runner for one artefact of a bundle (checked against the manifest hashes).
 
-    ``device`` is cpu, cuda or jetson. Options: ``topk`` (torch), ``threads`` (ort).
+    ``device`` is cpu, cuda or jetson. Options: ``topk`` (torch), ``threads`` (ort),
+    ``artifact`` (a specific file when the bundle has several for one precision).
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle, verify=False)
     fmt = resolve_format(bundle, runtime, precision, device)
+    if options.get("artifact"):
+        fmt = replace(fmt, artifact=options["artifact"])
     path = bundle.path(fmt.artifact)  # verifies the sha256
     gpu = device in ("cuda", "jetson")
     if runtime == "torch":
