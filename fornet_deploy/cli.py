@@ -365,5 +365,25 @@ def bench(
         console.print(f"JSON written to {json_out}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("fornet-demo"), help="output folder for data, bundle, results and report"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
+    train_iterations: int = typer.Option(300, help="CPU training iterations when no weights are found"),
+    bench_iters: int = typer.Option(20, help="timed iterations per artefact"),
+):
+    """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
+    from .demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=out, weights=weights, train_iterations=train_iterations, bench_iters=bench_iters),
+                      log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+    print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
+                [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
+                 for p, s in result["parity"].items()])
+    print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
+                [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
+    console.print(f"report: {result['report']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

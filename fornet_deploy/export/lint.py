@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import FornetError
-from ..model.fornet import FP32_SCOPES
+from ..model.fornet import TOPK_SCOPE
 from .onnx import load_onnx
 
 # TensorRT's TopK (ITopKLayer) handles K <= 3840 (MAX_TOPK_K in NvInfer.h).
@@ -62,10 +62,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def _in_fp32_scope(name: str) -> bool:
-    return any(scope in name for scope in FP32_SCOPES)
 
 
 def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
@@ -117,13 +113,15 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
                 add("blocker", "resize", name, f"Resize coordinate_transformation_mode={mode} is not supported by TensorRT")
         if node.op_type in QUANT_OPS:
             findings.extend(_lint_qdq(node, name, constants))
-        if node.op_type == "DequantizeLinear" or not _in_fp32_scope(name):
+        if node.op_type == "DequantizeLinear" or TOPK_SCOPE not in name:
             continue
+        # The Top-K must see the float importance map: a quantized one creates ties.
+        # (The selector's own first conv may read a quantized neck output; that is fine.)
         for tensor in node.input:
             producer = producers.get(tensor)
             if producer is not None and producer.op_type == "DequantizeLinear" and tensor not in constants:
-                add("warning", "fp32-selector", name, "the importance-map / Top-K subgraph takes a quantized activation; "
-                    "a quantized importance map creates ties (exclude it from calibration)")
+                add("warning", "fp32-selector", name, "the Top-K subgraph reads a quantized importance map, "
+                    "which creates ties (exclude it from calibration)")
                 break
     return findings
 

@@ -32,7 +32,8 @@ from .topk import TopK
 # ONNX node-name prefixes of the importance-map and Top-K subgraph (module paths as the
 # exporter names them). Quantizers and TensorRT keep these layers in FP32: a quantized or
 # half-precision importance map creates ties and changes which regions are selected.
-FP32_SCOPES = ("/focus/selector/", "/focus/topk/")
+SELECTOR_SCOPE, TOPK_SCOPE = "/focus/selector/", "/focus/topk/"
+FP32_SCOPES = (SELECTOR_SCOPE, TOPK_SCOPE)
 OUTPUT_STRIDE = 32
 FOCUS_MODES = ("topk", "adaptive", "none")
 

@@ -72,6 +72,9 @@ class OrtRunner(Runner):
             return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": "True"}
         return {}
 
+    def _deactivate_impl(self) -> None:
+        self.session = None  # frees the session's memory and thread pool
+
     def input_spec(self) -> InputSpec:
         first = self.session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in first.shape)

@@ -47,11 +47,24 @@ def test_runtime_k_unsupported_ops_custom_domains_and_asymmetric_qdq():
     assert ("blocker", "qdq", "q") in checks
 
 
-def test_quantized_selector_input_warns():
+def test_quantized_importance_map_into_topk_warns():
     nodes = [
-        helper.make_node("DequantizeLinear", ["xq", "s"], ["x"], name="/model/backbone/dq"),
-        helper.make_node("Conv", ["x", "w"], ["y"], name="/model/focus/selector/conv/Conv"),
+        helper.make_node("DequantizeLinear", ["xq", "s"], ["x"], name="/focus/selector/dq"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="/focus/topk/ReduceMin"),
     ]
     inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")]
     model = _model(nodes, inits, [_vi("xq", [1, 1, 4, 4], TensorProto.INT8)], [_vi("y", [1, 1, 4, 4])])
     assert [f.check for f in lint_tensorrt(model)] == ["fp32-selector"]
+
+
+def test_shipped_precision_graphs_pass_lint(tmp_path, tiny_checkpoint, tiny_data):
+    from fornet_deploy.calibration.qdq import calibrate_bundle
+    from fornet_deploy.export.fp16 import convert_fp16
+    from fornet_deploy.export.onnx import ExportConfig, export_bundle
+
+    export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(height=128, width=256))
+    convert_fp16(tmp_path / "b")
+    calibrate_bundle(tmp_path / "b", tiny_data, num=2)
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"):
+        report = lint_file(tmp_path / "b" / name)
+        assert report["passed"] and report["warnings"] == 0, (name, report["findings"])

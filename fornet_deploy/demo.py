@@ -1,0 +1,184 @@
+"""``fornet-deploy demo``: the embedded default end to end on a CPU machine.
+
+SynthCity -> shipped (or freshly trained) weights -> export FP32 + FP16 -> calibrate INT8
+(TensorRT Q/DQ + CPU U8S8) -> TensorRT lint -> parity -> evaluation -> benchmark matrix ->
+prediction pictures -> ``report.md``. Every number in the report is read back from the JSON
+files written beside it (``results/*.json``), so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .bundle import atomic_write_bytes, atomic_write_json, read_json
+from .errors import FornetError
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "fornet_synthcity.safetensors"
+ORT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("fornet-demo")
+    weights: Path | None = None  # None: the shipped SynthCity weights, else train fresh
+    train_iterations: int = 300  # only used when no weights are found
+    synth_train: int = 64  # calibration images are drawn from these
+    synth_val: int = 50
+    height: int = 256
+    width: int = 512
+    calib_images: int = 32
+    calib_method: str = "percentile"
+    bench_iters: int = 20
+    accuracy_images: int = 16
+    seed: int = 0
+
+
+Log = Callable[[str], None]
+
+
+def resolve_weights(cfg: DemoConfig, data: Path, log: Log) -> Path:
+    if cfg.weights is not None:
+        if not Path(cfg.weights).is_file():
+            raise FornetError(f"--weights {cfg.weights} does not exist")
+        return Path(cfg.weights)
+    if SHIPPED_WEIGHTS.is_file():
+        log(f"using the shipped SynthCity weights {SHIPPED_WEIGHTS.name}")
+        return SHIPPED_WEIGHTS
+    from .train import LAST, TrainConfig, train
+
+    log(f"no shipped weights found: training {cfg.train_iterations} iterations on the CPU")
+    run = cfg.out / "train"
+    train(TrainConfig(data=str(data), out=str(run), iterations=cfg.train_iterations,
+                      val_interval=cfg.train_iterations, seed=cfg.seed, device="cpu"))
+    return run / LAST
+
+
+def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
+    """Run every stage; returns the summary that ``report.md`` is rendered from."""
+    from .calibration.qdq import calibrate_bundle
+    from .data.synthcity import SynthCityConfig, generate
+    from .evaluation.evaluate import evaluate_bundle
+    from .evaluation.parity import parity_bundle
+    from .export.fp16 import convert_fp16
+    from .export.lint import lint_file
+    from .export.onnx import ExportConfig, export_bundle
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FornetError(f"--out {out} exists and is not a folder")
+    results = out / "results"
+    data, bundle = out / "synthcity", out / "bundle"
+
+    log(f"1/8 SynthCity: {cfg.synth_train} train + {cfg.synth_val} val images at {cfg.height}x{cfg.width}")
+    generate(data, SynthCityConfig(train=cfg.synth_train, val=cfg.synth_val, height=cfg.height, width=cfg.width, seed=cfg.seed))
+    weights = resolve_weights(cfg, data, log)
+
+    log("2/8 export: model.onnx (threshold Top-K) and model.fp16.onnx")
+    export_bundle(weights, bundle, ExportConfig(height=cfg.height, width=cfg.width))
+    convert_fp16(bundle)
+
+    log(f"3/8 calibrate INT8 on {cfg.calib_images} SynthCity train images ({cfg.calib_method})")
+    for target in ("tensorrt", "cpu"):
+        calibrate_bundle(bundle, data, num=cfg.calib_images, method=cfg.calib_method, target=target, seed=cfg.seed)
+
+    log("4/8 TensorRT lint of every graph")
+    lint = {name: lint_file(bundle / name) for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx")}
+    atomic_write_json(results / "lint.json", lint)
+
+    log("5/8 parity against the PyTorch FP32 reference")
+    parity = {}
+    for precision in ORT_PRECISIONS:
+        report = parity_bundle(bundle, "ort", precision, "cpu", data=data, out_dir=results / f"parity_ort_{precision}")
+        parity[precision] = report["summary"]
+
+    log("6/8 evaluation on the val split")
+    evaluation = {}
+    for runtime, precision in [("torch", "fp32")] + [("ort", p) for p in ORT_PRECISIONS]:
+        evaluation[f"{runtime} {precision}"] = evaluate_bundle(
+            bundle, data, runtime, precision, "cpu", json_out=results / f"eval_{runtime}_{precision}.json")
+
+    log("7/8 benchmark matrix (CPU)")
+    from .bench.bench import BenchConfig, run_matrix
+
+    matrix = run_matrix(bundle, "cpu", data=data, accuracy_images=cfg.accuracy_images,
+                        cfg=BenchConfig(iters=cfg.bench_iters, warmup=3))
+    atomic_write_json(results / "bench_matrix.json", matrix)
+
+    log("8/8 prediction pictures and report")
+    from .data.cityscapes import find_samples
+    from .predict import PredictConfig, predict
+
+    examples = [s.image for s in find_samples(data, "val")[:2]]
+    predict(bundle, examples, out / "pictures", PredictConfig(importance=True, mask=True))
+    summary = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "weights": str(weights), "bundle": str(bundle)}
+    atomic_write_json(results / "demo.json", summary)
+    report = write_report(out)
+    log(f"report: {report}")
+    return {"report": str(report), "parity": parity, "evaluation": evaluation, "matrix": matrix, "lint": lint}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_report(results: Path, pictures: Path) -> str:
+    """Markdown report built only from the JSON files in ``results``."""
+    demo = read_json(results / "demo.json", "demo summary")
+    lint = read_json(results / "lint.json", "lint results")
+    matrix = read_json(results / "bench_matrix.json", "benchmark matrix")
+    lines = [
+        "# fornet-deploy demo report", "",
+        f"Weights: `{demo['weights']}`; bundle: `{demo['bundle']}`. Machine: {matrix['machine'].get('cpu_model', '?')}, "
+        f"{matrix['machine'].get('cpu_count', '?')} cores. All numbers below are read from `results/*.json`.", "",
+        "## Accuracy (SynthCity val)", "",
+        "| runtime | precision | mIoU | boundary IoU | thin-structure IoU | Top-K covers boundary px |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in sorted(results.glob("eval_*.json")):
+        e = read_json(path, "evaluation")
+        r = e["runner"]
+        lines.append(f"| {r['backend']} | {r['precision']} | {_pct(e['miou'])} | {_pct(e['boundary_iou'])} | "
+                     f"{_pct(e['thin_iou'])} | {_pct(e['topk_coverage_boundary'])} |")
+    lines += ["", "## Parity against PyTorch FP32 (exact Top-K)", "",
+              "| artefact | max abs logit diff | argmax agreement % | Top-K mask agreement % | agreement mIoU % | pass |",
+              "|---|---|---|---|---|---|"]
+    for path in sorted(results.glob("parity_ort_*/parity.json")):
+        p = read_json(path, "parity report")
+        s = p["summary"]
+        max_abs = "-" if s["max_abs_logit"] is None else f"{s['max_abs_logit']:.2e}"
+        lines.append(f"| ort {p['candidate']['precision']} ({p['candidate']['artifact']}) | {max_abs} | {_pct(s['argmax_agreement'])} | "
+                     f"{_pct(s['mask_agreement'])} | {_pct(s['agreement_miou'])} | {'yes' if s['passed'] else 'NO'} |")
+    lines += ["", "## Benchmark matrix (CPU)", "", matrix_table(matrix), "",
+              "## TensorRT lint", "", "| graph | blockers | warnings |", "|---|---|---|"]
+    lines += [f"| {name} | {r['blockers']} | {r['warnings']} |" for name, r in lint.items()]
+    lines += ["", "## What FoR-Net focused on", "",
+              "Overlay, importance map and selected Top-K regions for two val images:", ""]
+    for picture in sorted(pictures.glob("**/*.png")):
+        if picture.name.endswith(("_overlay.png", "_importance.png", "_topk.png")):
+            lines.append(f"![{picture.stem}]({picture.relative_to(pictures.parent).as_posix()})")
+    lines += ["", "Parity diff pictures (reference | candidate | disagreement | |logit diff|) are in `results/parity_ort_*/`.", ""]
+    return "\n".join(lines)
+
+
+def matrix_table(matrix: dict) -> str:
+    from .bench.bench import matrix_markdown
+
+    return matrix_markdown(matrix)
+
+
+def write_report(out: Path) -> Path:
+    path = Path(out) / "report.md"
+    atomic_write_bytes(path, render_report(Path(out) / "results", Path(out) / "pictures").encode())
+    return path
+
+
+def load_results(out: Path) -> dict:
+    """All JSON results of a demo folder (for tests and tools that check the report)."""
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted((Path(out) / "results").rglob("*.json"))}
