@@ -1,8 +1,10 @@
 """PyTorch eager vs ONNX Runtime, and threshold vs exact Top-K inside the ONNX Runtime graph.
 
-All runners see the same preprocessed batch in one process, and the timed calls are
-interleaved (A B C D, A B C D, ...) so that machine noise hits every variant alike;
-the report gives medians and ratios, never absolute targets.
+All runners see the same preprocessed batch in one process. Timing alternates between
+the variants in short blocks (A x5, B x5, C x5, A x5, ...) so that machine noise hits every
+variant alike, while no session's idle thread pool competes with the one being timed
+(call-by-call interleaving of ONNX Runtime sessions slows them on 2 cores). The report
+gives medians and ratios, never absolute targets.
 
     python benchmarks/topk_overhead.py --checkpoint weights/fornet_synthcity.safetensors \
         --shape 512x1024 --iters 40 --json docs/results/topk_overhead.json
@@ -12,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from fornet_deploy.bench.bench import latency_stats, time_iterations
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import atomic_write_json
 from fornet_deploy.export.onnx import ExportConfig, export_bundle
@@ -27,15 +28,13 @@ from fornet_deploy.runtimes.ort_runner import OrtRunner
 from fornet_deploy.runtimes.torch_runner import TorchRunner
 
 
-def interleaved_medians(runners: dict, batch: np.ndarray, warmup: int, iters: int) -> dict[str, float]:
+def alternating_medians(runners: dict, batch: np.ndarray, warmup: int, iters: int, block: int = 5) -> dict[str, float]:
     times = {name: [] for name in runners}
-    for i in range(warmup + iters):
+    for _ in range(max(1, iters // block)):
         for name, runner in runners.items():
-            start = time.perf_counter()
-            runner(batch)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            timed = time_iterations(lambda i: runner(batch), block, warmup)
+            times[name] += timed.seconds
+    return {name: latency_stats(t)["p50_ms"] for name, t in times.items()}
 
 
 def main() -> None:
@@ -43,7 +42,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--shape", action="append", help="HxW, repeatable (default 256x512 and 512x1024)")
     parser.add_argument("--iters", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each block")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -63,7 +62,7 @@ def main() -> None:
             }
             for r in runners.values():
                 r.activate()
-            ms = interleaved_medians(runners, batch, args.warmup, args.iters)
+            ms = alternating_medians(runners, batch, args.warmup, args.iters)
             for r in runners.values():
                 r.deactivate()
         row = {

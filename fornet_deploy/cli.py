@@ -29,6 +29,13 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+# Options shared by the commands that run an artefact (parity, eval, bench, predict).
+BUNDLE_OPTION = typer.Option(..., help="deploy bundle")
+RUNTIME_OPTION = typer.Option("ort", help="torch | ort | trt")
+PRECISION_OPTION = typer.Option("fp32", help="fp32 | fp16 | int8")
+DEVICE_OPTION = typer.Option("cpu", help="cpu | cuda | jetson")
+
+
 def main() -> None:
     try:
         app()
@@ -188,10 +195,10 @@ def lint(
 
 @app.command()
 def parity(
-    bundle: Path = typer.Option(..., help="deploy bundle"),
-    runtime: str = typer.Option("ort", help="ort | trt | torch"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
+    bundle: Path = BUNDLE_OPTION,
+    runtime: str = RUNTIME_OPTION,
+    precision: str = PRECISION_OPTION,
+    device: str = DEVICE_OPTION,
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
     split: str = typer.Option("val"),
     limit: Optional[int] = typer.Option(None, help="at most this many images"),
@@ -227,11 +234,11 @@ def _check(summary: dict, key: str) -> str:
 
 @app.command("eval")
 def eval_cmd(
-    bundle: Path = typer.Option(..., help="deploy bundle"),
+    bundle: Path = BUNDLE_OPTION,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
-    runtime: str = typer.Option("ort", help="torch | ort | trt"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
+    runtime: str = RUNTIME_OPTION,
+    precision: str = PRECISION_OPTION,
+    device: str = DEVICE_OPTION,
     split: str = typer.Option("val"),
     limit: Optional[int] = typer.Option(None, help="at most this many images"),
     boundary_width: int = typer.Option(3, help="boundary band half-width in pixels"),
@@ -275,7 +282,7 @@ def calibrate(
 
 @app.command("build-trt")
 def build_trt(
-    bundle: Path = typer.Option(..., help="deploy bundle"),
+    bundle: Path = BUNDLE_OPTION,
     fp16: bool = typer.Option(False, "--fp16", help="from model.fp16.onnx (strongly typed)"),
     int8: bool = typer.Option(False, "--int8", help="from model.int8.qdq.onnx (strongly typed)"),
     fp32: bool = typer.Option(False, "--fp32", help="from model.onnx"),
@@ -308,11 +315,11 @@ def build_trt(
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="images, folders and videos"),
-    bundle: Path = typer.Option(..., help="deploy bundle"),
+    bundle: Path = BUNDLE_OPTION,
     out: Path = typer.Option(..., help="output folder"),
-    runtime: str = typer.Option("ort", help="torch | ort | trt"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
+    runtime: str = RUNTIME_OPTION,
+    precision: str = PRECISION_OPTION,
+    device: str = DEVICE_OPTION,
     shape: Optional[str] = typer.Option(None, help="network input HxW (images are resized, predictions resized back)"),
     importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
     mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
@@ -334,10 +341,10 @@ def predict(
 
 @app.command()
 def bench(
-    bundle: Path = typer.Option(..., help="deploy bundle"),
-    device: str = typer.Option("cpu", help="cpu | cuda | jetson"),
-    runtime: str = typer.Option("ort", help="torch | ort | trt"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    bundle: Path = BUNDLE_OPTION,
+    device: str = DEVICE_OPTION,
+    runtime: str = RUNTIME_OPTION,
+    precision: str = PRECISION_OPTION,
     shape: Optional[str] = typer.Option(None, help="input HxW (default: the export shape)"),
     batch: int = typer.Option(1),
     warmup: int = typer.Option(10),
