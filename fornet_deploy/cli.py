@@ -128,6 +128,8 @@ def train_cmd(
     )
     with prog.bar("train", total=iterations) as update:
         summary = train(cfg, resume=resume, on_step=lambda done, total, m: update(done, total, f"loss {m['loss']:.3f}"))
+    if summary["rank"] != 0:  # under torchrun, one process reports
+        return
     last = summary["history"][-1] if summary["history"] else {}
     console.print(
         f"trained to iteration {summary['iterations']} in {summary['seconds']:.0f} s; "
@@ -357,7 +359,7 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
-    from .bench.bench import BenchConfig, bench_rows, run_benchmark, run_matrix
+    from .bench.bench import BenchConfig, bench_rows, machine_line, run_benchmark, run_matrix
 
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, batch=batch, warmup=warmup, iters=iters,
                       shape=prog.parse_hw(shape, "--shape") if shape else None, threads=threads, images=images)
@@ -367,7 +369,7 @@ def bench(
         else:
             result = run_benchmark(bundle, cfg, progress=update, json_out=json_out)
     columns, rows = bench_rows(result)
-    print_table(f"benchmark on {result['machine'].get('cpu_model') or device}", columns, rows)
+    print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
     if json_out:
         console.print(f"JSON written to {json_out}")
 

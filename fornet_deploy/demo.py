@@ -133,19 +133,21 @@ def render_report(results: Path, pictures: Path) -> str:
     demo = read_json(results / "demo.json", "demo summary")
     lint = read_json(results / "lint.json", "lint results")
     matrix = read_json(results / "bench_matrix.json", "benchmark matrix")
+    from .bench.bench import machine_line
+
     lines = [
         "# fornet-deploy demo report", "",
-        f"Weights: `{demo['weights']}`; bundle: `{demo['bundle']}`. Machine: {matrix['machine'].get('cpu_model', '?')}, "
-        f"{matrix['machine'].get('cpu_count', '?')} cores. All numbers below are read from `results/*.json`.", "",
+        f"Weights: `{demo['weights']}`; bundle: `{demo['bundle']}`. Machine: {machine_line(matrix['machine'])}. "
+        "All numbers below are read from `results/*.json`.", "",
         "## Accuracy (SynthCity val)", "",
-        "| runtime | precision | mIoU | boundary IoU | thin-structure IoU | Top-K covers boundary px |",
-        "|---|---|---|---|---|---|",
+        "| runtime | precision | artefact | mIoU | boundary IoU | thin-structure IoU | Top-K covers boundary px |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(results.glob("eval_*.json")):
         e = read_json(path, "evaluation")
         r = e["runner"]
-        lines.append(f"| {r['backend']} | {r['precision']} | {_pct(e['miou'])} | {_pct(e['boundary_iou'])} | "
-                     f"{_pct(e['thin_iou'])} | {_pct(e['topk_coverage_boundary'])} |")
+        lines.append(f"| {r['backend']} | {r['precision']} | `{Path(r['artifact'] or '-').name}` | {_pct(e['miou'])} | "
+                     f"{_pct(e['boundary_iou'])} | {_pct(e['thin_iou'])} | {_pct(e['topk_coverage_boundary'])} |")
     lines += ["", "## Parity against PyTorch FP32 (exact Top-K)", "",
               "| artefact | max abs logit diff | argmax agreement % | Top-K mask agreement % | agreement mIoU % | pass |",
               "|---|---|---|---|---|---|"]
@@ -160,9 +162,10 @@ def render_report(results: Path, pictures: Path) -> str:
     lines += [f"| {name} | {r['blockers']} | {r['warnings']} |" for name, r in lint.items()]
     lines += ["", "## What FoR-Net focused on", "",
               "Overlay, importance map and selected Top-K regions for two val images:", ""]
-    for picture in sorted(pictures.glob("**/*.png")):
-        if picture.name.endswith(("_overlay.png", "_importance.png", "_topk.png")):
-            lines.append(f"![{picture.stem}]({picture.relative_to(pictures.parent).as_posix()})")
+    kinds = ("_overlay.png", "_importance.png", "_topk.png")  # segmentation, then what it focused on
+    shown = [p for p in pictures.glob("**/*.png") if p.name.endswith(kinds)]
+    for picture in sorted(shown, key=lambda p: (p.name.rsplit("_", 1)[0], kinds.index("_" + p.name.rsplit("_", 1)[1]))):
+        lines.append(f"![{picture.stem}]({picture.relative_to(pictures.parent).as_posix()})")
     lines += ["", "Parity diff pictures (reference | candidate | disagreement | |logit diff|) are in `results/parity_ort_*/`.", ""]
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from .errors import FornetError
 from .evaluation.metrics import SegmentationMetrics
 from .model.checkpoint import load_train_state, save_checkpoint, save_train_state
 from .model.fornet import FoRNet, FoRNetConfig, build_model
+from .runtimes.torch_runner import torch_device
 
 LAST, BEST, STATE, LOG = "last.safetensors", "best.safetensors", "last.state.safetensors", "log.jsonl"
 
@@ -137,16 +138,6 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConf
     return pixel_loss[hard].mean()
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .errors import HardwareError
-
-        raise HardwareError("--device cuda: PyTorch sees no CUDA GPU on this machine")
-    return torch.device(name)
-
-
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -189,7 +180,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
     """Train FoR-Net; returns a summary. ``stop_after`` ends this run early at that
     iteration (as an interruption would), saving the resume state."""
     rank, world, local_rank = _distributed()
-    device = _device(cfg.device)
+    device = torch_device(cfg.device)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
@@ -254,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(cfg, iteration)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = net.forward_all(images) if world == 1 else _ddp_forward_all(net, images)
+                outputs = net(images, return_all=True)
                 loss = segmentation_loss(outputs["logits"].float(), labels, cfg)
                 if cfg.selector_loss_weight > 0 and outputs["importance"] is not None:
                     target = hard_region_target(labels, model.output_stride // 4, cfg.hard_region_width)
@@ -291,6 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
     if world > 1:
         torch.distributed.destroy_process_group()
     return {
+        "rank": rank,
         "out": str(out),
         "iterations": iteration,
         "seconds": time.perf_counter() - t0,
@@ -298,18 +290,6 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
         "best_miou": best,
         "history": history,
     }
-
-
-def _ddp_forward_all(net, images):
-    # DDP wraps forward(); call the module's forward_all through DDP's hooks-free path
-    # by temporarily routing forward to forward_all.
-    module = net.module
-    original = module.forward
-    module.forward = module.forward_all
-    try:
-        return net(images)
-    finally:
-        module.forward = original
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

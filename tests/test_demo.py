@@ -14,7 +14,7 @@ def test_demo_report_matches_its_json(tmp_path, tiny_checkpoint):
     for runtime, precision in [("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8")]:
         e = results[f"results/eval_{runtime}_{precision}.json"]
         backend = e["runner"]["backend"]
-        row = f"| {backend} | {precision} | {100 * e['miou']:.2f} | {100 * e['boundary_iou']:.2f} |"
+        row = f"| {backend} | {precision} | `{e['runner']['artifact'].split('/')[-1]}` | {100 * e['miou']:.2f} | {100 * e['boundary_iou']:.2f} |"
         assert row in report, row
     for precision in ("fp32", "fp16", "int8"):
         s = results[f"results/parity_ort_{precision}/parity.json"]["summary"]

@@ -685,7 +685,7 @@ MATRIX_COLUMNS: tuple[tuple[str, Callable[[dict], object], Callable], ...] = (
 STAGE_COLUMNS = ("stage", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "min ms", "img/s")
 
 
-def _machine_line(machine: dict) -> str:
+def machine_line(machine: dict) -> str:
     gpus = (machine.get("gpus") or {}).get("devices") or []
     board = ((machine.get("jetson") or {}).get("board") or {}).get("model")
     parts = [board or (machine.get("cpu") or {}).get("model") or "unknown CPU"]
@@ -703,7 +703,7 @@ def matrix_markdown(result: dict) -> str:
     header = [name for name, _, _ in MATRIX_COLUMNS]
     lines = [
         f"FoR-Net {height}x{width}, batch {config['batch']}, `--device {result['device']}` on "
-        f"{_machine_line(result['machine'])}; {config['iters']} timed iterations after {config['warmup']} "
+        f"{machine_line(result['machine'])}; {config['iters']} timed iterations after {config['warmup']} "
         f"warm-up. p50/p90/p99 and img/s: compute only; e2e: decode + preprocess + infer + labels and "
         f"colours at frame size. Accuracy: {result['accuracy']['source']}, agreement with "
         f"{result['accuracy']['reference']}.",

@@ -295,8 +295,11 @@ class FoRNet(nn.Module):
         logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
         return {"logits": logits, "importance": importance, "topk_mask": mask}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(x)["logits"]
+    def forward(self, x: torch.Tensor, return_all: bool = False):
+        """Logits, or with ``return_all`` the dict of :meth:`forward_all` (a keyword rather
+        than a second method so that DistributedDataParallel's forward hooks apply)."""
+        out = self.forward_all(x)
+        return out if return_all else out["logits"]
 
     @property
     def topk(self) -> TopK | None:
