@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
-from .data.cityscapes import colorize, read_image, train_ids_to_label_ids
+from .data.cityscapes import colorize, encode_png, read_image, train_ids_to_label_ids
 from .data.transforms import Preprocessing, check_stride, preprocess
 from .errors import FornetError
 from .evaluation.evaluate import predicted_labels, upsampled_mask
@@ -356,12 +356,7 @@ class _Staging:
 
     def write_png(self, rel: str, image: np.ndarray) -> None:
         """Write an RGB or single-channel uint8 image."""
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok, data = cv2.imencode(".png", image)
-        if not ok:
-            raise FornetError(f"OpenCV cannot encode {rel} as PNG")
-        self.write_bytes(rel, data.tobytes())
+        self.write_bytes(rel, encode_png(image, rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         try:

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..bundle import Bundle, atomic_write_json, now_iso
-from ..data.cityscapes import colorize
+from ..data.cityscapes import colorize, encode_png
 from ..data.synthcity import render_scene
 from ..data.transforms import Preprocessing, check_stride, preprocess
 from ..errors import FornetError, HardwareError
@@ -234,9 +234,8 @@ def synthetic_frame(height: int, width: int, seed: int = 0) -> Frame:
     """One SynthCity street scene, PNG-encoded in memory: it decodes and compresses like a
     camera frame would, unlike flat or white-noise images."""
     image, _ = render_scene(np.random.default_rng(seed), height, width)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    assert ok, "PNG encoding of an in-memory uint8 image cannot fail"
-    return Frame(f"synthcity_{height}x{width}.png", data.tobytes())
+    name = f"synthcity_{height}x{width}.png"
+    return Frame(name, encode_png(image, name))
 
 
 def image_files(path: Path) -> list[Path]:

@@ -160,6 +160,23 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def encode_png(image: np.ndarray, name: str = "image") -> bytes:
+    """PNG bytes of an RGB (HxWx3) or single-channel uint8 image (cv2 wants BGR)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise FornetError(f"OpenCV cannot encode {name} as PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB or single-channel image atomically (never a half-written PNG)."""
+    from ..bundle import atomic_write_bytes
+
+    atomic_write_bytes(path, encode_png(image, str(path)))
+
+
 def read_train_ids(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read a *_labelIds.png as train ids; check its size against the image."""
     path = Path(path)

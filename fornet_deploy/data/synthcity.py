@@ -25,7 +25,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ..bundle import atomic_write_bytes, atomic_write_json
+from ..bundle import atomic_write_json
 from ..errors import FornetError
 from .cityscapes import (
     CLASS_NAMES,
@@ -34,6 +34,7 @@ from .cityscapes import (
     LABEL_SUFFIX,
     NUM_CLASSES,
     label_ids_to_train_ids,
+    write_png,
 )
 
 # Bump when a change to the drawing code changes the generated pixels.
@@ -848,13 +849,6 @@ def sample_name(split: str, index: int) -> tuple[str, str]:
     return city, f"{city}_{index // len(cities):06d}_{_FRAME:06d}"
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 array
-        raise FornetError(f"could not encode {path}")
-    atomic_write_bytes(path, encoded.tobytes())
-
-
 def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
     """Delete images of a previous, larger run so the folder matches the config."""
     pattern = re.compile(r"^synth[a-z]+_\d{6}_\d{6}$")
@@ -895,9 +889,8 @@ def generate(
             image, label_ids = render_scene(rng, config.height, config.width)
             city, stem = sample_name(split, index)
             stems.add(stem)
-            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # cv2 writes BGR
-            _write_png(out / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}", bgr)
-            _write_png(out / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}", label_ids)
+            write_png(out / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}", image)
+            write_png(out / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}", label_ids)
             if split == "train":
                 train_ids = label_ids_to_train_ids(label_ids)
                 counts += np.bincount(np.minimum(train_ids, NUM_CLASSES).ravel(), minlength=NUM_CLASSES + 1)

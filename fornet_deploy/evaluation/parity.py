@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from ..bundle import Bundle, atomic_path, atomic_write_json
-from ..data.cityscapes import colorize, find_samples
+from ..bundle import Bundle, atomic_write_json
+from ..data.cityscapes import colorize, find_samples, write_png
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError
 from ..runtimes.base import LOGITS, TOPK_MASK, Runner
@@ -156,9 +156,7 @@ def run_parity(reference: Runner, candidate: Runner, examples: Iterable, thresho
 
 
 def _write_picture(path: Path, rgb: np.ndarray) -> str:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
+    write_png(path, rgb)
     return path.name
 
 

@@ -1,5 +1,4 @@
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fornet_deploy.export.lint import TRT_MAX_TOPK_K, lint_file, lint_tensorrt
