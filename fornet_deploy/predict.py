@@ -44,13 +44,12 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
-from .data.cityscapes import colorize, encode_png, read_image, train_ids_to_label_ids
+from .data.cityscapes import IMAGE_EXTENSIONS, colorize, encode_png, read_image, train_ids_to_label_ids
 from .data.transforms import Preprocessing, check_stride, preprocess
 from .errors import FornetError
 from .evaluation.evaluate import predicted_labels, upsampled_mask
 from .runtimes.base import IMPORTANCE, LABELS, LOGITS, TOPK_MASK, InputSpec, Runner
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
 REPORT_NAME = "predictions.json"

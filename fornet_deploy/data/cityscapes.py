@@ -149,6 +149,10 @@ def find_samples(root: str | Path, split: str, require_labels: bool = True) -> l
     return samples
 
 
+# Image files every command reads (cv2.imread decodes all of them).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8 HxWx3, or raise a one-line error."""
     path = Path(path)
