@@ -33,11 +33,12 @@ import cv2
 import numpy as np
 
 from ..bundle import Bundle, atomic_write_json, now_iso
-from ..data.cityscapes import colorize, encode_png
+from ..data.cityscapes import IMAGE_EXTENSIONS, colorize, encode_png
 from ..data.synthcity import render_scene
 from ..data.transforms import Preprocessing, check_stride, preprocess
 from ..errors import FornetError, HardwareError
-from ..evaluation.evaluate import Example, evaluate_runner, iterate_examples, predicted_labels
+from ..evaluation.evaluate import Example, iterate_examples, predicted_labels
+from ..evaluation.metrics import SegmentationMetrics
 from ..evaluation.parity import compare_outputs
 from ..model.fornet import OUTPUT_STRIDE
 from ..runtimes.base import LABELS, LOGITS, TOPK_MASK, InputSpec, Runner
@@ -50,8 +51,6 @@ REFERENCE = ("torch", "fp32")
 # Real images kept encoded in memory for the end-to-end loop (cycled through); enough to
 # vary the content without holding a whole dataset in RAM.
 MAX_FRAMES = 32
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
-
 Progress = Callable[..., None]  # progress(done, total, note)
 
 
@@ -251,9 +250,9 @@ def image_files(path: Path) -> list[Path]:
         root = root / "val" if (root / "val").is_dir() else root
     else:
         root = path
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise FornetError(f"--images {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise FornetError(f"--images {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
@@ -560,22 +559,30 @@ def _reference_outputs(bundle: Bundle, examples: Sequence[Example],
 
 
 def _accuracy(runner: Runner, examples: Sequence[Example], reference: list[dict] | None,
-              data: Path | None, pre: Preprocessing, num_classes: int) -> dict:
-    """mIoU (with labelled data) and agreement with the reference, pooled over the images."""
+              num_classes: int) -> dict:
+    """mIoU (on labelled examples) and agreement with the reference, pooled over the
+    images, from one inference per image."""
     result: dict = {"miou": None, "argmax_agreement": None, "mask_agreement": None}
+    metrics = SegmentationMetrics(num_classes=num_classes)
+    agreements = []
     try:
-        if data is not None:
-            metrics = evaluate_runner(runner, data, "val", pre, limit=len(examples), num_classes=num_classes)
-            result["miou"] = metrics["miou"]
-        if reference is not None:
-            # The images share one size, so the mean of per-image fractions is the pooled fraction.
-            images = [compare_outputs(ex.name, ref, runner(ex.batch), ex.image.shape[:2])
-                      for ex, ref in zip(examples, reference)]
-            result["argmax_agreement"] = float(np.mean([i.argmax_agreement for i in images]))
-            masks = [i.mask_agreement for i in images if i.mask_agreement is not None]
-            result["mask_agreement"] = float(np.mean(masks)) if masks else None
+        for i, ex in enumerate(examples):
+            outputs = runner(ex.batch)
+            hw = ex.image.shape[:2]
+            if ex.labels is not None:
+                metrics.update(predicted_labels(outputs, hw), ex.labels)
+            if reference is not None:
+                agreements.append(compare_outputs(ex.name, reference[i], outputs, hw))
     except FornetError as exc:  # e.g. a fixed-batch engine cannot take single images
         result["accuracy_note"] = str(exc)
+        return result
+    if metrics.num_images:
+        result["miou"] = metrics.result()["miou"]
+    if agreements:
+        # The images share one size, so the mean of per-image fractions is the pooled fraction.
+        result["argmax_agreement"] = float(np.mean([a.argmax_agreement for a in agreements]))
+        masks = [a.mask_agreement for a in agreements if a.mask_agreement is not None]
+        result["mask_agreement"] = float(np.mean(masks)) if masks else None
     return result
 
 
@@ -617,7 +624,7 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
     num_classes = len(bundle.manifest.get("classes") or []) or 19
 
     def accuracy(runner: Runner) -> dict:
-        return _accuracy(runner, examples, reference, data, pre, num_classes)
+        return _accuracy(runner, examples, reference, num_classes)
 
     rows = []
     for done, fmt in enumerate(formats, start=1):
