@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from fornet_deploy.bundle import atomic_write_json
-from fornet_deploy.data.cityscapes import CityscapesDataset
+from fornet_deploy.io import atomic_write_json
 from fornet_deploy.model.checkpoint import load_checkpoint
 from fornet_deploy.model.fornet import FoRNetConfig
-from fornet_deploy.train import LAST, TrainConfig, evaluate_model, train
+from fornet_deploy.train import LAST, TrainConfig, train, validate
 
 # slug (run folder) -> (label, model config)
 VARIANTS = {
@@ -42,7 +41,7 @@ def run(data: Path, out: Path, iterations: int, seed: int, names: list[str]) -> 
         if not (run_dir / LAST).is_file():
             train(cfg)
         model, _ = load_checkpoint(run_dir / LAST)
-        metrics = evaluate_model(model, CityscapesDataset(data, "val"), torch.device("cpu"))
+        metrics = validate(model, str(data), torch.device("cpu"))
         row = {"variant": name, "slug": slug, "config": {"focus": model_cfg.focus, "topk_ratio": model_cfg.topk_ratio},
                "iterations": iterations, "seed": seed, **{k: metrics[k] for k in (
                    "miou", "boundary_iou", "thin_iou", "topk_coverage_boundary", "topk_coverage_errors", "iou_per_class")}}

@@ -2,7 +2,7 @@
 vs the PyTorch FP32 reference (exact Top-K) on SynthCity val images resized per resolution.
 
     fornet-deploy export --checkpoint runs/ablation/adaptive/last.safetensors --out runs/bundle_adaptive \\
-        --height 256 --width 512 --dynamic
+        --shape 256x512 --dynamic
     python benchmarks/adaptive_parity.py runs/bundle_adaptive runs/synthcity --shape 256x512 --shape 384x768 \\
         --json docs/results/adaptive_parity.json
 """
@@ -14,12 +14,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from fornet_deploy.bundle import Bundle, atomic_write_json
+from fornet_deploy.bundle import Bundle
+from fornet_deploy.contract import parse_hw
 from fornet_deploy.data.transforms import Preprocessing
-from fornet_deploy.evaluation.evaluate import iterate_examples
+from fornet_deploy.evaluation.examples import dataset_examples
 from fornet_deploy.evaluation.parity import THRESHOLDS, run_parity
-from fornet_deploy.progress import parse_hw
-from fornet_deploy.runtimes.formats import make_runner
+from fornet_deploy.io import atomic_write_json
+from fornet_deploy.runtimes.registry import load_runner
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("data", type=Path)
     parser.add_argument("--shape", action="append", required=True, help="HxW, repeatable")
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--num-images", type=int, default=None)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     bundle = Bundle.open(args.bundle)
@@ -36,8 +37,8 @@ def main() -> None:
     for shape in args.shape:
         h, w = parse_hw(shape, "--shape")
         pre = replace(base, resize="fixed", height=h, width=w)
-        with make_runner(bundle, "torch", "fp32", topk="exact") as ref, make_runner(bundle, "ort", "fp32") as ort:
-            report = run_parity(ref, ort, iterate_examples(args.data, "val", pre, args.limit), THRESHOLDS["fp32"])
+        with load_runner(bundle, "torch", "fp32", topk="exact") as ref, load_runner(bundle, "ort", "fp32") as ort:
+            report = run_parity(ref, ort, dataset_examples(args.data, "val", pre, args.num_images), THRESHOLDS["fp32"])
         counts = [i["mask_count_reference"] for i in report["images"]]
         cells = (h // 8) * (w // 8)
         row = {"shape": [h, w], **report["summary"],

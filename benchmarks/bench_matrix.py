@@ -5,7 +5,7 @@ The numbers in docs/benchmarks.md come from this script:
     python benchmarks/bench_matrix.py runs/bundle --device cpu --data runs/synthcity \
         --out docs/results [--shape 256x512] [--batch 1] [--warmup 10] [--iters 50] [--threads N]
 
-It calls :func:`fornet_deploy.bench.bench.run_matrix` (PyTorch FP32 and every ONNX Runtime /
+It calls :func:`fornet_deploy.bench.run_matrix` (PyTorch FP32 and every ONNX Runtime /
 TensorRT artefact the bundle holds for the device, measured in one process) and writes
 ``bench_<device>.json`` (everything, machine description included) and
 ``bench_<device>.md`` (the table) into ``--out``; the table is also printed.
@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fornet_deploy.bench.bench import BenchConfig, matrix_markdown, run_matrix
-from fornet_deploy.bundle import atomic_write_bytes, atomic_write_json
+from fornet_deploy.bench import BenchConfig, matrix_markdown, run_matrix
+from fornet_deploy.contract import parse_hw
 from fornet_deploy.errors import FornetError
-from fornet_deploy.progress import parse_hw
+from fornet_deploy.io import atomic_write_bytes, atomic_write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="folder for bench_<device>.json and .md")
     p.add_argument("--device", default="cpu", help="cpu | cuda | jetson")
     p.add_argument("--data", type=Path, default=None, help="Cityscapes-layout root: mIoU on its val images")
-    p.add_argument("--accuracy-images", type=int, default=8)
+    p.add_argument("--num-images", type=int, default=8, help="images for the accuracy columns")
     p.add_argument("--shape", default=None, help="HxW (default: the bundle's export shape)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         def progress(done: int, total: int, note: str) -> None:
             print(f"[{done}/{total}] {note}", file=sys.stderr, flush=True)
 
-        result = run_matrix(args.bundle, args.device, args.data, args.accuracy_images, cfg, progress)
+        result = run_matrix(args.bundle, args.device, args.data, args.num_images, cfg, progress)
     except FornetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,14 +1,15 @@
 """FP32 vs FP16 vs INT8 with ONNX Runtime (CPU): accuracy, agreement and latency.
 
     python benchmarks/precision_eval.py BUNDLE DATA [--methods entropy,minmax,percentile]
-        [--num 64] [--seed 0] [--runs 50] [--warmup 5] [--json results.json]
+        [--num-images 64] [--seed 0] [--runs 50] [--warmup 5] [--json results.json]
 
 Works on a copy of the bundle (the given one is not touched): writes ``model.fp16.onnx``
 and, per calibration method, both INT8 targets, then for every variant on the val split
 
-* segmentation metrics through ``evaluate_runner`` (mIoU, boundary IoU, thin IoU) and their
-  drop vs FP32, in points;
-* agreement with FP32 on the same preprocessed images: argmax (``labels``) and Top-K mask;
+* segmentation metrics (mIoU, boundary IoU, thin IoU) and their drop vs FP32, in points;
+* agreement with FP32 on the same preprocessed images: argmax (``labels``) and Top-K mask,
+  through ``evaluation.agreement`` (the comparison ``parity`` makes) -- one inference per
+  image feeds both, the FP32 outputs are computed once;
 * CPU latency of FP32, FP16, INT8-cpu (U8S8) and INT8-qdq (S8S8) in one process, one
   session at a time: warm-up, then ``--runs`` timed runs; the median and its ratio to FP32
   are reported.
@@ -36,12 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.calibration.qdq import INT8_CPU_NAME, INT8_QDQ_NAME, METHODS, calibrate_bundle
+from fornet_deploy.calibration.qdq import METHODS, calibrate_bundle
+from fornet_deploy.contract import LABELS, ONNX_FP16, ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ, TOPK_MASK
 from fornet_deploy.data.transforms import Preprocessing
-from fornet_deploy.evaluation.evaluate import evaluate_runner, iterate_examples
-from fornet_deploy.export.fp16 import FP16_NAME, FP32_OPS, convert_fp16
-from fornet_deploy.export.onnx import ONNX_NAME
-from fornet_deploy.runtimes.base import LABELS, TOPK_MASK
+from fornet_deploy.evaluation.agreement import compare_outputs, pooled
+from fornet_deploy.evaluation.examples import dataset_examples
+from fornet_deploy.evaluation.metrics import SegmentationMetrics
+from fornet_deploy.evaluation.postprocess import predicted_labels, upsampled_mask
+from fornet_deploy.export.fp16 import FP32_OPS, convert_fp16
 from fornet_deploy.runtimes.ort_runner import OrtRunner
 
 FP16_AGREEMENT = 0.999
@@ -53,11 +56,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("bundle", type=Path)
     p.add_argument("data", type=Path, help="dataset in the Cityscapes layout (train for calibration, val for eval)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--num", type=int, default=64, help="calibration images")
+    p.add_argument("--num-images", type=int, default=64, help="calibration images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--fp32-ops", default=",".join(sorted(FP32_OPS)), help="op types kept FP32 in the FP16 graph")
-    p.add_argument("--limit", type=int, default=None, help="val images (default all)")
+    p.add_argument("--val-images", type=int, default=None, help="val images (default all)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
@@ -65,24 +68,19 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def agreement(reference: OrtRunner, runner: OrtRunner, data: Path, pre: Preprocessing, limit: int | None) -> dict:
-    """Pixel fractions where the variant's labels / Top-K mask equal FP32's, pooled over images."""
-    same = {LABELS: 0, TOPK_MASK: 0}
-    total = {LABELS: 0, TOPK_MASK: 0}
-    for example in iterate_examples(data, "val", pre, limit):
-        ref, out = reference(example.batch), runner(example.batch)
-        for name in same:
-            same[name] += int(np.count_nonzero(ref[name] == out[name]))
-            total[name] += ref[name].size
-    return {"argmax_agreement": same[LABELS] / total[LABELS], "mask_agreement": same[TOPK_MASK] / total[TOPK_MASK]}
-
-
-def evaluate_variant(name: str, path: Path, reference: OrtRunner, args, pre: Preprocessing, classes: int) -> dict:
+def evaluate_variant(name: str, path: Path, examples: list, reference: list[dict], args, classes: int) -> dict:
+    """Metrics and agreement with FP32 of one graph, from one inference per val image."""
+    metrics = SegmentationMetrics(num_classes=classes)
+    agreements = []
     with OrtRunner(path, precision=name, threads=args.threads) as runner:
-        metrics = evaluate_runner(runner, args.data, "val", pre, args.limit, num_classes=classes)
-        agree = agreement(reference, runner, args.data, pre, args.limit)
-    return {"variant": name, "artifact": path.name, "miou": metrics["miou"], "boundary_iou": metrics["boundary_iou"],
-            "thin_iou": metrics["thin_iou"], **agree}
+        for example, ref in zip(examples, reference):
+            out = runner(example.batch, outputs=(LABELS, TOPK_MASK))
+            hw = example.labels.shape
+            metrics.update(predicted_labels(out, hw), example.labels, topk_mask=upsampled_mask(out, hw))
+            agreements.append(compare_outputs(example.name, ref, out, hw))
+    result = metrics.result()
+    return {"variant": name, "artifact": path.name, "miou": result["miou"], "boundary_iou": result["boundary_iou"],
+            "thin_iou": result["thin_iou"], **pooled(agreements)}
 
 
 def latency(paths: dict[str, Path], batch: np.ndarray, runs: int, warmup: int, threads: int | None) -> dict:
@@ -112,28 +110,30 @@ def build_and_evaluate(work: Path, args) -> dict:
     classes = len(bundle.manifest["classes"])
     fp32_ops = frozenset(op for op in args.fp32_ops.split(",") if op)
     fp16_entry = convert_fp16(work, fp32_ops)
+    examples = list(dataset_examples(args.data, "val", pre, args.val_images))
+    with OrtRunner(work / ONNX_FP32, threads=args.threads) as fp32:  # the reference, computed once
+        reference = [fp32(example.batch, outputs=(LABELS, TOPK_MASK)) for example in examples]
     rows, calibration = [], {}
-    with OrtRunner(work / ONNX_NAME, threads=args.threads) as reference:
-        rows.append(evaluate_variant("fp32", work / ONNX_NAME, reference, args, pre, classes))
-        rows.append(evaluate_variant("fp16", work / FP16_NAME, reference, args, pre, classes))
-        for method in args.methods.split(","):
-            for target, artifact in (("tensorrt", INT8_QDQ_NAME), ("cpu", INT8_CPU_NAME)):
-                start = time.perf_counter()
-                entry = calibrate_bundle(work, args.data, args.num, method, target, args.seed,
-                                         percentile=args.percentile)
-                seconds = time.perf_counter() - start
-                calibration[f"{method}/{target}"] = {"seconds": seconds, "key": entry["calibration"]["key"]}
-                rows.append(evaluate_variant(f"int8-{target}-{method}", work / artifact, reference, args, pre, classes))
+    rows.append(evaluate_variant("fp32", work / ONNX_FP32, examples, reference, args, classes))
+    rows.append(evaluate_variant("fp16", work / ONNX_FP16, examples, reference, args, classes))
+    for method in args.methods.split(","):
+        for target, artifact in (("tensorrt", ONNX_INT8_QDQ), ("cpu", ONNX_INT8_CPU)):
+            start = time.perf_counter()
+            entry = calibrate_bundle(work, args.data, args.num_images, method, target, args.seed,
+                                     percentile=args.percentile)
+            seconds = time.perf_counter() - start
+            calibration[f"{method}/{target}"] = {"seconds": seconds, "key": entry["calibration"]["key"]}
+            rows.append(evaluate_variant(f"int8-{target}-{method}", work / artifact, examples, reference, args,
+                                         classes))
     for row in rows:
         for metric in ("miou", "boundary_iou", "thin_iou"):
             row[f"{metric}_drop_points"] = 100 * (rows[0][metric] - row[metric])
-    example = next(iterate_examples(args.data, "val", pre, 1))
     last = args.methods.split(",")[-1]  # the INT8 files on disk are the last method's
-    timed = {"fp32": work / ONNX_NAME, "fp16": work / FP16_NAME,
-             f"int8-cpu-{last}": work / INT8_CPU_NAME, f"int8-tensorrt-{last}": work / INT8_QDQ_NAME}
-    return {"rows": rows, "latency": latency(timed, example.batch, args.runs, args.warmup, args.threads),
+    timed = {"fp32": work / ONNX_FP32, "fp16": work / ONNX_FP16,
+             f"int8-cpu-{last}": work / ONNX_INT8_CPU, f"int8-tensorrt-{last}": work / ONNX_INT8_QDQ}
+    return {"rows": rows, "latency": latency(timed, examples[0].batch, args.runs, args.warmup, args.threads),
             "fp16": {k: fp16_entry[k] for k in ("fp32_nodes", "fp32_ops", "converter")}, "calibration": calibration,
-            "input_shape": list(example.batch.shape)}
+            "input_shape": list(examples[0].batch.shape)}
 
 
 def check_targets(result: dict) -> dict[str, bool]:

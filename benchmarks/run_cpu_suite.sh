@@ -8,11 +8,11 @@ BUNDLE=${BUNDLE:-runs/bundle}
 RESULTS=${RESULTS:-docs/results}
 WEIGHTS=${WEIGHTS:-weights/fornet_synthcity.safetensors}
 mkdir -p "$RESULTS"
-[ -d "$DATA/leftImg8bit" ] || fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --height 256 --width 512 --seed 0
+[ -d "$DATA/leftImg8bit" ] || fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --shape 256x512 --seed 0
 
-fornet-deploy export --checkpoint "$WEIGHTS" --out "$BUNDLE" --height 256 --width 512 --precision fp16
-fornet-deploy calibrate --bundle "$BUNDLE" --data "$DATA" --num 64 --method percentile --target tensorrt
-fornet-deploy calibrate --bundle "$BUNDLE" --data "$DATA" --num 64 --method percentile --target cpu
+fornet-deploy export --checkpoint "$WEIGHTS" --out "$BUNDLE" --shape 256x512 --precision fp16
+fornet-deploy calibrate --bundle "$BUNDLE" --data "$DATA" --num-images 64 --method percentile --target tensorrt
+fornet-deploy calibrate --bundle "$BUNDLE" --data "$DATA" --num-images 64 --method percentile --target cpu
 for graph in model.onnx model.fp16.onnx model.int8.qdq.onnx; do
     fornet-deploy lint "$BUNDLE/$graph" --json "$RESULTS/lint_${graph%.onnx}.json"
 done
@@ -23,4 +23,4 @@ done
 fornet-deploy eval --bundle "$BUNDLE" --data "$DATA" --runtime ort --precision fp32 --json "$RESULTS/eval_ort_fp32.json"
 python benchmarks/topk_overhead.py --checkpoint "$WEIGHTS" --iters 40 --json "$RESULTS/topk_overhead.json"
 python benchmarks/precision_eval.py "$BUNDLE" "$DATA" --runs 50 --json "$RESULTS/precision.json"
-python benchmarks/bench_matrix.py "$BUNDLE" --device cpu --data "$DATA" --accuracy-images 50 --iters 50 --out "$RESULTS"
+python benchmarks/bench_matrix.py "$BUNDLE" --device cpu --data "$DATA" --num-images 50 --iters 50 --out "$RESULTS"

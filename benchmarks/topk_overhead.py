@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fornet_deploy.bench.bench import latency_stats, time_iterations
 from fornet_deploy.bench.sysinfo import describe_machine
-from fornet_deploy.bundle import atomic_write_json
+from fornet_deploy.bench.timing import latency_stats, time_iterations
+from fornet_deploy.contract import parse_hw
 from fornet_deploy.export.onnx import ExportConfig, export_bundle
-from fornet_deploy.progress import parse_hw
+from fornet_deploy.io import atomic_write_json
 from fornet_deploy.runtimes.ort_runner import OrtRunner
 from fornet_deploy.runtimes.torch_runner import TorchRunner
 

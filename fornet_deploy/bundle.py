@@ -2,85 +2,23 @@
 
 Every stage (export, calibrate, build-trt, parity, eval, bench) writes its artefacts into
 the bundle and records them in the manifest with their sha256, so a later stage can tell
-a file that was changed or truncated behind its back. All writes are atomic: a file is
-written to a temporary name in the same folder and renamed into place.
+a file that was changed or truncated behind its back. All writes are atomic
+(:mod:`fornet_deploy.io`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from .contract import MANIFEST
 from .errors import FornetError
+from .io import atomic_path, atomic_write_json, now_iso, read_json, sha256_file
 
-MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "fornet-deploy-bundle"
 BUNDLE_VERSION = 1
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success.
-
-    On any exception the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the artefact the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FornetError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FornetError(f"{what} {path} is not valid JSON ({exc})") from None
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 @dataclass

@@ -1,23 +1,39 @@
-"""The ``fornet-deploy`` command line: parse, call one library function, print.
+"""The ``fornet-deploy`` command line: parse, call one function of :mod:`fornet_deploy.api`, print.
 
-Every command turns a :class:`~fornet_deploy.errors.FornetError` into one line on stderr
-and a non-zero exit code; anything else is a bug and keeps its traceback.
+One spelling per concept: ``--shape HxW`` for every image size, ``--num-images`` for every
+image count, ``--out`` for folders and ``--json`` for result files, ``--precision`` with
+the contract's choices (``build-trt --fp16 / --int8 / --fp32`` are shorthands for it).
+Every error a user can cause ends in one line on stderr and the exit code of
+:class:`~fornet_deploy.errors.ExitCode` (documented in the README); anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import progress as prog
-from .errors import FornetError
+from ._version import __version__
+from .contract import (
+    CALIBRATION_METHODS,
+    CALIBRATION_TARGETS,
+    DEVICES,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    RUNTIMES,
+    TOPK_FORMS,
+    parse_hw,
+)
+from .errors import ExitCode, FornetError, OptionError
 
 app = typer.Typer(
     help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
@@ -28,21 +44,83 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
+# Choices come from the contract's tables: --help lists them, a wrong value is a usage error.
+Runtime = Literal[RUNTIMES]
+Precision = Literal[PRECISIONS]
+Device = Literal[DEVICES]
+TopkForm = Literal[TOPK_FORMS]
+Method = Literal[CALIBRATION_METHODS]
+Target = Literal[CALIBRATION_TARGETS]
 
-# Options shared by the commands that run an artefact (parity, eval, bench, predict).
-BUNDLE_OPTION = typer.Option(..., help="deploy bundle")
-RUNTIME_OPTION = typer.Option("ort", help="torch | ort | trt")
-PRECISION_OPTION = typer.Option("fp32", help="fp32 | fp16 | int8")
-DEVICE_OPTION = typer.Option("cpu", help="cpu | cuda | jetson")
+# Options shared by several commands.
+BUNDLE = typer.Option(..., help="deploy bundle folder")
+RUNTIME = typer.Option("ort", help="inference runtime")
+PRECISION = typer.Option("fp32", help="artefact precision")
+DEVICE = typer.Option("cpu", help="where to run")
+NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
+JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
+SPLIT = typer.Option("val", help="dataset split")
+
+
+def _clicks_exception_base() -> type[Exception]:
+    # typer >= 0.25 vendors click; its exceptions share click's ClickException base.
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main() -> None:
+    """Console entry point: every failure a user can cause is one line and an exit code."""
+    click_error = _clicks_exception_base()
     try:
-        app()
+        code = app(standalone_mode=False)
     except FornetError as exc:
         # escape: messages hold literal brackets such as 'fornet-deploy[tensorrt]'
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
-        sys.exit(exc.exit_code)
+        _error(str(exc))
+        sys.exit(int(exc.exit_code))
+    except click_error as exc:  # unknown option, wrong choice, value out of range
+        message = exc.format_message().replace("Value error, ", "")
+        if message:  # empty for "no command given", after the help text
+            _error(message)
+        sys.exit(int(ExitCode.USAGE))
+    except (KeyboardInterrupt, typer.Abort):
+        _error("interrupted; files already written are complete, nothing is half-written")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", markup=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fornet-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson)."""
+
+
+@contextlib.contextmanager
+def bar(description: str, total: int | None = None) -> Iterator:
+    """A rich progress bar; yields ``update(done, total=None, note="")``."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
+    # stderr keeps stdout for results; transient: the bar is gone once the command prints them
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=total, note="")
+
+        def update(done: int, total: int | None = None, note: str = "") -> None:
+            progress.update(task, completed=done, total=total if total is not None else progress.tasks[0].total,
+                            note=note)
+
+        yield update
+
+
+def _shape(text: Optional[str], option: str = "--shape") -> tuple[int, int] | None:
+    return parse_hw(text, option) if text is not None else None
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
@@ -62,72 +140,78 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _write_json(path: Optional[Path], data: dict) -> None:
+    if path is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(path, data)
+        console.print(f"JSON written to {path}")
+
+
+# --------------------------------------------------------------------------- data and model
+
+
 @app.command()
 def info(
     checkpoint: Optional[Path] = typer.Option(None, help="FoR-Net checkpoint (.safetensors); default config if omitted"),
-    height: int = typer.Option(1024, help="input height for the FLOP count"),
-    width: int = typer.Option(2048, help="input width for the FLOP count"),
+    shape: str = typer.Option("1024x2048", metavar="HxW", help="input HxW for the FLOP count"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """Architecture summary: parameters and GFLOPs at a given input size."""
-    from .model.summary import model_summary
+    from .api import info as run
 
-    summary = model_summary(checkpoint, height, width)
+    summary = run(checkpoint, _shape(shape))
     print_table("FoR-Net", ["field", "value"], [[k, v] for k, v in summary.items() if k != "config"])
     console.print_json(json.dumps(summary["config"]))
+    _write_json(json_out, summary)
 
 
 @app.command()
 def synthcity(
     out: Path = typer.Option(..., help="output folder (Cityscapes layout)"),
-    train: int = typer.Option(64, help="training images"),
-    val: int = typer.Option(16, help="validation images"),
-    height: int = typer.Option(256),
-    width: int = typer.Option(512),
-    seed: int = typer.Option(0),
+    train: int = typer.Option(64, min=0, help="training images"),
+    val: int = typer.Option(16, min=0, help="validation images"),
+    shape: str = typer.Option("256x512", metavar="HxW", help="image HxW"),
+    seed: int = typer.Option(0, min=0),
 ):
     """Generate SynthCity, a procedural Cityscapes-layout dataset (no download)."""
-    from .data.synthcity import SynthCityConfig, generate
+    from .api import synthcity as generate
 
-    cfg = SynthCityConfig(train=train, val=val, height=height, width=width, seed=seed)
-    with prog.bar("SynthCity") as update:
-        summary = generate(out, cfg, progress=update)
+    with bar("SynthCity") as update:
+        generate(out, train, val, _shape(shape), seed, progress=update)
     console.print(f"wrote {train} train + {val} val images to {out}")
-    return summary
 
 
 @app.command("train")
 def train_cmd(
     data: Path = typer.Option(..., help="dataset root in the Cityscapes layout (Cityscapes or SynthCity)"),
     out: Path = typer.Option(..., help="run folder for checkpoints and logs"),
-    iterations: int = typer.Option(2000),
-    batch_size: int = typer.Option(8, help="per process"),
-    crop: str = typer.Option("256x256", help="training crop HxW"),
-    lr: float = typer.Option(4e-3),
-    optimizer: str = typer.Option("adamw", help="sgd | adamw"),
-    loss: str = typer.Option("ohem", help="ce | ohem"),
-    selector_loss_weight: float = typer.Option(0.4, help="auxiliary hard-region loss on the importance map (0 = off)"),
-    focus: str = typer.Option("topk", help="topk | adaptive | none (ablation)"),
-    topk_ratio: float = typer.Option(0.25),
-    val_interval: int = typer.Option(500),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    iterations: int = typer.Option(2000, min=1),
+    batch_size: int = typer.Option(8, min=1, help="per process"),
+    shape: str = typer.Option("256x256", metavar="HxW", help="training crop HxW"),
+    lr: float = typer.Option(4e-3, min=0.0, help="peak learning rate"),
+    optimizer: Literal["adamw", "sgd"] = typer.Option("adamw"),
+    loss: Literal["ohem", "ce"] = typer.Option("ohem"),
+    selector_loss_weight: float = typer.Option(0.4, min=0.0, help="auxiliary hard-region loss on the importance map (0 = off)"),
+    focus: Literal["topk", "adaptive", "none"] = typer.Option("topk", help="none = ablation without selector/Top-K"),
+    topk_ratio: float = typer.Option(0.25, help="fraction of 1/8-scale cells selected, in (0, 1]"),
+    val_interval: int = typer.Option(500, min=1),
+    seed: int = typer.Option(0, min=0),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto"),
     no_amp: bool = typer.Option(False, "--no-amp", help="disable mixed precision on CUDA"),
-    workers: int = typer.Option(0, help="data-loading workers"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.state.safetensors"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """Train FoR-Net (single process, or multi-GPU/multi-node under torchrun)."""
-    from .model.fornet import FoRNetConfig
-    from .train import TrainConfig, train
+    from .api import train_model as train
 
-    crop_h, crop_w = prog.parse_hw(crop, "--crop")
-    cfg = TrainConfig(
-        data=str(data), out=str(out), model=FoRNetConfig(focus=focus, topk_ratio=topk_ratio),
-        iterations=iterations, batch_size=batch_size, crop_height=crop_h, crop_width=crop_w,
-        lr=lr, optimizer=optimizer, loss=loss, selector_loss_weight=selector_loss_weight,
-        val_interval=val_interval, seed=seed, device=device, amp=not no_amp, num_workers=workers,
-    )
-    with prog.bar("train", total=iterations) as update:
-        summary = train(cfg, resume=resume, on_step=lambda done, total, m: update(done, total, f"loss {m['loss']:.3f}"))
+    crop_h, crop_w = _shape(shape)
+    with bar("train", total=iterations) as update:
+        summary = train(data, out, resume=resume, focus=focus, topk_ratio=topk_ratio, iterations=iterations,
+                        batch_size=batch_size, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
+                        loss=loss, selector_loss_weight=selector_loss_weight, val_interval=val_interval, seed=seed,
+                        device=device, amp=not no_amp,
+                        on_step=lambda done, total, m: update(done, total, f"loss {m['loss']:.3f}"))
     if summary["rank"] != 0:  # under torchrun, one process reports
         return
     last = summary["history"][-1] if summary["history"] else {}
@@ -135,83 +219,148 @@ def train_cmd(
         f"trained to iteration {summary['iterations']} in {summary['seconds']:.0f} s; "
         f"val mIoU {_fmt(last.get('miou'))}, best {_fmt(summary['best_miou'])}; checkpoints in {out}"
     )
+    _write_json(json_out, summary)
 
 
-def _write_json(path: Optional[Path], data: dict) -> None:
-    if path is not None:
-        from .bundle import atomic_write_json
-
-        atomic_write_json(path, data)
-        console.print(f"JSON written to {path}")
+# --------------------------------------------------------------------------- artefacts
 
 
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors)"),
     out: Path = typer.Option(..., help="bundle folder to create or update"),
-    height: int = typer.Option(512, help="export height (multiple of 32)"),
-    width: int = typer.Option(1024, help="export width (multiple of 32)"),
-    batch: int = typer.Option(1),
+    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
+    batch: int = typer.Option(1, min=1),
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
-    topk: str = typer.Option("threshold", help="threshold (export-friendly) | exact (torch.topk)"),
-    opset: int = typer.Option(17),
-    outputs: str = typer.Option("logits,labels,importance,topk_mask", help="comma-separated outputs"),
-    labels_dtype: str = typer.Option("uint8", help="dtype of the in-graph ArgMax output: uint8 | int32"),
-    precision: str = typer.Option("fp32", help="fp32, or fp16 to also write model.fp16.onnx"),
+    topk: TopkForm = typer.Option("threshold", help="threshold (export-friendly) or exact (torch.topk)"),
+    opset: int = typer.Option(17, min=13, max=21),
+    outputs: str = typer.Option(",".join(OUTPUT_NAMES), help="comma-separated outputs"),
+    labels_dtype: Literal["uint8", "int32"] = typer.Option("uint8", help="dtype of the in-graph ArgMax output"),
+    precision: Literal["fp32", "fp16"] = typer.Option("fp32", help="fp16 also writes model.fp16.onnx"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """Export a checkpoint to ONNX in a deploy bundle (checked, simplified, hashed)."""
-    from .export.onnx import ExportConfig, export_bundle
+    from .api import export_model as run
 
-    if precision not in ("fp32", "fp16"):
-        raise FornetError(f"--precision {precision}: export writes fp32 or fp16 (INT8 comes from `fornet-deploy calibrate`)")
-    cfg = ExportConfig(height=height, width=width, batch=batch, dynamic=dynamic, topk=topk, opset=opset,
-                       outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()), labels_dtype=labels_dtype)
-    entry = export_bundle(checkpoint, out, cfg)
-    rows = [["model.onnx", "fp32", entry["sha256"][:12], entry["bytes"]]]
-    if precision == "fp16":
-        from .export.fp16 import convert_fp16
-
-        fp16 = convert_fp16(out)
-        rows.append(["model.fp16.onnx", "fp16", fp16["sha256"][:12], fp16["bytes"]])
-    print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"], rows)
+    entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
+                  opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype)
+    print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"],
+                [[name, e["precision"], e["sha256"][:12], e["bytes"]] for name, e in entries.items()])
+    _write_json(json_out, entries)
 
 
 @app.command()
 def lint(
     model: Path = typer.Argument(..., help="ONNX file"),
-    target: str = typer.Option("tensorrt", help="deployment target"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the findings as JSON"),
+    target: Literal["tensorrt"] = typer.Option("tensorrt", help="deployment target"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """List what the TensorRT ONNX parser will reject or handle badly (exit 1 on blockers)."""
-    from .export.lint import lint_file
+    from .api import lint as run
 
-    report = lint_file(model, target)
+    report = run(model, target)
     if report["findings"]:
         print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
                     [[f["severity"], f["check"], f["node"], f["message"]] for f in report["findings"]])
     console.print(f"{'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, {report['warnings']} warnings")
     _write_json(json_out, report)
     if not report["passed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@app.command()
+def calibrate(
+    bundle: Path = BUNDLE,
+    data: Path = typer.Option(..., help="dataset root (Cityscapes layout); images from its train split"),
+    num_images: int = typer.Option(64, min=1, help="calibration images"),
+    method: Method = typer.Option("entropy", help="calibration method"),
+    target: Target = typer.Option("tensorrt", help="tensorrt: symmetric S8S8 Q/DQ; cpu: U8S8 for ONNX Runtime on x86"),
+    seed: int = typer.Option(0, min=0, help="seed of the calibration-image selection"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32)."""
+    from .api import calibrate as run
+
+    with bar(f"calibrate {method} -> {target}") as update:
+        entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed, progress=update)
+    print_table(f"INT8 ({target})", ["field", "value"], [
+        ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
+        ["calibration key", entry["calibration"]["key"][:16]], ["nodes kept FP32", len(entry["excluded_nodes"])],
+        ["sha256", entry["sha256"][:12]],
+    ])
+    _write_json(json_out, entry)
+
+
+def _build_precision(precision: Optional[str], fp16: bool, int8: bool, fp32: bool) -> str:
+    flags = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
+    chosen = set(flags) | ({precision} if precision else set())
+    if len(chosen) != 1:
+        raise OptionError("build-trt: choose one precision: --fp16, --int8, --fp32 or --precision fp32|fp16|int8")
+    return chosen.pop()
+
+
+@app.command("build-trt")
+def build_trt(
+    bundle: Path = BUNDLE,
+    fp16: bool = typer.Option(False, "--fp16", help="shorthand for --precision fp16 (from model.fp16.onnx)"),
+    int8: bool = typer.Option(False, "--int8", help="shorthand for --precision int8 (from model.int8.qdq.onnx)"),
+    fp32: bool = typer.Option(False, "--fp32", help="shorthand for --precision fp32 (from model.onnx)"),
+    precision: Optional[Precision] = typer.Option(None, help="engine precision"),
+    shape: Optional[str] = typer.Option(None, metavar="HxW", help="optimization profile optimum HxW (default: the export shape)"),
+    min_shape: Optional[str] = typer.Option(None, metavar="HxW", help="profile minimum HxW (default: --shape)"),
+    max_shape: Optional[str] = typer.Option(None, metavar="HxW", help="profile maximum HxW (default: --shape)"),
+    batch: int = typer.Option(1, min=1, help="profile optimum batch"),
+    min_batch: Optional[int] = typer.Option(None, min=1, help="profile minimum batch (default: --batch)"),
+    max_batch: Optional[int] = typer.Option(None, min=1, help="profile maximum batch (default: --batch)"),
+    workspace: Optional[int] = typer.Option(None, min=1, help="workspace limit in MB"),
+    timing_cache: Optional[Path] = typer.Option(None, help="timing cache file (read if present, updated after the build)"),
+    dla_core: Optional[int] = typer.Option(None, min=0, help="build for this DLA core (Jetson)"),
+    legacy_calibrator: bool = typer.Option(False, "--legacy-calibrator",
+                                           help="TensorRT 10.x only: FP32 graph + builder flags (+ entropy calibrator for int8)"),
+    data: Optional[Path] = typer.Option(None, help="dataset for --legacy-calibrator --int8"),
+    num_images: int = typer.Option(64, min=1, help="calibration images for --legacy-calibrator --int8"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """Build a TensorRT engine from the bundle's graph of the chosen precision."""
+    from .api import build_engine
+
+    meta = build_engine(bundle, _build_precision(precision, fp16, int8, fp32), shape=_shape(shape),
+                        min_shape=_shape(min_shape, "--min-shape"), max_shape=_shape(max_shape, "--max-shape"),
+                        batch=batch, min_batch=min_batch, max_batch=max_batch, workspace_mb=workspace,
+                        timing_cache=timing_cache, dla_core=dla_core, legacy_calibrator=legacy_calibrator,
+                        data=data, num_images=num_images, progress=console.print)
+    print_table(f"engine {meta['engine']}", ["field", "value"],
+                [[k, v] for k, v in meta.items() if not isinstance(v, (dict, list))])
+    _write_json(json_out, meta)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _check(summary: dict, key: str) -> str:
+    if key not in summary["checks"]:
+        return ""
+    return "ok" if summary["checks"][key] else "FAIL"
 
 
 @app.command()
 def parity(
-    bundle: Path = BUNDLE_OPTION,
-    runtime: str = RUNTIME_OPTION,
-    precision: str = PRECISION_OPTION,
-    device: str = DEVICE_OPTION,
+    bundle: Path = BUNDLE,
+    runtime: Runtime = RUNTIME,
+    precision: Precision = PRECISION,
+    device: Device = DEVICE,
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
-    split: str = typer.Option("val"),
-    limit: Optional[int] = typer.Option(None, help="at most this many images"),
-    synthetic: Optional[int] = typer.Option(None, help="number of synthetic images when no --data"),
+    split: str = SPLIT,
+    num_images: Optional[int] = typer.Option(None, min=1, help="at most this many images (default: all; 8 synthetic)"),
     out: Optional[Path] = typer.Option(None, help="report folder (default BUNDLE/parity/RUNTIME-PRECISION)"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """Compare an artefact with the PyTorch FP32 reference (exit 1 when parity fails)."""
-    from .evaluation.parity import parity_bundle
+    from .api import parity as run
 
-    with prog.bar(f"parity {runtime} {precision}") as update:
-        report = parity_bundle(bundle, runtime, precision, device, data, split, limit, synthetic, out, progress=update)
+    with bar(f"parity {runtime} {precision}") as update:
+        report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
+                     json_out=json_out, progress=update)
     s = report["summary"]
     print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
         ["images", s["images"], ""],
@@ -225,32 +374,27 @@ def parity(
     ])
     console.print(f"{'PASS' if s['passed'] else 'FAIL'}; report {report['report_path']}")
     if not s["passed"]:
-        raise typer.Exit(1)
-
-
-def _check(summary: dict, key: str) -> str:
-    if key not in summary["checks"]:
-        return ""
-    return "ok" if summary["checks"][key] else "FAIL"
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 @app.command("eval")
 def eval_cmd(
-    bundle: Path = BUNDLE_OPTION,
+    bundle: Path = BUNDLE,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
-    runtime: str = RUNTIME_OPTION,
-    precision: str = PRECISION_OPTION,
-    device: str = DEVICE_OPTION,
-    split: str = typer.Option("val"),
-    limit: Optional[int] = typer.Option(None, help="at most this many images"),
-    boundary_width: int = typer.Option(3, help="boundary band half-width in pixels"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
+    runtime: Runtime = RUNTIME,
+    precision: Precision = PRECISION,
+    device: Device = DEVICE,
+    split: str = SPLIT,
+    num_images: Optional[int] = NUM_IMAGES,
+    boundary_width: int = typer.Option(3, min=1, max=64, help="boundary band half-width in pixels"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
-    from .evaluation.evaluate import evaluate_bundle
+    from .api import evaluate
 
-    with prog.bar(f"eval {runtime} {precision}") as update:
-        result = evaluate_bundle(bundle, data, runtime, precision, device, split, limit, boundary_width, progress=update)
+    with bar(f"eval {runtime} {precision}") as update:
+        result = evaluate(bundle, data, runtime, precision, device, split=split, num_images=num_images,
+                          boundary_width=boundary_width, json_out=json_out, progress=update)
     print_table("per-class IoU", ["class", "IoU", "boundary IoU"],
                 [[c, v, result["boundary_iou_per_class"].get(c)] for c, v in result["iou_per_class"].items()])
     print_table(f"{runtime} {precision} on {split}", ["metric", "value"], [
@@ -258,116 +402,35 @@ def eval_cmd(
         ["pixel accuracy", result["pixel_accuracy"]], ["Top-K coverage of boundaries", result["topk_coverage_boundary"]],
         ["Top-K coverage of errors", result["topk_coverage_errors"]], ["images", result["num_images"]],
     ])
-    _write_json(json_out, result)
-
-
-@app.command()
-def calibrate(
-    bundle: Path = typer.Option(..., help="deploy bundle with model.onnx"),
-    data: Path = typer.Option(..., help="dataset root (Cityscapes layout); images from its train split"),
-    num: int = typer.Option(64, help="calibration images"),
-    method: str = typer.Option("entropy", help="entropy | minmax | percentile"),
-    target: str = typer.Option("tensorrt", help="tensorrt (symmetric S8S8 Q/DQ) | cpu (U8S8 for ONNX Runtime on x86)"),
-    seed: int = typer.Option(0, help="seed of the calibration-image selection"),
-):
-    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32)."""
-    from .calibration.qdq import TARGETS, calibrate_bundle
-
-    with prog.bar(f"calibrate {method} -> {target}") as update:
-        entry = calibrate_bundle(bundle, data, num=num, method=method, target=target, seed=seed, progress=update)
-    print_table(f"INT8 ({target})", ["field", "value"], [
-        ["artefact", TARGETS[target].artifact], ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
-        ["calibration key", entry["calibration"]["key"][:16]], ["nodes kept FP32", len(entry["excluded_nodes"])],
-        ["sha256", entry["sha256"][:12]],
-    ])
-
-
-@app.command("build-trt")
-def build_trt(
-    bundle: Path = BUNDLE_OPTION,
-    fp16: bool = typer.Option(False, "--fp16", help="from model.fp16.onnx (strongly typed)"),
-    int8: bool = typer.Option(False, "--int8", help="from model.int8.qdq.onnx (strongly typed)"),
-    fp32: bool = typer.Option(False, "--fp32", help="from model.onnx"),
-    min_shape: Optional[str] = typer.Option(None, help="optimization profile minimum, NxCxHxW or HxW"),
-    opt_shape: Optional[str] = typer.Option(None, help="optimization profile optimum"),
-    max_shape: Optional[str] = typer.Option(None, help="optimization profile maximum"),
-    workspace: Optional[int] = typer.Option(None, help="workspace limit in MB"),
-    timing_cache: Optional[Path] = typer.Option(None, help="timing cache file (read if present, updated after the build)"),
-    dla_core: Optional[int] = typer.Option(None, help="build for this DLA core (Jetson, TensorRT 10.x)"),
-    legacy_calibrator: bool = typer.Option(False, "--legacy-calibrator",
-                                           help="TensorRT 10.x only: FP32 graph + builder flags (+ entropy calibrator for --int8)"),
-    calib_data: Optional[Path] = typer.Option(None, help="dataset for --legacy-calibrator --int8"),
-    calib_num: int = typer.Option(64, help="calibration images for --legacy-calibrator --int8"),
-):
-    """Build a TensorRT engine from the bundle's graph of the chosen precision."""
-    from .runtimes.trt_build import BuildConfig, build_with_calibration_data, parse_shape
-
-    chosen = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
-    if len(chosen) != 1:
-        raise FornetError("build-trt: choose exactly one of --fp16, --int8, --fp32")
-    config = BuildConfig(
-        precision=chosen[0], workspace_mb=workspace, timing_cache=timing_cache, dla_core=dla_core,
-        legacy_calibrator=legacy_calibrator,
-        **{k: parse_shape(v) for k, v in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape)) if v},
-    )
-    meta = build_with_calibration_data(bundle, config, calib_data, calib_num, progress=console.print)
-    print_table(f"engine {meta['engine']}", ["field", "value"], [[k, v] for k, v in meta.items() if not isinstance(v, (dict, list))])
-
-
-@app.command()
-def predict(
-    inputs: list[Path] = typer.Argument(..., help="images, folders and videos"),
-    bundle: Path = BUNDLE_OPTION,
-    out: Path = typer.Option(..., help="output folder"),
-    runtime: str = RUNTIME_OPTION,
-    precision: str = PRECISION_OPTION,
-    device: str = DEVICE_OPTION,
-    shape: Optional[str] = typer.Option(None, help="network input HxW (images are resized, predictions resized back)"),
-    importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
-    mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
-    label_ids: bool = typer.Option(False, "--label-ids", help="also write Cityscapes labelIds maps (for submission)"),
-    video_every: int = typer.Option(1, help="process every n-th video frame"),
-):
-    """Segment images, folders and videos: label maps, colour overlays, and what FoR-Net focused on."""
-    from .predict import PredictConfig, predict as run_predict
-
-    cfg = PredictConfig(runtime=runtime, precision=precision, device=device,
-                        shape=prog.parse_hw(shape, "--shape") if shape else None,
-                        importance=importance, mask=mask, label_ids=label_ids, video_every=video_every)
-    with prog.bar("predict") as update:
-        summary = run_predict(bundle, inputs, out, cfg, progress=update)
-    for note in summary.get("notes", []):
-        console.print(note)
-    console.print(f"wrote {len(summary['files'])} files to {out} (list in {out / 'predictions.json'})")
+    if json_out:
+        console.print(f"JSON written to {json_out}")
 
 
 @app.command()
 def bench(
-    bundle: Path = BUNDLE_OPTION,
-    device: str = DEVICE_OPTION,
-    runtime: str = RUNTIME_OPTION,
-    precision: str = PRECISION_OPTION,
-    shape: Optional[str] = typer.Option(None, help="input HxW (default: the export shape)"),
-    batch: int = typer.Option(1),
-    warmup: int = typer.Option(10),
-    iters: int = typer.Option(50),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch / ONNX Runtime"),
+    bundle: Path = BUNDLE,
+    device: Device = DEVICE,
+    runtime: Runtime = RUNTIME,
+    precision: Precision = PRECISION,
+    shape: Optional[str] = typer.Option(None, metavar="HxW", help="input HxW (default: the export shape)"),
+    batch: int = typer.Option(1, min=1),
+    warmup: int = typer.Option(10, min=0),
+    iters: int = typer.Option(50, min=1),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime"),
     images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
-    accuracy_images: int = typer.Option(8, help="with --matrix: images for the accuracy columns"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+    num_images: int = typer.Option(8, min=1, help="with --matrix: images for the accuracy columns"),
+    json_out: Optional[Path] = JSON_OUT,
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
-    from .bench.bench import BenchConfig, bench_rows, machine_line, run_benchmark, run_matrix
+    from .api import benchmark
+    from .bench.tables import bench_rows, machine_line
 
-    cfg = BenchConfig(device=device, runtime=runtime, precision=precision, batch=batch, warmup=warmup, iters=iters,
-                      shape=prog.parse_hw(shape, "--shape") if shape else None, threads=threads, images=images)
-    with prog.bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
-        if matrix:
-            result = run_matrix(bundle, device, data=data, accuracy_images=accuracy_images, cfg=cfg, progress=update, json_out=json_out)
-        else:
-            result = run_benchmark(bundle, cfg, progress=update, json_out=json_out)
+    with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
+        result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
+                           iters=iters, threads=threads, images=images, matrix=matrix, data=data,
+                           num_images=num_images, json_out=json_out, progress=update)
     columns, rows = bench_rows(result)
     print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
     if json_out:
@@ -375,17 +438,42 @@ def bench(
 
 
 @app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="images, folders and videos"),
+    bundle: Path = BUNDLE,
+    out: Path = typer.Option(..., help="output folder"),
+    runtime: Runtime = RUNTIME,
+    precision: Precision = PRECISION,
+    device: Device = DEVICE,
+    shape: Optional[str] = typer.Option(None, metavar="HxW", help="network input HxW (images are resized, predictions resized back)"),
+    importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
+    mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
+    label_ids: bool = typer.Option(False, "--label-ids", help="also write Cityscapes labelIds maps (for submission)"),
+    video_every: int = typer.Option(1, min=1, help="process every n-th video frame"),
+):
+    """Segment images, folders and videos: label maps, colour overlays, and what FoR-Net focused on."""
+    from .api import predict_files as run
+
+    with bar("predict") as update:
+        summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
+                      importance=importance, mask=mask, label_ids=label_ids, video_every=video_every)
+    for note in summary.get("notes", []):
+        console.print(note)
+    console.print(f"wrote {len(summary['files'])} files to {out} (list in {summary['report']})")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("fornet-demo"), help="output folder for data, bundle, results and report"),
     weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
-    train_iterations: int = typer.Option(300, help="CPU training iterations when no weights are found"),
-    bench_iters: int = typer.Option(20, help="timed iterations per artefact"),
+    train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
+    bench_iters: int = typer.Option(20, min=1, help="timed iterations per artefact"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
-    from .demo import DemoConfig, run_demo
+    from .api import run_demo as run
 
-    result = run_demo(DemoConfig(out=out, weights=weights, train_iterations=train_iterations, bench_iters=bench_iters),
-                      log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters,
+                 log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
                 [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
                  for p, s in result["parity"].items()])

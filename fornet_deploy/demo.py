@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .bundle import atomic_write_bytes, atomic_write_json, read_json
+from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ
 from .errors import FornetError
+from .io import atomic_write_bytes, atomic_write_json, read_json
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "fornet_synthcity.safetensors"
 ORT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -82,10 +83,10 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
 
     log(f"3/8 calibrate INT8 on {cfg.calib_images} SynthCity train images ({cfg.calib_method})")
     for target in ("tensorrt", "cpu"):
-        calibrate_bundle(bundle, data, num=cfg.calib_images, method=cfg.calib_method, target=target, seed=cfg.seed)
+        calibrate_bundle(bundle, data, num_images=cfg.calib_images, method=cfg.calib_method, target=target, seed=cfg.seed)
 
     log("4/8 TensorRT lint of every graph")
-    lint = {name: lint_file(bundle / name) for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx")}
+    lint = {name: lint_file(bundle / name) for name in (ONNX_FP32, ONNX_FP16, ONNX_INT8_QDQ)}
     atomic_write_json(results / "lint.json", lint)
 
     log("5/8 parity against the PyTorch FP32 reference")
@@ -101,7 +102,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
             bundle, data, runtime, precision, "cpu", json_out=results / f"eval_{runtime}_{precision}.json")
 
     log("7/8 benchmark matrix (CPU)")
-    from .bench.bench import BenchConfig, run_matrix
+    from .bench import BenchConfig, run_matrix
 
     matrix = run_matrix(bundle, "cpu", data=data, accuracy_images=cfg.accuracy_images,
                         cfg=BenchConfig(iters=cfg.bench_iters, warmup=3))
@@ -133,7 +134,7 @@ def render_report(results: Path, pictures: Path) -> str:
     demo = read_json(results / "demo.json", "demo summary")
     lint = read_json(results / "lint.json", "lint results")
     matrix = read_json(results / "bench_matrix.json", "benchmark matrix")
-    from .bench.bench import machine_line
+    from .bench import machine_line
 
     lines = [
         "# fornet-deploy demo report", "",
@@ -171,7 +172,7 @@ def render_report(results: Path, pictures: Path) -> str:
 
 
 def matrix_table(matrix: dict) -> str:
-    from .bench.bench import matrix_markdown
+    from .bench import matrix_markdown
 
     return matrix_markdown(matrix)
 

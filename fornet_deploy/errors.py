@@ -1,23 +1,52 @@
-"""User-facing errors.
+"""User-facing errors and the command line's exit codes.
 
-Anything a user can cause (bad path, wrong shape, corrupt file, stale cache, missing
-hardware or optional package) is raised as :class:`FornetError`. The CLI prints its
-message on one line and exits non-zero; library users catch it like any exception.
+Anything a user can cause (bad option, bad path, wrong shape, corrupt file, stale cache,
+missing hardware or optional package) is raised as a :class:`FornetError`. The CLI prints
+its message on one line and exits with the error's code; library users catch it like any
+exception. Exit codes (also in the README):
+
+====  =======================================================================
+0     success
+1     a check failed (parity below its thresholds, lint blockers, a demo check)
+2     usage error: unknown command or option, a value out of range or not a choice
+3     input error: missing or corrupt file, wrong shape, stale or foreign artefact
+4     a missing optional package (the message names the extra to install)
+5     missing hardware (no GPU, no Jetson board, no DLA core)
+130   interrupted (Ctrl-C / SIGTERM); what was written so far is intact
+====  =======================================================================
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    CHECK_FAILED = 1
+    USAGE = 2
+    INPUT = 3
+    MISSING_PACKAGE = 4
+    NO_HARDWARE = 5
+    INTERRUPTED = 130
 
 
 class FornetError(Exception):
     """An error caused by the user's input or environment, with a one-line message."""
 
-    exit_code = 2
+    exit_code = ExitCode.INPUT
+
+
+class OptionError(FornetError):
+    """An option or config value out of its range (a usage error)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class MissingDependencyError(FornetError):
     """An optional dependency (an extra) is not installed."""
 
-    exit_code = 3
+    exit_code = ExitCode.MISSING_PACKAGE
 
     def __init__(self, package: str, extra: str, purpose: str):
         super().__init__(
@@ -29,7 +58,13 @@ class MissingDependencyError(FornetError):
 class HardwareError(FornetError):
     """The requested device (GPU, Jetson board, DLA core) is not present."""
 
-    exit_code = 4
+    exit_code = ExitCode.NO_HARDWARE
+
+
+class CheckFailed(FornetError):
+    """A verification ran and its result is below the required threshold."""
+
+    exit_code = ExitCode.CHECK_FAILED
 
 
 def require(module: str, extra: str, purpose: str):

@@ -44,20 +44,27 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
-from .data.cityscapes import IMAGE_EXTENSIONS, colorize, encode_png, read_image, train_ids_to_label_ids
-from .data.transforms import Preprocessing, check_stride, preprocess
+from .contract import IMPORTANCE, TOPK_MASK, check_stride, nearest_valid
+from .data.cityscapes import colorize, train_ids_to_label_ids
+from .data.transforms import Preprocessing, preprocess
 from .errors import FornetError
-from .evaluation.evaluate import predicted_labels, upsampled_mask
-from .runtimes.base import IMPORTANCE, LABELS, LOGITS, TOPK_MASK, InputSpec, Runner
+from .evaluation.postprocess import (
+    importance_heatmap,
+    label_outputs,
+    label_overlay,
+    predicted_labels,
+    topk_picture,
+    upsampled_importance,
+    upsampled_mask,
+)
+from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, encode_png, find_files, read_image
+from .runtimes.base import Runner
+from .runtimes.registry import load_runner
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
 REPORT_NAME = "predictions.json"
 ALL_OUTPUTS_OPTION = "--outputs logits,labels,importance,topk_mask"
 DEFAULT_FPS = 25.0  # for containers that do not state their frame rate
-HEATMAP = cv2.COLORMAP_INFERNO
-TOPK_COLOUR = (255, 200, 0)  # RGB; warm yellow stands out on street scenes
-TOPK_DIM = 0.3  # brightness kept outside the Top-K mask
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,11 @@ def collect_inputs(paths: list[Path], exclude: Path | None = None) -> list[Input
     ``exclude`` (the output folder, so a re-run does not segment its own pictures) are
     left out; a file named directly must be an image or a video.
     """
-    excluded = Path(exclude).resolve() if exclude is not None else None
     items: list[InputItem] = []
     seen: set[Path] = set()
     for path in map(Path, paths):
         if path.is_dir():
-            found = _folder_items(path, excluded)
+            found = _folder_items(path, exclude)
             if not found:
                 raise FornetError(f"folder {path} holds no images or videos")
         elif path.is_file():
@@ -134,16 +140,9 @@ def _folder_items(folder: Path, excluded: Path | None) -> list[InputItem]:
     # "." has no name of its own; its resolved name keeps the outputs in a sub-folder too.
     prefix = folder.name or folder.resolve().name
     items = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if excluded is not None and path.resolve().is_relative_to(excluded):
-            continue
-        kind = _KINDS.get(path.suffix.lower())
-        if kind is not None:
-            name = "/".join(filter(None, (prefix, rel.with_suffix("").as_posix())))
-            items.append(InputItem(path, kind, name))
+    for path in find_files(folder, tuple(_KINDS), exclude=excluded):
+        rel = path.relative_to(folder).with_suffix("").as_posix()
+        items.append(InputItem(path, _KINDS[path.suffix.lower()], "/".join(filter(None, (prefix, rel)))))
     return items
 
 
@@ -204,99 +203,98 @@ def _open_video(path: Path) -> Iterator[cv2.VideoCapture]:
         cap.release()
 
 
-def network_size(hw: tuple[int, int], cfg: PredictConfig, pre: Preprocessing, spec: InputSpec) -> tuple[int, int]:
-    """The network input size for an image of size ``hw`` (see ``PredictConfig.shape``)."""
-    if cfg.shape is not None:
-        return cfg.shape
-    if pre.resize == "fixed":
-        return pre.target_size(hw)
-    fixed_h, fixed_w = spec.shape[2:]
-    if fixed_h is not None and fixed_w is not None:
-        return fixed_h, fixed_w
-    return tuple(max(spec.stride, math.floor(v / spec.stride + 0.5) * spec.stride) for v in hw)
+# ---------------------------------------------------------------------------- inference
 
 
-def _check_network_input(source: _Source, spec: InputSpec) -> None:
-    # A zero-copy stand-in for the batch: the spec checks dtype, rank and shape only.
-    stand_in = np.broadcast_to(np.float32(0), (1, 3, *source.net_hw))
-    try:
-        spec.check(stand_in)
-    except FornetError as exc:
-        raise FornetError(f"{source.item.path}: {exc}") from None
+@dataclass
+class Prediction:
+    """What a segmenter says about one image, everything at the image's size."""
+
+    labels: np.ndarray  # H x W uint8 train ids
+    importance: np.ndarray | None  # H x W float32, bilinear from 1/8 scale (when asked)
+    mask: np.ndarray | None  # H x W bool, the Top-K regions, nearest from 1/8 scale (when asked)
+
+
+class Segmenter:
+    """A runner plus the bundle's preprocessing: an RGB image of any size in, a
+    :class:`Prediction` at that size out. What ``fornet-deploy predict`` runs, and the
+    Python API's entry point::
+
+        with Segmenter.from_bundle("bundle", runtime="ort", precision="fp16") as segment:
+            prediction = segment(rgb_image)          # H x W x 3 uint8
+            prediction.labels                        # H x W train ids
+
+    ``shape`` fixes the network input (H, W); without it, an image runs at its own size when
+    that is a multiple of the network stride, else at the nearest multiple (or at the
+    artefact's fixed size, or the preprocessing's fixed resize); the prediction is always
+    resized back to the image.
+    """
+
+    def __init__(self, runner: Runner, preprocessing: Preprocessing, shape: tuple[int, int] | None = None):
+        self.runner = runner
+        self.preprocessing = preprocessing
+        self.shape = shape
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32",
+                    device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> "Segmenter":
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.open(bundle, verify=False)  # the runner checks the hash of its artefact
+        runner = load_runner(bundle, runtime, precision, device, **runner_options)
+        return cls(runner, Preprocessing.from_dict(bundle.manifest["preprocessing"]), shape)
+
+    def __enter__(self) -> "Segmenter":
+        self.runner.activate()
+        if self.shape is not None:
+            check_stride(*self.shape, self.runner.input_spec().stride)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.runner.deactivate()
+
+    def network_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The network input size for an image of size ``hw``."""
+        if self.shape is not None:
+            return tuple(self.shape)
+        if self.preprocessing.resize == "fixed":
+            return self.preprocessing.target_size(hw)
+        spec = self.runner.input_spec()
+        fixed_h, fixed_w = spec.shape[2:]
+        if fixed_h is not None and fixed_w is not None:
+            return fixed_h, fixed_w
+        return nearest_valid(hw[0], spec.stride), nearest_valid(hw[1], spec.stride)
+
+    def check_size(self, hw: tuple[int, int], source: str = "image") -> tuple[int, int]:
+        """The network size for ``hw``, checked against the artefact before any work."""
+        net_hw = self.network_size(hw)
+        try:
+            self.runner.input_spec().check_shape((1, 3, *net_hw))
+        except FornetError as exc:
+            raise FornetError(f"{source}: {exc}") from None
+        return net_hw
+
+    def __call__(self, image: np.ndarray, importance: bool = False, mask: bool = False) -> Prediction:
+        hw = image.shape[:2]
+        net_h, net_w = self.network_size(hw)
+        pre = replace(self.preprocessing, resize="fixed", height=net_h, width=net_w)
+        extra = (IMPORTANCE,) * importance + (TOPK_MASK,) * mask
+        outputs = self.runner(preprocess(image, pre), outputs=label_outputs(self.runner.output_names(), *extra))
+        missing = [name for name in extra if name not in outputs]
+        if missing:
+            raise FornetError(
+                f"{self.runner.info().artifact} was exported without the {' and '.join(missing)} output; "
+                f"re-export it with `fornet-deploy export ... {ALL_OUTPUTS_OPTION}`"
+            )
+        return Prediction(predicted_labels(outputs, hw), upsampled_importance(outputs, hw) if importance else None,
+                          upsampled_mask(outputs, hw) if mask else None)
 
 
 # ---------------------------------------------------------------------------- pictures
 
 
-def label_overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """RGB image blended with the palette picture of its train ids."""
-    return cv2.addWeighted(image, 1.0 - alpha, colorize(train_ids), alpha, 0.0)
-
-
-def importance_heatmap(image: np.ndarray, importance: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """RGB image blended with a heat map of an importance map in [0, 1] (same size).
-
-    The map is not stretched to its own min/max: colours mean the same importance in
-    every picture and every video frame (a per-frame stretch would flicker).
-    """
-    levels = np.clip(importance * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    heat = cv2.cvtColor(cv2.applyColorMap(levels, HEATMAP), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
-
-
-def topk_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB image dimmed outside a boolean Top-K mask, the selected regions tinted and outlined.
-
-    The mask comes nearest-upsampled from 1/8 scale, so its blocks are the regions the
-    network selected; the outline keeps small selections visible on large images.
-    """
-    out = (image.astype(np.float32) * TOPK_DIM).astype(np.uint8)
-    tinted = cv2.addWeighted(image, 0.75, np.full_like(image, TOPK_COLOUR), 0.25, 0.0)
-    out[mask] = tinted[mask]
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(min(mask.shape) / 256))
-    cv2.drawContours(out, contours, -1, TOPK_COLOUR, thickness)
-    return out
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-@dataclass
-class _Prediction:
-    train_ids: np.ndarray  # H x W uint8 at the image size
-    importance: np.ndarray | None  # H x W float32, bilinear from 1/8 scale
-    mask: np.ndarray | None  # H x W bool, nearest from 1/8 scale
-
-
-def _infer(runner: Runner, pre: Preprocessing, image: np.ndarray, cfg: PredictConfig) -> _Prediction:
-    """Run one RGB image; ``pre`` already resizes to the network size."""
-    outputs = runner(preprocess(image, pre))
-    _check_outputs(outputs, cfg, runner)
-    hw = image.shape[:2]
-    importance = None
-    if cfg.importance:
-        small = outputs[IMPORTANCE][0, 0].astype(np.float32)
-        importance = cv2.resize(small, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-    return _Prediction(predicted_labels(outputs, hw), importance, upsampled_mask(outputs, hw) if cfg.mask else None)
-
-
-def _check_outputs(outputs: dict[str, np.ndarray], cfg: PredictConfig, runner: Runner) -> None:
-    # Runs on every result but fails on the first one, before anything is written.
-    asked = ((IMPORTANCE, cfg.importance), (TOPK_MASK, cfg.mask))
-    missing = [name for name, wanted in asked if wanted and name not in outputs]
-    if LOGITS not in outputs and LABELS not in outputs:
-        missing.insert(0, LOGITS)
-    if missing:
-        raise FornetError(
-            f"{runner.info().artifact} was exported without the {' and '.join(missing)} output; "
-            f"re-export it with `fornet-deploy export ... {ALL_OUTPUTS_OPTION}`"
-        )
-
-
-def _pictures(image: np.ndarray, pred: _Prediction, cfg: PredictConfig) -> dict[str, np.ndarray]:
+def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig) -> dict[str, np.ndarray]:
     """The RGB pictures of one prediction, by output suffix."""
-    pictures = {"overlay": label_overlay(image, pred.train_ids, cfg.overlay_alpha)}
+    pictures = {"overlay": label_overlay(image, pred.labels, cfg.overlay_alpha)}
     if pred.importance is not None:
         pictures["importance"] = importance_heatmap(image, pred.importance, cfg.overlay_alpha)
     if pred.mask is not None:
@@ -304,10 +302,10 @@ def _pictures(image: np.ndarray, pred: _Prediction, cfg: PredictConfig) -> dict[
     return pictures
 
 
-def _label_maps(pred: _Prediction, label_ids: bool) -> dict[str, np.ndarray]:
-    maps = {"trainIds": pred.train_ids}
+def _label_maps(pred: Prediction, label_ids: bool) -> dict[str, np.ndarray]:
+    maps = {"trainIds": pred.labels}
     if label_ids:
-        maps["labelIds"] = train_ids_to_label_ids(pred.train_ids)
+        maps["labelIds"] = train_ids_to_label_ids(pred.labels)
     return maps
 
 
@@ -389,11 +387,11 @@ def _missing_dirs(folder: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _run_image(source: _Source, runner: Runner, pre: Preprocessing, cfg: PredictConfig, staging: _Staging) -> list[str]:
+def _run_image(source: _Source, segment: Segmenter, cfg: PredictConfig, staging: _Staging) -> list[str]:
     image = read_image(source.item.path)
-    pred = _infer(runner, pre, image, cfg)
+    pred = segment(image, importance=cfg.importance, mask=cfg.mask)
     written = []
-    outputs = {**_label_maps(pred, cfg.label_ids), "color": colorize(pred.train_ids), **_pictures(image, pred, cfg)}
+    outputs = {**_label_maps(pred, cfg.label_ids), "color": colorize(pred.labels), **_pictures(image, pred, cfg)}
     for suffix, picture in outputs.items():
         rel = f"{source.item.name}_{suffix}.png"
         staging.write_png(rel, picture)
@@ -401,7 +399,7 @@ def _run_image(source: _Source, runner: Runner, pre: Preprocessing, cfg: Predict
     return written
 
 
-def _run_video(source: _Source, runner: Runner, pre: Preprocessing, cfg: PredictConfig, staging: _Staging,
+def _run_video(source: _Source, segment: Segmenter, cfg: PredictConfig, staging: _Staging,
                tick: Callable[[], None]) -> tuple[list[str], int]:
     name = source.item.name
     stem = name.rsplit("/", 1)[-1]
@@ -423,7 +421,7 @@ def _run_video(source: _Source, runner: Runner, pre: Preprocessing, cfg: Predict
                 if not ok:
                     break
                 image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                pred = _infer(runner, pre, image, cfg)
+                pred = segment(image, importance=cfg.importance, mask=cfg.mask)
                 for kind, picture in _pictures(image, pred, cfg).items():
                     writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
                 if cfg.label_ids:
@@ -452,27 +450,20 @@ def predict(bundle_dir: str | Path, inputs: list[Path], out_dir: str | Path, cfg
             progress: Callable[[int, int], None] | None = None) -> dict:
     """The library function behind ``fornet-deploy predict``; returns the summary that is
     also written to ``OUT_DIR/predictions.json``."""
-    from .runtimes.formats import make_runner
-
     start = time.perf_counter()
     cfg.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"output path {out_dir} exists and is not a folder")
     items = collect_inputs(inputs, exclude=out_dir)
-    bundle = Bundle.open(bundle_dir, verify=False)  # make_runner checks the hash of the artefact it runs
-    pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
+    bundle = Bundle.open(bundle_dir, verify=False)  # the runner checks the hash of the artefact it runs
 
-    with make_runner(bundle, cfg.runtime, cfg.precision, cfg.device) as runner:
-        spec = runner.input_spec()
-        if cfg.shape is not None:
-            check_stride(*cfg.shape, spec.stride)
+    with Segmenter.from_bundle(bundle, cfg.runtime, cfg.precision, cfg.device, cfg.shape) as segment:
+        runner = segment.runner
         sources = []
         for item in items:
             hw, fps, frames = _probe(item)
-            source = _Source(item, hw, network_size(hw, cfg, pre, spec), fps, frames)
-            _check_network_input(source, spec)
-            sources.append(source)
+            sources.append(_Source(item, hw, segment.check_size(hw, str(item.path)), fps, frames))
         load_seconds = time.perf_counter() - start
 
         total = sum(1 if s.item.kind == "image" else math.ceil(s.frames / cfg.video_every) for s in sources)
@@ -489,16 +480,13 @@ def predict(bundle_dir: str | Path, inputs: list[Path], out_dir: str | Path, cfg
         records = []
         with _Staging(out_dir) as staging:
             for source in sources:
-                # The one preprocessing function resizes to the network size; the
-                # prediction is resized back to the input's size.
-                net_pre = replace(pre, resize="fixed", height=source.net_hw[0], width=source.net_hw[1])
                 record = {"source": str(source.item.path), "kind": source.item.kind,
                           "size": list(source.hw), "network_size": list(source.net_hw)}
                 if source.item.kind == "image":
-                    record["outputs"] = _run_image(source, runner, net_pre, cfg, staging)
+                    record["outputs"] = _run_image(source, segment, cfg, staging)
                     tick()
                 else:
-                    record["outputs"], record["frames"] = _run_video(source, runner, net_pre, cfg, staging, tick)
+                    record["outputs"], record["frames"] = _run_video(source, segment, cfg, staging, tick)
                     record["fps"] = source.fps
                 records.append(record)
             summary = _summary(bundle, runner, out_dir, cfg, records, done, inference_seconds, load_seconds, start)

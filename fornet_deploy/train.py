@@ -25,14 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bundle import atomic_write_json
+from .contract import IMPORTANCE, LOGITS
 from .data.cityscapes import IGNORE_INDEX, CityscapesDataset
-from .data.transforms import Augmentation
+from .data.transforms import Augmentation, Preprocessing
 from .errors import FornetError
-from .evaluation.metrics import SegmentationMetrics
+from .evaluation.evaluate import evaluate_runner
+from .evaluation.examples import dataset_examples
+from .evaluation.metrics import boundary_band
+from .io import atomic_write_json
 from .model.checkpoint import load_train_state, save_checkpoint, save_train_state
 from .model.fornet import FoRNet, FoRNetConfig, build_model
-from .runtimes.torch_runner import torch_device
+from .runtimes.torch_runner import TorchRunner, torch_device
 
 LAST, BEST, STATE, LOG = "last.safetensors", "best.safetensors", "last.state.safetensors", "log.jsonl"
 
@@ -64,7 +67,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     amp: bool = True  # used on CUDA only
-    num_workers: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)
 
     def to_dict(self) -> dict:
@@ -106,19 +108,13 @@ def batch_plan(num_samples: int, batch_size: int, seed: int, iteration: int, ran
 def hard_region_target(labels: torch.Tensor, stride: int, width: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Selector target (N, 1, H/stride, W/stride): 1 where a cell holds a label edge.
 
-    An edge pixel has a 4-neighbour of another valid class; the band is widened by
-    ``width`` pixels before pooling to the selector's scale.
+    The edges are the evaluation's (:func:`~fornet_deploy.evaluation.metrics.boundary_band`:
+    a valid pixel with a differently labelled valid 8-neighbour), widened by ``width``
+    pixels (Chebyshev distance), then max-pooled to the selector's scale; so the selector
+    learns exactly the band the boundary IoU is measured on.
     """
-    lab = labels.unsqueeze(1).float()
-    valid = labels.unsqueeze(1) != ignore_index
-    edge = torch.zeros_like(lab, dtype=torch.bool)
-    dx = (lab[..., :, 1:] != lab[..., :, :-1]) & valid[..., :, 1:] & valid[..., :, :-1]
-    dy = (lab[..., 1:, :] != lab[..., :-1, :]) & valid[..., 1:, :] & valid[..., :-1, :]
-    edge[..., :, 1:] |= dx
-    edge[..., :, :-1] |= dx
-    edge[..., 1:, :] |= dy
-    edge[..., :-1, :] |= dy
-    band = F.max_pool2d(edge.float(), 2 * width + 1, stride=1, padding=width)
+    bands = [boundary_band(image, width + 1, ignore_index) for image in labels.cpu().numpy()]
+    band = torch.from_numpy(np.stack(bands)).to(labels.device, torch.float32).unsqueeze(1)
     return F.max_pool2d(band, stride)
 
 
@@ -156,29 +152,46 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise FornetError(f"unknown optimizer {cfg.optimizer!r} (use sgd or adamw)")
 
 
-@torch.no_grad()
-def evaluate_model(model: FoRNet, dataset: CityscapesDataset, device: torch.device, limit: int | None = None) -> dict:
-    """Validation metrics of the PyTorch model on a dataset (full images, batch 1)."""
-    model.eval()
-    metrics = SegmentationMetrics(num_classes=model.config.num_classes)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(count):
-        image, labels = dataset[i]
-        out = model.forward_all(image.unsqueeze(0).to(device))
-        pred = out["logits"].argmax(1)[0].cpu().numpy()
-        mask = out["topk_mask"]
-        if mask is not None:
-            mask = F.interpolate(mask, size=pred.shape, mode="nearest")[0, 0].cpu().numpy() > 0.5
-        metrics.update(pred, labels.numpy(), topk_mask=mask)
-    return metrics.result()
+def validate(model: FoRNet, data: str, device: torch.device, limit: int | None = None) -> dict:
+    """Validation metrics of the model being trained: the evaluation loop of
+    ``fornet-deploy eval`` on a PyTorch runner over the model itself (full images, batch 1)."""
+    examples = dataset_examples(data, "val", Preprocessing(), limit)
+    with TorchRunner(model, topk=model.config.topk_mode, device=str(device)) as runner:
+        return evaluate_runner(runner, examples, model.config.num_classes)
 
 
 StepCallback = Callable[[int, int, dict], None]
 
 
-def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None = None, stop_after: int | None = None) -> dict:
-    """Train FoR-Net; returns a summary. ``stop_after`` ends this run early at that
-    iteration (as an interruption would), saving the resume state."""
+@dataclass
+class _Run:
+    """Everything one training process holds: set up by :func:`_setup`, advanced by
+    :func:`_step`, checked by :func:`_validate_and_save`."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    model: FoRNet
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    train_set: CityscapesDataset
+    start: int
+    best: float | None
+    history: list = field(default_factory=list)
+
+    def save_state(self, iteration: int) -> None:
+        if self.rank == 0:
+            info = {"iteration": iteration, "train_config": self.cfg.to_dict()}
+            save_train_state(self.out / STATE, self.model, self.optimizer, info)
+            save_checkpoint(self.out / LAST, self.model, {"iteration": iteration})
+
+
+def _setup(cfg: TrainConfig, resume: bool) -> _Run:
+    """Devices, process group, datasets, model, optimizer and (with ``resume``) the saved state."""
     rank, world, local_rank = _distributed()
     device = torch_device(cfg.device)
     if world > 1:
@@ -196,7 +209,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
         crop_height=cfg.crop_height, crop_width=cfg.crop_width, scale_range=(cfg.scale_min, cfg.scale_max)
     )
     train_set = CityscapesDataset(cfg.data, "train", augmentation=augmentation)
-    val_set = CityscapesDataset(cfg.data, "val")
+    dataset_examples(cfg.data, "val")  # the val split must exist before any training starts
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
@@ -220,75 +233,84 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return _Run(cfg, out, rank, world, device, model, net, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp),
+                use_amp, train_set, start, _read_best(out / LOG))
 
-    def save_state(iteration: int) -> None:
-        if rank == 0:
-            info = {"iteration": iteration, "train_config": cfg.to_dict()}
-            save_train_state(out / STATE, model, optimizer, info)
-            save_checkpoint(out / LAST, model, {"iteration": iteration})
 
-    best = _read_best(out / LOG)
-    history = []
+def _step(run: _Run, iteration: int) -> float:
+    """One optimizer step on iteration ``iteration``'s batch; returns the loss."""
+    cfg, model = run.cfg, run.model
+    model.train()
+    plan = batch_plan(len(run.train_set), cfg.batch_size, cfg.seed, iteration, run.rank, run.world)
+    items = [run.train_set[p] for p in plan]
+    images = torch.stack([x for x, _ in items]).to(run.device)
+    labels = torch.stack([y for _, y in items]).to(run.device)
+    for group in run.optimizer.param_groups:
+        group["lr"] = poly_lr(cfg, iteration)
+    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        outputs = run.net(images, return_all=True)
+        loss = segmentation_loss(outputs[LOGITS].float(), labels, cfg)
+        if cfg.selector_loss_weight > 0 and outputs[IMPORTANCE] is not None:
+            target = hard_region_target(labels, model.output_stride // 4, cfg.hard_region_width)
+            target = F.interpolate(target, size=outputs[IMPORTANCE].shape[-2:], mode="nearest")
+            selector_loss = F.binary_cross_entropy(outputs[IMPORTANCE].float(), target)
+            loss = loss + cfg.selector_loss_weight * selector_loss
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return float(loss.detach())
+
+
+def _validate_and_save(run: _Run, done: int, last_loss: float, started: float) -> None:
+    """Save the resume state, validate (rank 0), log, and keep the best checkpoint."""
+    run.save_state(done)
+    if run.rank == 0:
+        result = validate(run.model, run.cfg.data, run.device, run.cfg.val_images)
+        record = {"iteration": done, "loss": last_loss, "seconds": time.perf_counter() - started, **result}
+        run.history.append(record)
+        _append_jsonl(run.out / LOG, record)
+        if run.best is None or (result["miou"] or 0) > run.best:
+            run.best = result["miou"] or 0
+            save_checkpoint(run.out / BEST, run.model, {"iteration": done, "val_miou": run.best})
+    if run.world > 1:
+        torch.distributed.barrier()
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None = None, stop_after: int | None = None) -> dict:
+    """Train FoR-Net; returns a summary. ``stop_after`` ends this run early at that
+    iteration (as an interruption would), saving the resume state."""
+    run = _setup(cfg, resume)
     last_loss = float("nan")
-    t0 = time.perf_counter()
-    iteration = start
+    started = time.perf_counter()
+    iteration = run.start
     try:
-        for iteration in range(start, cfg.iterations):
+        for iteration in range(run.start, cfg.iterations):
             if stop_after is not None and iteration >= stop_after:
                 break
-            model.train()
-            plan = batch_plan(len(train_set), cfg.batch_size, cfg.seed, iteration, rank, world)
-            items = [train_set[p] for p in plan]
-            images = torch.stack([x for x, _ in items]).to(device)
-            labels = torch.stack([y for _, y in items]).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(cfg, iteration)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = net(images, return_all=True)
-                loss = segmentation_loss(outputs["logits"].float(), labels, cfg)
-                if cfg.selector_loss_weight > 0 and outputs["importance"] is not None:
-                    target = hard_region_target(labels, model.output_stride // 4, cfg.hard_region_width)
-                    target = F.interpolate(target, size=outputs["importance"].shape[-2:], mode="nearest")
-                    selector_loss = F.binary_cross_entropy(outputs["importance"].float(), target)
-                    loss = loss + cfg.selector_loss_weight * selector_loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            last_loss = float(loss.detach())
+            last_loss = _step(run, iteration)
             done = iteration + 1
-            if on_step and rank == 0:
+            if on_step and run.rank == 0:
                 on_step(done, cfg.iterations, {"loss": last_loss, "lr": poly_lr(cfg, iteration)})
             if done % cfg.val_interval == 0 or done == cfg.iterations:
-                save_state(done)
-                if rank == 0:
-                    result = evaluate_model(model, val_set, device, cfg.val_images)
-                    record = {"iteration": done, "loss": last_loss, "seconds": time.perf_counter() - t0, **result}
-                    history.append(record)
-                    _append_jsonl(out / LOG, record)
-                    if best is None or (result["miou"] or 0) > best:
-                        best = result["miou"] or 0
-                        save_checkpoint(out / BEST, model, {"iteration": done, "val_miou": best})
-                if world > 1:
-                    torch.distributed.barrier()
+                _validate_and_save(run, done, last_loss, started)
         else:
             iteration = cfg.iterations
     except KeyboardInterrupt:
-        save_state(iteration)
+        run.save_state(iteration)
         raise FornetError(f"interrupted at iteration {iteration}; continue with --resume") from None
     if stop_after is not None and iteration < cfg.iterations:
-        save_state(iteration)
-    if world > 1:
+        run.save_state(iteration)
+    if run.world > 1:
         torch.distributed.destroy_process_group()
     return {
-        "rank": rank,
-        "out": str(out),
+        "rank": run.rank,
+        "out": str(run.out),
         "iterations": iteration,
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - started,
         "last_loss": last_loss,
-        "best_miou": best,
-        "history": history,
+        "best_miou": run.best,
+        "history": run.history,
     }
 
 

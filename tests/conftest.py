@@ -11,6 +11,7 @@ from fornet_deploy.data.synthcity import SynthCityConfig, generate
 from fornet_deploy.model.checkpoint import save_checkpoint
 from fornet_deploy.model.fornet import FoRNetConfig, build_model
 
+
 def _hardware_skip_reasons() -> dict[str, str]:
     import importlib.util
 

@@ -23,7 +23,7 @@ def test_export_a_corrupt_checkpoint(tmp_path):
 
 
 def test_export_mismatched_shape_and_lint_of_a_corrupt_onnx(tmp_path, tiny_checkpoint):
-    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--height", "100")
+    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--shape", "100x64")
     assert_one_line_error(result, "multiple of the network stride 32")
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07garbage")
     assert_one_line_error(run_cli("lint", str(tmp_path / "x.onnx")), "not a valid ONNX model")
@@ -43,7 +43,7 @@ def test_parity_on_a_tampered_bundle(tmp_path, tiny_checkpoint):
 
 
 def test_info_reports_parameters_and_gflops():
-    result = run_cli("info", "--height", "512", "--width", "1024")
+    result = run_cli("info", "--shape", "512x1024")
     assert result.returncode == 0, result.stderr
     assert "GFLOPs at 512x1024" in result.stdout
 
@@ -58,3 +58,50 @@ def test_build_trt_without_tensorrt_names_the_extra(tiny_bundle):
     result = run_cli("build-trt", "--bundle", str(tiny_bundle), "--fp32")
     assert_one_line_error(result, "pip install 'fornet-deploy[tensorrt]'")
     assert not list(tiny_bundle.glob("*.engine"))
+
+
+def test_version_prints_the_package_version():
+    from fornet_deploy import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"fornet-deploy {__version__}"
+
+
+def test_a_wrong_choice_is_a_one_line_usage_error_listing_the_choices(tiny_bundle):
+    result = run_cli("parity", "--bundle", str(tiny_bundle), "--runtime", "tflite")
+    assert result.returncode == 2
+    assert_one_line_error(result, "'tflite' is not one of 'torch', 'ort', 'trt'")
+    result = run_cli("bench", "--bundle", str(tiny_bundle), "--precision", "int4")
+    assert result.returncode == 2
+    assert_one_line_error(result, "'int4' is not one of 'fp32', 'fp16', 'int8'")
+
+
+def test_usage_and_input_errors_have_their_own_exit_codes(tmp_path, tiny_bundle):
+    from fornet_deploy.errors import ExitCode
+
+    assert run_cli("export", "--bogus").returncode == ExitCode.USAGE
+    assert run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "0").returncode == ExitCode.USAGE
+    assert run_cli("bench", "--bundle", str(tmp_path / "none")).returncode == ExitCode.INPUT
+    missing_gpu = run_cli("bench", "--bundle", str(tiny_bundle), "--device", "cuda")
+    assert missing_gpu.returncode == ExitCode.NO_HARDWARE, missing_gpu.stderr
+
+
+def test_every_size_option_is_spelled_shape():
+    """No --height/--width/--crop/--size anywhere: image sizes are --shape HxW (build-trt's
+    profile bounds are --min-shape/--max-shape, HxW too)."""
+    import re
+
+    from typer.main import get_command
+
+    from fornet_deploy.cli import app
+
+    group = get_command(app)
+    sizes = re.compile(r"--(height|width|crop|size|resolution|min-size|max-size)\b")
+    for name, command in group.commands.items():
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                assert not sizes.match(opt), f"{name} {opt}"
+                if "shape" in opt:
+                    assert opt in ("--shape", "--min-shape", "--max-shape"), f"{name} {opt}"
+    for name in ("export", "bench", "predict", "train", "synthcity", "info", "build-trt"):
+        assert any("--shape" in getattr(p, "opts", []) for p in group.commands[name].params), name

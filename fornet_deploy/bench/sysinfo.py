@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import HardwareError
-from .jetson import MODEL_PATH, collect_jetson_info, detect_board
-from .jetson import Runner as ToolRunner  # how a command is run: subprocess.run or a test fake
+from .jetson import MODEL_PATH, ToolRunner, collect_jetson_info, detect_board
 
 # Environment variables that change CPU timings: OpenMP / BLAS thread pools, and
 # OPENBLAS_CORETYPE, which Jetson users set to pick OpenBLAS kernels (numpy on aarch64).

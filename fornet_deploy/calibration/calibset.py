@@ -32,12 +32,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..bundle import atomic_path, atomic_write_json, read_json, sha256_file
-from ..data.cityscapes import Sample, find_samples, label_ids_to_train_ids, read_image
+from ..contract import CALIBRATION_DIR
+from ..data.cityscapes import Sample, find_samples, label_ids_to_train_ids
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError
+from ..io import atomic_path, atomic_write_json, read_image, read_json, sha256_file
 
-CACHE_DIR = "calibration"
 SELECTION_VERSION = 1  # bump when the selection algorithm changes: the key changes with it
 MIN_CLASS_PIXELS = 16  # fewer pixels than this is label noise at a class edge, not presence
 _ARRAY = "images"
@@ -138,7 +138,7 @@ class CalibrationSet:
         """
         description = self.describe()
         key = self.key(model_sha256, description)
-        folder = Path(bundle_dir) / CACHE_DIR
+        folder = Path(bundle_dir) / CALIBRATION_DIR
         npz, sidecar = folder / f"calib_{key[:16]}.npz", folder / f"calib_{key[:16]}.json"
         cached = _load_cache(npz, sidecar, key)
         if cached is not None:

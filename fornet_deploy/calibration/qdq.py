@@ -1,6 +1,6 @@
 """``fornet-deploy calibrate``: FP32 ONNX + calibration images -> INT8 Q/DQ ONNX.
 
-Precision lives in the graph (DESIGN.md section 5): TensorRT 11 takes INT8 only from
+Precision lives in the graph (docs/design.md section 5): TensorRT 11 takes INT8 only from
 explicit QuantizeLinear/DequantizeLinear nodes, so calibration happens here, once, on any
 machine, and the result is an ONNX file that ONNX Runtime can check.
 
@@ -45,17 +45,24 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from ..bundle import Bundle, atomic_path
+from ..bundle import Bundle
+from ..contract import (
+    CALIBRATION_METHODS,
+    CALIBRATION_TARGETS,
+    FP32_SCOPES,
+    ONNX_FP32,
+    ONNX_INT8_CPU,
+    ONNX_INT8_QDQ,
+    check_choice,
+)
 from ..data.transforms import Preprocessing
-from ..errors import FornetError
-from ..export.fp16 import check_runs, fp32_scope_nodes
-from ..export.onnx import ONNX_NAME, embed_metadata, load_onnx, read_metadata
-from ..model.fornet import FP32_SCOPES
+from ..errors import FornetError, OptionError
+from ..export.fp16 import fp32_scope_nodes
+from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
+from ..io import atomic_path
 from .calibset import CalibrationSet
 
-INT8_QDQ_NAME = "model.int8.qdq.onnx"
-INT8_CPU_NAME = "model.int8.cpu.onnx"
-METHODS = ("entropy", "minmax", "percentile")
+METHODS = CALIBRATION_METHODS
 DEFAULT_PERCENTILE = 99.999
 # Ops whose inputs (and outputs) get Q/DQ. Everything else in the graph (ArgMax, the
 # selector/Top-K ops) stays float.
@@ -77,9 +84,9 @@ class Target:
 
 
 TARGETS = {
-    "tensorrt": Target(INT8_QDQ_NAME, "QInt8", "QInt8", symmetric_activations=True, weight_qdq_pair=True,
+    "tensorrt": Target(ONNX_INT8_QDQ, "QInt8", "QInt8", symmetric_activations=True, weight_qdq_pair=True,
                        quantize_bias=False),
-    "cpu": Target(INT8_CPU_NAME, "QUInt8", "QInt8", symmetric_activations=False, weight_qdq_pair=False,
+    "cpu": Target(ONNX_INT8_CPU, "QUInt8", "QInt8", symmetric_activations=False, weight_qdq_pair=False,
                   quantize_bias=True),
 }
 
@@ -169,7 +176,7 @@ def _check_input_shape(proto: onnx.ModelProto, images: np.ndarray) -> None:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if any(want is not None and want != got for want, got in zip(dims[1:], images.shape[1:])):
         raise FornetError(
-            f"calibration images preprocess to {list(images.shape[1:])} but {ONNX_NAME} takes {dims[1:]}: "
+            f"calibration images preprocess to {list(images.shape[1:])} but {ONNX_FP32} takes {dims[1:]}: "
             "export at the data's size, or set a fixed resize in the preprocessing"
         )
 
@@ -190,22 +197,20 @@ def quantized_op_types(proto: onnx.ModelProto) -> set[str]:
     return {n.op_type for n in proto.graph.node if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")}
 
 
-def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num: int = 64, method: str = "entropy",
+def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: int = 64, method: str = "entropy",
                      target: str = "tensorrt", seed: int = 0, progress: Callable[[int, int], None] | None = None,
                      percentile: float = DEFAULT_PERCENTILE) -> dict:
     """The library function behind ``fornet-deploy calibrate``; returns the manifest entry."""
-    if method not in METHODS:
-        raise FornetError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if target not in TARGETS:
-        raise FornetError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    check_choice(method, METHODS, "calibration method")
+    check_choice(target, CALIBRATION_TARGETS, "calibration target")
     if not 0.0 < percentile <= 100.0:
-        raise FornetError(f"--percentile must be in (0, 100], got {percentile}")
+        raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
     bundle = Bundle.open(bundle_dir, verify=False)
-    source = bundle.path(ONNX_NAME)  # checks the sha256 the key is built from
-    source_sha = bundle.artifacts[ONNX_NAME]["sha256"]
+    source = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from
+    source_sha = bundle.artifacts[ONNX_FP32]["sha256"]
     proto = load_onnx(source)
     preprocessing = Preprocessing.from_dict(bundle.manifest["preprocessing"])
-    calib = CalibrationSet.select(data_dir, preprocessing, num=num, seed=seed)
+    calib = CalibrationSet.select(data_dir, preprocessing, num=num_images, seed=seed)
     images, key = calib.arrays(bundle.root, source_sha)
     _check_input_shape(proto, images)
     exclude = excluded_nodes(proto)
@@ -216,7 +221,7 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num: int = 64
         check_runs(tmp, list(images[:1].shape), f"the INT8 {target} graph")
     return bundle.record(
         spec.artifact, kind="onnx", precision="int8", target=target, method=method,
-        **({"percentile": percentile} if method == "percentile" else {}), source=ONNX_NAME, source_sha256=source_sha,
+        **({"percentile": percentile} if method == "percentile" else {}), source=ONNX_FP32, source_sha256=source_sha,
         opset=_opset(quantized), activations=spec.activation_type, weights=spec.weight_type,
         symmetric_activations=spec.symmetric_activations, per_channel=True, quantized_ops=list(QUANTIZED_OPS),
         calibration={"key": key, "num_images": len(calib), "split": calib.split, "seed": seed,

@@ -33,8 +33,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..bundle import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 from ..errors import FornetError
+from ..io import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 
 # What each key field means, for the stale-cache message.
 KEY_FIELDS = {

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..errors import FornetError
+from ..io import read_image
 
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
@@ -147,38 +148,6 @@ def find_samples(root: str | Path, split: str, require_labels: bool = True) -> l
             label = None
         samples.append(Sample(image=image, label=label, name=stem))
     return samples
-
-
-# Image files every command reads (cv2.imread decodes all of them).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3, or raise a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FornetError(f"image {path} does not exist")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FornetError(f"cannot read image {path}: not an image file or corrupt")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def encode_png(image: np.ndarray, name: str = "image") -> bytes:
-    """PNG bytes of an RGB (HxWx3) or single-channel uint8 image (cv2 wants BGR)."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise FornetError(f"OpenCV cannot encode {name} as PNG")
-    return data.tobytes()
-
-
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB or single-channel image atomically (never a half-written PNG)."""
-    from ..bundle import atomic_write_bytes
-
-    atomic_write_bytes(path, encode_png(image, str(path)))
 
 
 def read_train_ids(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

@@ -99,14 +99,6 @@ def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
 
 
-def check_stride(height: int, width: int, stride: int) -> None:
-    if height % stride or width % stride or height <= 0 or width <= 0:
-        raise FornetError(
-            f"input size {height}x{width} is not a multiple of the network stride {stride}; "
-            f"use e.g. {max(stride, round(height / stride) * stride)}x{max(stride, round(width / stride) * stride)}"
-        )
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Training augmentation: random scale, crop, horizontal flip, photometric jitter."""

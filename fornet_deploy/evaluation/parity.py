@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import cv2
-import numpy as np
-
-from ..bundle import Bundle, atomic_write_json
-from ..data.cityscapes import colorize, find_samples, write_png
-from ..data.transforms import Preprocessing, preprocess
+from ..bundle import Bundle
+from ..contract import PARITY_DIR
+from ..data.transforms import Preprocessing
 from ..errors import FornetError
-from ..runtimes.base import LOGITS, TOPK_MASK, Runner
-from ..runtimes.formats import make_runner
-from .evaluate import iterate_examples, predicted_labels
-from .metrics import SegmentationMetrics, agreement
+from ..io import atomic_write_json, write_png
+from ..runtimes.base import Runner
+from ..runtimes.registry import load_runner
+from .agreement import ImageAgreement, compare_outputs, pooled
+from .examples import Example, dataset_examples, synthetic_examples
+from .metrics import SegmentationMetrics
+from .postprocess import diff_picture, predicted_labels
 
 
 @dataclass(frozen=True)
@@ -44,51 +44,27 @@ THRESHOLDS = {
 }
 
 
-@dataclass
-class ImageParity:
-    name: str
-    max_abs_logit: float | None
-    mean_abs_logit: float | None
-    argmax_agreement: float
-    mask_agreement: float | None
-    mask_count_reference: int | None
-    mask_count_candidate: int | None
-
-
-def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, int]) -> ImageParity:
-    ref_labels, cand_labels = predicted_labels(reference, hw), predicted_labels(candidate, hw)
-    max_abs = mean_abs = None
-    if LOGITS in reference and LOGITS in candidate:
-        diff = np.abs(reference[LOGITS].astype(np.float32) - candidate[LOGITS].astype(np.float32))
-        max_abs, mean_abs = float(diff.max()), float(diff.mean())
-    mask_agree = count_ref = count_cand = None
-    if TOPK_MASK in reference and TOPK_MASK in candidate:
-        ref_mask, cand_mask = reference[TOPK_MASK] > 0.5, candidate[TOPK_MASK] > 0.5
-        mask_agree = agreement(ref_mask, cand_mask)
-        count_ref, count_cand = int(ref_mask.sum()), int(cand_mask.sum())
-    return ImageParity(name, max_abs, mean_abs, agreement(ref_labels, cand_labels), mask_agree, count_ref, count_cand)
-
-
-def summarize(images: list[ImageParity], agreement_cm: SegmentationMetrics, thresholds: ParityThresholds) -> dict:
+def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, thresholds: ParityThresholds) -> dict:
     def values(field):
         return [getattr(i, field) for i in images if getattr(i, field) is not None]
 
     max_abs = values("max_abs_logit")
     masks = values("mask_agreement")
-    pixels_argmax = float(np.mean(values("argmax_agreement")))
+    agree = pooled(images)
     summary = {
         "images": len(images),
         "max_abs_logit": max(max_abs) if max_abs else None,
-        "mean_abs_logit": float(np.mean(values("mean_abs_logit"))) if max_abs else None,
-        "argmax_agreement": pixels_argmax,
+        "mean_abs_logit": sum(values("mean_abs_logit")) / len(max_abs) if max_abs else None,
+        "argmax_agreement": agree["argmax_agreement"],
         "min_image_argmax_agreement": min(values("argmax_agreement")),
-        "mask_agreement": float(np.mean(masks)) if masks else None,
+        "mask_agreement": agree["mask_agreement"],
         "mask_identical_images": sum(1 for m in masks if m == 1.0),
         # threshold Top-K selects a superset on ties: more positions than the reference
-        "mask_superset_images": sum(1 for i in images if i.mask_count_candidate is not None and i.mask_count_candidate > i.mask_count_reference),
+        "mask_superset_images": sum(1 for i in images if i.mask_count_candidate is not None
+                                    and i.mask_count_candidate > i.mask_count_reference),
         "agreement_miou": agreement_cm.result()["miou"],
     }
-    checks = {"argmax_agreement": pixels_argmax >= thresholds.min_argmax_agreement}
+    checks = {"argmax_agreement": summary["argmax_agreement"] >= thresholds.min_argmax_agreement}
     if thresholds.max_abs_logit is not None and summary["max_abs_logit"] is not None:
         checks["max_abs_logit"] = summary["max_abs_logit"] <= thresholds.max_abs_logit
     if summary["mask_agreement"] is not None:
@@ -98,49 +74,24 @@ def summarize(images: list[ImageParity], agreement_cm: SegmentationMetrics, thre
     return summary
 
 
-def diff_picture(image: np.ndarray, reference: dict, candidate: dict) -> np.ndarray:
-    """Reference | candidate | disagreement (red) | abs logit difference (heat map)."""
-    hw = image.shape[:2]
-    ref, cand = predicted_labels(reference, hw), predicted_labels(candidate, hw)
-    overlay = lambda labels: (0.5 * image + 0.5 * colorize(labels)).astype(np.uint8)  # noqa: E731
-    disagree = image // 3
-    disagree[ref != cand] = (255, 0, 0)
-    panels = [overlay(ref), overlay(cand), disagree]
-    if LOGITS in reference and LOGITS in candidate:
-        diff = np.abs(reference[LOGITS][0] - candidate[LOGITS][0]).max(0)
-        scaled = np.clip(diff / max(float(diff.max()), 1e-12) * 255, 0, 255).astype(np.uint8)
-        heat = cv2.applyColorMap(cv2.resize(scaled, (hw[1], hw[0])), cv2.COLORMAP_INFERNO)[..., ::-1]
-        panels.append(heat)
-    return np.concatenate(panels, axis=1)
-
-
-def synthetic_examples(count: int, height: int, width: int, preprocessing: Preprocessing, seed: int = 0):
-    """Smooth random images (no labels) for parity without a dataset."""
-    from .evaluate import Example
-
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-        image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-        yield Example(f"synthetic_{i:03d}", image, None, preprocess(image, preprocessing))
-
-
-def run_parity(reference: Runner, candidate: Runner, examples: Iterable, thresholds: ParityThresholds,
+def run_parity(reference: Runner, candidate: Runner, examples: Iterable[Example], thresholds: ParityThresholds,
                out_dir: Path | None = None, pictures: int = 3, num_classes: int = 19,
-               progress: Callable[[int], None] | None = None) -> dict:
+               progress: Callable[[int, int], None] | None = None) -> dict:
     """Compare two runners on the same preprocessed images; returns the report dict."""
     images, worst = [], []
     agreement_cm = SegmentationMetrics(num_classes=num_classes, boundary_width=1)
+    total = len(examples) if hasattr(examples, "__len__") else 0
     for i, ex in enumerate(examples):
         ref_out, cand_out = reference(ex.batch), candidate(ex.batch)
-        result = compare_outputs(ex.name, ref_out, cand_out, ex.image.shape[:2])
+        hw = ex.image.shape[:2]
+        result = compare_outputs(ex.name, ref_out, cand_out, hw)
         images.append(result)
-        agreement_cm.update(predicted_labels(cand_out, ex.image.shape[:2]), predicted_labels(ref_out, ex.image.shape[:2]))
+        agreement_cm.update(predicted_labels(cand_out, hw), predicted_labels(ref_out, hw))
         if out_dir is not None and pictures:
             worst.append((result.argmax_agreement, i, ex.name, diff_picture(ex.image, ref_out, cand_out)))
             worst = sorted(worst, key=lambda w: (w[0], w[1]))[:pictures]
         if progress:
-            progress(i + 1)
+            progress(i + 1, total)
     if not images:
         raise FornetError("parity: no images to compare")
     report = {
@@ -151,38 +102,40 @@ def run_parity(reference: Runner, candidate: Runner, examples: Iterable, thresho
         "images": [asdict(i) for i in images],
     }
     if out_dir is not None:
-        report["pictures"] = [_write_picture(out_dir / f"diff_{name}.png", pic) for _, _, name, pic in worst]
+        report["pictures"] = []
+        for _, _, name, picture in worst:
+            write_png(out_dir / f"diff_{name}.png", picture)
+            report["pictures"].append(f"diff_{name}.png")
     return report
-
-
-def _write_picture(path: Path, rgb: np.ndarray) -> str:
-    write_png(path, rgb)
-    return path.name
 
 
 def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
                   data: str | Path | None = None, split: str = "val", limit: int | None = None,
-                  synthetic: int | None = None, out_dir: str | Path | None = None, progress=None) -> dict:
-    """The library function behind ``fornet-deploy parity``."""
+                  out_dir: str | Path | None = None, json_out: str | Path | None = None, progress=None) -> dict:
+    """The library function behind ``fornet-deploy parity``.
+
+    Images: the first ``limit`` of ``data``'s split, or ``limit`` (default 8) synthetic
+    images at the export size without ``data``. The report goes to ``out_dir/parity.json``
+    (default ``BUNDLE/parity/RUNTIME-PRECISION``) with diff pictures, and to ``json_out``.
+    """
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
     if data is not None:
-        total = len(find_samples(data, split, require_labels=False)[: limit if limit else None])
-        examples = iterate_examples(data, split, pre, limit, require_labels=False)
+        examples = dataset_examples(data, split, pre, limit, require_labels=False)
     else:
         h, w = bundle.manifest["export"]["height"], bundle.manifest["export"]["width"]
-        total = synthetic or 8
-        examples = synthetic_examples(total, h, w, pre)
-    out_dir = Path(out_dir) if out_dir else bundle.root / "parity" / f"{runtime}-{precision}"
+        examples = synthetic_examples(limit or 8, h, w, pre)
+    out_dir = Path(out_dir) if out_dir else bundle.root / PARITY_DIR / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with make_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
-            make_runner(bundle, runtime, precision, device) as candidate:
+    with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
+            load_runner(bundle, runtime, precision, device) as candidate:
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
-                            num_classes=len(bundle.manifest["classes"]),
-                            progress=(lambda done: progress(done, total)) if progress else None)
+                            num_classes=len(bundle.manifest["classes"]), progress=progress)
     report["bundle"] = str(bundle.root)
     atomic_write_json(out_dir / "parity.json", report)
+    if json_out is not None:
+        atomic_write_json(json_out, report)
     report["report_path"] = str(out_dir / "parity.json")
     return report

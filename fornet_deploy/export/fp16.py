@@ -1,12 +1,12 @@
 """``model.onnx`` -> ``model.fp16.onnx``: a mixed FP16 graph whose precision is explicit.
 
 TensorRT 11 builds strongly typed networks only, so FP16 has to be in the ONNX graph itself
-(DESIGN.md section 5). This module rewrites the FP32 export:
+(docs/design.md section 5). This module rewrites the FP32 export:
 
 * weights and activations become float16; the graph inputs and outputs stay float32
   ("keep_io_types"), so every runner feeds and reads the same tensors;
 * the selector / Top-K threshold subgraph (any node whose name contains one of
-  :data:`~fornet_deploy.model.fornet.FP32_SCOPES`) stays float32: a half-precision
+  :data:`~fornet_deploy.contract.FP32_SCOPES`) stays float32: a half-precision
   importance map (10-bit mantissa) creates ties and changes which regions are selected,
   and the bisection counts ``ReduceSum(s >= t)`` over up to 32768 positions, past the
   2048 up to which float16 holds every integer;
@@ -41,13 +41,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__
-from ..bundle import Bundle, atomic_path
+from .._version import __version__
+from ..bundle import Bundle
+from ..contract import FP32_SCOPES, ONNX_FP16, ONNX_FP32
 from ..errors import FornetError
-from ..model.fornet import FP32_SCOPES
-from .onnx import ONNX_NAME, embed_metadata, load_onnx, read_metadata
+from ..io import atomic_path
+from .onnx import check_runs, embed_metadata, load_onnx, read_metadata
 
-FP16_NAME = "model.fp16.onnx"
 CONVERTER = "fornet-deploy mixed-fp16"
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -208,38 +208,25 @@ def to_mixed_fp16(proto: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS) -
     return model, summary
 
 
-def check_runs(path: Path, shape: list[int], what: str = "the FP16 graph") -> None:
-    """Load a graph with ONNX Runtime CPU and run it once, so a broken file never lands."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise FornetError(f"ONNX Runtime cannot run {what}: {str(exc).splitlines()[0][:200]}") from None
-
-
 def convert_fp16(bundle_dir: str | Path, fp32_ops: frozenset[str] = FP32_OPS) -> dict:
     """Write ``model.fp16.onnx`` beside the bundle's ``model.onnx``; returns its manifest entry."""
     bundle = Bundle.open(bundle_dir, verify=False)
-    source = bundle.artifacts.get(ONNX_NAME)
+    source = bundle.artifacts.get(ONNX_FP32)
     if source is None:
-        raise FornetError(f"bundle {bundle.root} has no {ONNX_NAME}; run `fornet-deploy export` first")
-    proto = load_onnx(bundle.path(ONNX_NAME))
+        raise FornetError(f"bundle {bundle.root} has no {ONNX_FP32}; run `fornet-deploy export` first")
+    proto = load_onnx(bundle.path(ONNX_FP32))
     if not fp32_scope_nodes(proto) and bundle.manifest.get("topk", {}).get("focus") != "none":
-        raise FornetError(f"{ONNX_NAME} has no node named after {FP32_SCOPES}: cannot keep the selector in FP32")
+        raise FornetError(f"{ONNX_FP32} has no node named after {FP32_SCOPES}: cannot keep the selector in FP32")
     fp16, summary = to_mixed_fp16(proto, frozenset(fp32_ops))
     embed_metadata(fp16, {**read_metadata(proto), "precision": "fp16"})
-    out = bundle.root / FP16_NAME
+    out = bundle.root / ONNX_FP16
     with atomic_path(out) as tmp:
         onnx.save(fp16, str(tmp))
-        check_runs(tmp, source["export_shape"])
+        check_runs(tmp, source["export_shape"], "the FP16 graph")
     shared = ("opset", "topk", "input_shape", "export_shape", "dynamic", "outputs")
     inherited = {k: source[k] for k in shared if k in source}
     return bundle.record(
-        FP16_NAME, kind="onnx", precision="fp16", source=ONNX_NAME, source_sha256=source["sha256"], **inherited,
+        ONNX_FP16, kind="onnx", precision="fp16", source=ONNX_FP32, source_sha256=source["sha256"], **inherited,
         fp32_nodes=summary["fp32_nodes"], fp32_ops=summary["fp32_ops"], fp32_scopes=list(FP32_SCOPES),
         clipped_weights=summary["clipped_weights"],
         converter={"name": CONVERTER, "version": __version__, "onnx": onnx.__version__},

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..contract import TOPK_SCOPE
 from ..errors import FornetError
-from ..model.fornet import TOPK_SCOPE
 from .onnx import load_onnx
 
 # TensorRT's TopK (ITopKLayer) handles K <= 3840 (MAX_TOPK_K in NvInfer.h).

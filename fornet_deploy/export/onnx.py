@@ -16,20 +16,32 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from ..bundle import Bundle, atomic_path
+from ..bundle import Bundle
+from ..contract import (
+    CHECKPOINT,
+    IMPORTANCE,
+    INPUT_NAME,
+    LABELS,
+    LOGITS,
+    MANIFEST,
+    ONNX_FP32,
+    OUTPUT_NAMES,
+    TOPK_FORMS,
+    TOPK_MASK,
+    check_stride,
+)
 from ..data.cityscapes import CLASS_NAMES, PALETTE
-from ..data.transforms import Preprocessing, check_stride
+from ..data.transforms import Preprocessing
 from ..errors import FornetError
+from ..io import atomic_path
 from ..model.checkpoint import load_checkpoint
 from ..model.fornet import FoRNet
-from ..runtimes.base import IMPORTANCE, INPUT_NAME, LABELS, LOGITS, OUTPUT_NAMES, TOPK_MASK
 
-ONNX_NAME = "model.onnx"
-CHECKPOINT_NAME = "checkpoint.safetensors"
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
 # data-dependent shapes, loops).
@@ -49,11 +61,11 @@ class ExportConfig:
     simplify: bool = True
 
     def validate(self) -> None:
-        check_stride(self.height, self.width, FoRNet.output_stride)
+        check_stride(self.height, self.width)
         unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
         if unknown or not self.outputs:
             raise FornetError(f"--outputs: unknown {unknown}; choose from {','.join(OUTPUT_NAMES)}")
-        if self.topk not in ("threshold", "exact"):
+        if self.topk not in TOPK_FORMS:
             raise FornetError(f"--topk must be threshold or exact, got {self.topk!r}")
         if self.labels_dtype not in ("uint8", "int32"):
             raise FornetError(f"labels dtype must be uint8 or int32, got {self.labels_dtype!r}")
@@ -155,6 +167,19 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return proto
 
 
+def check_runs(path: Path, shape: list[int], what: str) -> None:
+    """Load a graph with ONNX Runtime CPU and run it once, so a broken file never lands."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise FornetError(f"ONNX Runtime cannot run {what}: {str(exc).splitlines()[0][:200]}") from None
+
+
 def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
@@ -180,14 +205,14 @@ def export_bundle(
     embed_metadata(proto, {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")})
 
     out = Path(out)
-    bundle = Bundle.open(out, verify=False) if (out / "manifest.json").is_file() else Bundle.create(out)
+    bundle = Bundle.open(out, verify=False) if (out / MANIFEST).is_file() else Bundle.create(out)
     bundle.manifest.update(sections)
-    with bundle.writing(CHECKPOINT_NAME, kind="checkpoint") as tmp:
+    with bundle.writing(CHECKPOINT, kind="checkpoint") as tmp:
         shutil.copyfile(checkpoint, tmp)
-    with atomic_path(out / ONNX_NAME) as tmp:
+    with atomic_path(out / ONNX_FP32) as tmp:
         onnx.save(proto, str(tmp))
     return bundle.record(
-        ONNX_NAME, kind="onnx", precision="fp32", opset=cfg.opset, topk=cfg.topk,
+        ONNX_FP32, kind="onnx", precision="fp32", opset=cfg.opset, topk=cfg.topk,
         input_shape=[None if cfg.dynamic else cfg.batch, 3, None if cfg.dynamic else cfg.height, None if cfg.dynamic else cfg.width],
         export_shape=[cfg.batch, 3, cfg.height, cfg.width], dynamic=cfg.dynamic, outputs=list(cfg.outputs),
         ops=sorted(ops),

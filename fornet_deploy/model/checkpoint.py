@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..bundle import atomic_path
 from ..errors import FornetError
+from ..io import atomic_path
 from .fornet import FoRNet, FoRNetConfig, build_model
 
 CHECKPOINT_FORMAT = "fornet-deploy-checkpoint"

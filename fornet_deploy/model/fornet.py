@@ -1,7 +1,7 @@
 """FoR-Net: a light segmentation network that focuses on hard regions.
 
 Our reading of "FoR-Net: Learning to Focus on Hard Regions for Efficient Semantic
-Segmentation" (arXiv 2605.02764; only the abstract is public, see DESIGN.md section 1):
+Segmentation" (arXiv 2605.02764; only the abstract is public, see docs/design.md section 1):
 
     image ─ stem (1/4) ─ stage1 (1/4, detail) ─ stage2 (1/8) ─ stage3 (1/16) ─ stage4 (1/32)
                                    │                 └──────── neck: top-down fusion + global context ──┐
@@ -26,15 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract import IMPORTANCE, LOGITS, STRIDE, TOPK_MASK, check_stride
 from ..errors import FornetError
 from .topk import TopK
 
-# ONNX node-name prefixes of the importance-map and Top-K subgraph (module paths as the
-# exporter names them). Quantizers and TensorRT keep these layers in FP32: a quantized or
-# half-precision importance map creates ties and changes which regions are selected.
-SELECTOR_SCOPE, TOPK_SCOPE = "/focus/selector/", "/focus/topk/"
-FP32_SCOPES = (SELECTOR_SCOPE, TOPK_SCOPE)
-OUTPUT_STRIDE = 32
+# The module names "focus", "selector" and "topk" below make the ONNX node-name scopes
+# (contract.FP32_SCOPES) that every reduced-precision artefact keeps FP32.
 FOCUS_MODES = ("topk", "adaptive", "none")
 
 
@@ -262,7 +259,7 @@ class FoRNet(nn.Module):
     """FoR-Net. ``forward(x)`` -> logits (N, C, H, W); ``forward_all`` also returns the
     importance map and Top-K mask (1/8 scale)."""
 
-    output_stride = OUTPUT_STRIDE
+    output_stride = STRIDE
 
     def __init__(self, config: FoRNetConfig | None = None):
         super().__init__()
@@ -277,11 +274,7 @@ class FoRNet(nn.Module):
             return
         if x.ndim != 4 or x.shape[1] != 3:
             raise FornetError(f"FoR-Net takes an N x 3 x H x W batch, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % self.output_stride or w % self.output_stride:
-            raise FornetError(
-                f"input size {h}x{w} is not a multiple of the network stride {self.output_stride}"
-            )
+        check_stride(int(x.shape[-2]), int(x.shape[-1]), self.output_stride)
 
     def forward_features(self, x):
         x4, x8, x16, x32 = self.backbone(x)
@@ -293,13 +286,13 @@ class FoRNet(nn.Module):
         focused, importance, mask = self.focus(features)
         logits = self.head(focused, x4)
         logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
-        return {"logits": logits, "importance": importance, "topk_mask": mask}
+        return {LOGITS: logits, IMPORTANCE: importance, TOPK_MASK: mask}
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
         """Logits, or with ``return_all`` the dict of :meth:`forward_all` (a keyword rather
         than a second method so that DistributedDataParallel's forward hooks apply)."""
         out = self.forward_all(x)
-        return out if return_all else out["logits"]
+        return out if return_all else out[LOGITS]
 
     @property
     def topk(self) -> TopK | None:

@@ -2,7 +2,7 @@
 
 Parity, evaluation, benchmark and predict are written once against :class:`Runner`:
 
-    with make_runner(bundle, runtime="ort", precision="fp16") as runner:
+    with load_runner(bundle, runtime="ort", precision="fp16") as runner:
         outputs = runner(batch)          # batch: NCHW float32, preprocessed
         outputs["logits"]                # N x C x H x W float32
 
@@ -17,61 +17,57 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
+from ..contract import INPUT_CHANNELS, INPUT_NAME, STRIDE, format_shape
 from ..errors import FornetError
-
-# Named outputs. Every backend returns a dict with a subset of these keys; "logits" is
-# always present when the artefact exports it, "labels" is the in-graph ArgMax.
-LOGITS = "logits"
-LABELS = "labels"
-IMPORTANCE = "importance"
-TOPK_MASK = "topk_mask"
-OUTPUT_NAMES = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
-INPUT_NAME = "image"
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Name, dtype and shape of the network input; ``None`` marks a dynamic dimension."""
+    """Name, dtype and shape of the network input; ``None`` marks a dynamic dimension.
+
+    The one input check of the package: runners call :meth:`check` on every batch, and
+    bench / predict call :meth:`check_shape` before any work with the shape they will feed.
+    """
 
     name: str = INPUT_NAME
     dtype: str = "float32"
-    shape: tuple[int | None, ...] = (None, 3, None, None)
-    stride: int = 32  # H and W must be multiples of this
+    shape: tuple[int | None, ...] = (None, INPUT_CHANNELS, None, None)
+    stride: int = STRIDE  # H and W must be multiples of this
     # Inclusive (min, max) bounds for dynamic dims, e.g. a TensorRT optimization profile.
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
 
     def check(self, batch: np.ndarray) -> None:
+        """A batch must be a numpy array of the spec's dtype and an accepted shape."""
         if not isinstance(batch, np.ndarray):
             raise FornetError(f"input '{self.name}' must be a numpy array, got {type(batch).__name__}")
         if batch.dtype != np.dtype(self.dtype):
             raise FornetError(f"input '{self.name}' must be {self.dtype}, got {batch.dtype}")
-        if batch.ndim != len(self.shape):
+        self.check_shape(tuple(batch.shape))
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Rank, fixed dims, stride and profile bounds, with the fix in the message."""
+        if len(shape) != len(self.shape):
             raise FornetError(
-                f"input '{self.name}' must have {len(self.shape)} dims (NCHW), got shape {tuple(batch.shape)}"
+                f"input '{self.name}' must have {len(self.shape)} dims (NCHW), got shape {tuple(shape)}"
             )
-        for axis, (want, got) in enumerate(zip(self.shape, batch.shape)):
+        for axis, (want, got) in enumerate(zip(self.shape, shape)):
             if want is not None and want != got:
                 raise FornetError(
-                    f"input '{self.name}' has shape {tuple(batch.shape)}, this artefact takes "
-                    f"{_fmt_shape(self.shape)} (dim {axis} must be {want})"
+                    f"input '{self.name}' has shape {format_shape(shape)}, this artefact takes "
+                    f"{format_shape(self.shape)} (dim {axis} must be {want})"
                 )
-        h, w = batch.shape[2], batch.shape[3]
+        h, w = shape[2], shape[3]
         if h % self.stride or w % self.stride:
-            raise FornetError(
-                f"input size {h}x{w} is not a multiple of the network stride {self.stride}"
-            )
-        if self.min_shape is not None and any(g < m for g, m in zip(batch.shape, self.min_shape)):
-            raise FornetError(f"input shape {tuple(batch.shape)} is below the artefact's minimum {self.min_shape}")
-        if self.max_shape is not None and any(g > m for g, m in zip(batch.shape, self.max_shape)):
-            raise FornetError(f"input shape {tuple(batch.shape)} is above the artefact's maximum {self.max_shape}")
-
-
-def _fmt_shape(shape) -> str:
-    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+            raise FornetError(f"input size {h}x{w} is not a multiple of the network stride {self.stride}")
+        if self.min_shape is not None and any(g < m for g, m in zip(shape, self.min_shape)):
+            raise FornetError(f"input shape {format_shape(shape)} is below the artefact's minimum {format_shape(self.min_shape)}")
+        if self.max_shape is not None and any(g > m for g, m in zip(shape, self.max_shape)):
+            raise FornetError(f"input shape {format_shape(shape)} is above the artefact's maximum {format_shape(self.max_shape)}")
 
 
 @dataclass
@@ -121,15 +117,20 @@ class Runner(abc.ABC):
         self.deactivate()
 
     # inference -----------------------------------------------------------------------
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one preprocessed NCHW float32 batch; returns named numpy outputs."""
+    def infer(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run one preprocessed NCHW float32 batch; returns named numpy outputs.
+
+        ``outputs`` names the outputs wanted (default: all the artefact has); a backend
+        then copies only those to host memory, which matters for full-resolution logits.
+        Names the artefact does not produce are absent from the result.
+        """
         if not self.is_active:
             raise FornetError(f"runner {self.name} is not active (use it in a `with` block)")
         self.input_spec().check(batch)
         start = time.perf_counter()
-        outputs = self._infer_impl(np.ascontiguousarray(batch))
+        result = self._infer_impl(np.ascontiguousarray(batch), tuple(outputs) if outputs is not None else None)
         self.last_inference_time = time.perf_counter() - start
-        return outputs
+        return result
 
     __call__ = infer
 
@@ -144,10 +145,14 @@ class Runner(abc.ABC):
     def info(self) -> RunnerInfo: ...
 
     @abc.abstractmethod
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the outputs the artefact produces (valid once active)."""
+
+    @abc.abstractmethod
     def _activate_impl(self) -> None: ...
 
     @abc.abstractmethod
-    def _infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+    def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]: ...
 
     def _deactivate_impl(self) -> None:
         pass

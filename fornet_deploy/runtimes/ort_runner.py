@@ -40,14 +40,17 @@ def select_providers(device: str, available: list[str]) -> list[str]:
 class OrtRunner(Runner):
     """Runs an ONNX file with ONNX Runtime."""
 
-    def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None, cache_dir: str | Path | None = None):
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 cache_dir: str | Path | None = None, gpu: int = 0):
         super().__init__(f"ort-{precision}")
         self.onnx_path = Path(onnx_path)
         self.device = device
         self.precision = precision
         self.threads = threads
         self.cache_dir = cache_dir
+        self.gpu = gpu
         self.session = None
+        self._output_names: list[str] = []
 
     def _activate_impl(self) -> None:
         import onnxruntime as ort
@@ -64,24 +67,31 @@ class OrtRunner(Runner):
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise FornetError(f"ONNX Runtime cannot load {self.onnx_path}: {str(exc).splitlines()[0][:200]}") from None
+        self._output_names = [o.name for o in self.session.get_outputs()]
 
     def _provider_options(self, provider: str) -> dict:
         if provider == TENSORRT and self.cache_dir:
             # Engines built by the TensorRT EP are cached beside the bundle: the first
             # session builds (minutes), later ones load.
-            return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": "True"}
+            return {"device_id": str(self.gpu), "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": "True"}
+        if provider in (TENSORRT, CUDA):
+            return {"device_id": str(self.gpu)}
         return {}
 
     def _deactivate_impl(self) -> None:
         self.session = None  # frees the session's memory and thread pool
+
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self._output_names)
 
     def input_spec(self) -> InputSpec:
         first = self.session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in first.shape)
         return InputSpec(name=first.name, dtype="float32", shape=shape)
 
-    def _infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+    def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]:
+        names = self._output_names if outputs is None else [n for n in outputs if n in self._output_names]
         values = self.session.run(names, {self.session.get_inputs()[0].name: batch})
         return dict(zip(names, values))
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..contract import IMPORTANCE, LABELS, LOGITS, STRIDE, TOPK_MASK
 from ..errors import HardwareError
 from ..model.checkpoint import load_checkpoint
 from ..model.fornet import FoRNet
-from .base import IMPORTANCE, LABELS, LOGITS, TOPK_MASK, InputSpec, Runner, RunnerInfo
+from .base import InputSpec, Runner, RunnerInfo
 
 
 def torch_device(device: str) -> torch.device:
@@ -26,9 +27,12 @@ class TorchRunner(Runner):
 
     ``topk``: "exact" (the reference) or "threshold" (to isolate export effects).
     ``precision``: "fp32", or "fp16" on CUDA (autocast; the Top-K stays FP32).
+    ``threads``: PyTorch's intra-op CPU threads while the runner is active (a process-wide
+    setting, restored on deactivation).
     """
 
-    def __init__(self, checkpoint: str | Path | FoRNet, topk: str = "exact", device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, checkpoint: str | Path | FoRNet, topk: str = "exact", device: str = "cpu", precision: str = "fp32",
+                 threads: int | None = None):
         super().__init__(f"torch-{precision}")
         self.checkpoint = checkpoint
         self.topk = topk
@@ -38,26 +42,40 @@ class TorchRunner(Runner):
         if precision == "fp16" and self.device.type != "cuda":
             raise HardwareError("PyTorch fp16 inference needs a CUDA device")
         self.precision = precision
+        self.threads = threads
+        self._previous_threads: int | None = None
         self.model: FoRNet | None = None
 
     def _activate_impl(self) -> None:
         model = self.checkpoint if isinstance(self.checkpoint, FoRNet) else load_checkpoint(self.checkpoint)[0]
         self.model = model.eval().set_topk_mode(self.topk).to(self.device)
+        if self.threads:
+            self._previous_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def _deactivate_impl(self) -> None:
+        if self._previous_threads is not None:
+            torch.set_num_threads(self._previous_threads)
+            self._previous_threads = None
+
+    def output_names(self) -> tuple[str, ...]:
+        has_selector = self.model is not None and self.model.topk is not None
+        return (LOGITS, LABELS, IMPORTANCE, TOPK_MASK) if has_selector else (LOGITS, LABELS)
 
     def input_spec(self) -> InputSpec:
-        return InputSpec(stride=FoRNet.output_stride)
+        return InputSpec(stride=STRIDE)
 
     @torch.inference_mode()
-    def _infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         x = torch.from_numpy(batch).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
             out = self.model.forward_all(x)
-        result = {LOGITS: out[LOGITS].float().cpu().numpy()}
-        result[LABELS] = out[LOGITS].argmax(1).cpu().numpy().astype(np.uint8)
+        # Labels as the exported graph computes them (ArgMax over the FP32 logits).
+        tensors = {LOGITS: out[LOGITS].float(), LABELS: out[LOGITS].argmax(1).to(torch.uint8)}
         if out[IMPORTANCE] is not None:
-            result[IMPORTANCE] = out[IMPORTANCE].float().cpu().numpy()
-            result[TOPK_MASK] = out[TOPK_MASK].float().cpu().numpy()
-        return result
+            tensors |= {IMPORTANCE: out[IMPORTANCE].float(), TOPK_MASK: out[TOPK_MASK].float()}
+        wanted = tensors if outputs is None else [name for name in outputs if name in tensors]
+        return {name: tensors[name].cpu().numpy() for name in wanted}
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

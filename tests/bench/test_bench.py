@@ -15,21 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from fornet_deploy.bench.bench import (
-    MATRIX_COLUMNS,
-    BenchConfig,
-    bench_rows,
-    image_files,
-    latency_stats,
-    load_frames,
-    matrix_markdown,
-    run_benchmark,
-    run_matrix,
-    time_iterations,
-)
+from fornet_deploy.bench import BenchConfig, BenchEnvironment, bench_rows, matrix_markdown, run_benchmark, run_matrix
+from fornet_deploy.bench.frames import load_frames
 from fornet_deploy.bench.sysinfo import describe_machine, parse_cpuinfo_model, parse_nvidia_smi
+from fornet_deploy.bench.tables import MATRIX_COLUMNS
+from fornet_deploy.bench.timing import latency_stats, time_iterations
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.errors import FornetError, HardwareError
+from fornet_deploy.io import find_images as image_files
 
 ROOTS = Path(__file__).parent / "fixtures" / "jetson" / "roots"
 FIXTURES = ROOTS.parent
@@ -96,7 +89,7 @@ def test_bad_options_are_one_line_errors(tiny_bundle, cfg, words):
 
 def test_missing_artefact_names_the_command_that_makes_it(tiny_bundle):
     with pytest.raises(FornetError, match="build-trt"):
-        run_benchmark(tiny_bundle, BenchConfig(device="jetson", runtime="trt", jetson_root=ROOTS / "orin_nx"))
+        run_benchmark(tiny_bundle, BenchConfig(device="jetson", runtime="trt"), env=BenchEnvironment(ROOTS / "orin_nx"))
 
 
 def _has_cuda() -> bool:
@@ -117,7 +110,7 @@ def test_device_cuda_without_a_gpu_is_a_hardware_error(tiny_bundle):
 
 def test_device_jetson_off_a_jetson_is_a_hardware_error(tiny_bundle):
     with pytest.raises(HardwareError, match="not a Jetson"):
-        run_benchmark(tiny_bundle, BenchConfig(device="jetson", jetson_root=ROOTS / "raspberry_pi"))
+        run_benchmark(tiny_bundle, BenchConfig(device="jetson"), env=BenchEnvironment(ROOTS / "raspberry_pi"))
 
 
 @pytest.mark.skipif(Path("/etc/nv_tegra_release").exists(), reason="this machine is a Jetson")
@@ -209,10 +202,9 @@ def test_jetson_run_with_fake_board_and_tegrastats(tiny_bundle, tmp_path):
     script.write_text(textwrap.dedent(EMITTER))
     cfg = BenchConfig(
         device="jetson", ort_device="cpu", iters=50, warmup=1, shape=(64, 128),  # ~30 ms: several samples
-        jetson_root=ROOTS / "orin_nx",
-        tegrastats_command=[sys.executable, str(script), str(FIXTURES / "tegrastats_orin_nx.txt")],
     )
-    result = run_benchmark(tiny_bundle, cfg)
+    env = BenchEnvironment(ROOTS / "orin_nx", [sys.executable, str(script), str(FIXTURES / "tegrastats_orin_nx.txt")])
+    result = run_benchmark(tiny_bundle, cfg, env=env)
     jetson = result["jetson"]
     assert jetson["board"]["module"] == "Orin NX" and jetson["board"]["jetpack"] == "6.2.1"
     assert any("nvpmodel" in note for note in jetson["notes"])  # no such tool here: noted, not fatal

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fornet_deploy.calibration import calibset
-from fornet_deploy.calibration.calibset import CACHE_DIR, CalibrationSet, select_calibration_images
+from fornet_deploy.calibration.calibset import CalibrationSet, select_calibration_images
+from fornet_deploy.contract import CALIBRATION_DIR
 from fornet_deploy.data.cityscapes import find_samples, load_sample
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.errors import FornetError
@@ -82,7 +83,7 @@ def test_arrays_are_cached_in_the_bundle_and_recomputed_when_stale(data, tmp_pat
     bundle = tmp_path / "bundle"
     calib = CalibrationSet.select(data, Preprocessing(), num=2)
     images, key = calib.arrays(bundle, MODEL_A)
-    npz = bundle / CACHE_DIR / f"calib_{key[:16]}.npz"
+    npz = bundle / CALIBRATION_DIR / f"calib_{key[:16]}.npz"
     assert npz.is_file() and npz.with_suffix(".json").is_file()
     assert images.shape == (2, 3, 128, 256) and images.dtype == np.float32
 
@@ -97,7 +98,7 @@ def test_arrays_are_cached_in_the_bundle_and_recomputed_when_stale(data, tmp_pat
 
     _, new_key = calib.arrays(bundle, MODEL_B)  # another model: new key, the old file goes
     assert new_key != key and not npz.exists()
-    new_npz = bundle / CACHE_DIR / f"calib_{new_key[:16]}.npz"
+    new_npz = bundle / CALIBRATION_DIR / f"calib_{new_key[:16]}.npz"
     new_npz.write_bytes(new_npz.read_bytes()[:100])  # truncated behind our back
     again, _ = calib.arrays(bundle, MODEL_B)
     np.testing.assert_array_equal(again, images)

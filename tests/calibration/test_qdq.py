@@ -12,11 +12,11 @@ import pytest
 from onnx import numpy_helper
 
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.calibration.qdq import INT8_CPU_NAME, INT8_QDQ_NAME, calibrate_bundle, excluded_nodes
+from fornet_deploy.calibration.qdq import calibrate_bundle, excluded_nodes
+from fornet_deploy.contract import ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ
 from fornet_deploy.errors import FornetError
 from fornet_deploy.export.fp16 import in_fp32_scope
 from fornet_deploy.export.lint import lint_tensorrt
-from fornet_deploy.export.onnx import ONNX_NAME
 
 NUM = 3  # calibration images: enough to exercise chunking, fast on the tiny model
 
@@ -30,8 +30,8 @@ def _copy(bundle: Path, tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def calibrated(tiny_bundle, tiny_data, tmp_path_factory) -> tuple[Path, dict, dict]:
     bundle = _copy(tiny_bundle, tmp_path_factory.mktemp("qdq"))
-    trt = calibrate_bundle(bundle, tiny_data, num=NUM, method="minmax", target="tensorrt")
-    cpu = calibrate_bundle(bundle, tiny_data, num=NUM, method="minmax", target="cpu")
+    trt = calibrate_bundle(bundle, tiny_data, num_images=NUM, method="minmax", target="tensorrt")
+    cpu = calibrate_bundle(bundle, tiny_data, num_images=NUM, method="minmax", target="cpu")
     return bundle, trt, cpu
 
 
@@ -44,7 +44,7 @@ def _graph(path: Path):
 
 def test_tensorrt_graph_is_symmetric_qdq_with_per_channel_conv_weights(calibrated):
     bundle, _, _ = calibrated
-    proto, producers, constants = _graph(bundle / INT8_QDQ_NAME)
+    proto, producers, constants = _graph(bundle / ONNX_INT8_QDQ)
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert not any(op.startswith("QLinear") or op.endswith("Integer") for op in ops)
@@ -68,9 +68,9 @@ def test_tensorrt_graph_is_symmetric_qdq_with_per_channel_conv_weights(calibrate
 
 def test_selector_topk_and_outputs_stay_float(calibrated, tiny_bundle):
     bundle, trt, _ = calibrated
-    source = onnx.load(str(tiny_bundle / ONNX_NAME))
+    source = onnx.load(str(tiny_bundle / ONNX_FP32))
     assert trt["excluded_nodes"] == excluded_nodes(source)
-    proto, producers, constants = _graph(bundle / INT8_QDQ_NAME)
+    proto, producers, constants = _graph(bundle / ONNX_INT8_QDQ)
     for node in proto.graph.node:
         if not in_fp32_scope(node.name):
             continue
@@ -85,12 +85,12 @@ def test_selector_topk_and_outputs_stay_float(calibrated, tiny_bundle):
 
 def test_cpu_graph_is_u8s8_and_runs(calibrated, tiny_data):
     bundle, _, cpu = calibrated
-    proto, producers, constants = _graph(bundle / INT8_CPU_NAME)
+    proto, producers, constants = _graph(bundle / ONNX_INT8_CPU)
     activations = {constants[n.input[2]].dtype for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     weights = {constants[producers[n.input[1]].input[2]].dtype for n in proto.graph.node
                if n.op_type == "Conv" and n.input[1] in producers}
     assert activations == {np.dtype(np.uint8)} and weights == {np.dtype(np.int8)}
-    session = ort.InferenceSession(str(bundle / INT8_CPU_NAME), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bundle / ONNX_INT8_CPU), providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"image": np.zeros((1, 3, 128, 256), np.float32)})
     assert outputs[0].shape == (1, 19, 128, 256)
     assert cpu["calibration"]["num_images"] == NUM and cpu["precision"] == "int8" and cpu["target"] == "cpu"
@@ -99,9 +99,9 @@ def test_cpu_graph_is_u8s8_and_runs(calibrated, tiny_data):
 def test_manifest_and_shared_calibration(calibrated):
     bundle, trt, cpu = calibrated
     opened = Bundle.open(bundle)  # every sha256 checks out
-    assert opened.artifacts[INT8_QDQ_NAME] == trt and opened.artifacts[INT8_CPU_NAME] == cpu
+    assert opened.artifacts[ONNX_INT8_QDQ] == trt and opened.artifacts[ONNX_INT8_CPU] == cpu
     assert trt["calibration"]["key"] == cpu["calibration"]["key"]
-    assert trt["method"] == "minmax" and trt["opset"] == opened.artifacts[ONNX_NAME]["opset"]
+    assert trt["method"] == "minmax" and trt["opset"] == opened.artifacts[ONNX_FP32]["opset"]
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -109,10 +109,10 @@ def test_reruns_are_byte_identical(tiny_bundle, tiny_data, tmp_path, method):
     outputs = []
     for run in ("first", "second"):  # fresh bundles: no cache, the whole calibration again
         bundle = _copy(tiny_bundle, tmp_path / run)
-        calibrate_bundle(bundle, tiny_data, num=NUM, method=method, target="tensorrt", seed=3)
-        outputs.append((bundle / INT8_QDQ_NAME).read_bytes())
-    calibrate_bundle(bundle, tiny_data, num=NUM, method=method, target="tensorrt", seed=3)  # cached tensors
-    outputs.append((bundle / INT8_QDQ_NAME).read_bytes())
+        calibrate_bundle(bundle, tiny_data, num_images=NUM, method=method, target="tensorrt", seed=3)
+        outputs.append((bundle / ONNX_INT8_QDQ).read_bytes())
+    calibrate_bundle(bundle, tiny_data, num_images=NUM, method=method, target="tensorrt", seed=3)  # cached tensors
+    outputs.append((bundle / ONNX_INT8_QDQ).read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
 
 
@@ -123,8 +123,8 @@ def test_bad_arguments_are_clear_errors(tiny_bundle, tmp_path):
     (tmp_path / "empty" / "leftImg8bit" / "train").mkdir(parents=True)
     with pytest.raises(FornetError, match="no"):
         calibrate_bundle(bundle, tmp_path / "empty")
-    with pytest.raises(FornetError, match="--method"):
+    with pytest.raises(FornetError, match="calibration method"):
         calibrate_bundle(bundle, tmp_path / "empty", method="kl")
-    with pytest.raises(FornetError, match="--target"):
+    with pytest.raises(FornetError, match="calibration target"):
         calibrate_bundle(bundle, tmp_path / "empty", target="gpu")
-    assert not (bundle / INT8_QDQ_NAME).exists() and not (bundle / INT8_CPU_NAME).exists()
+    assert not (bundle / ONNX_INT8_QDQ).exists() and not (bundle / ONNX_INT8_CPU).exists()

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 
 from fornet_deploy.data.cityscapes import (
-    CLASS_NAMES, LABEL_ID_BY_NAME, PALETTE, CityscapesDataset, find_samples, label_ids_to_train_ids,
-    load_sample, train_ids_to_label_ids,
+    CLASS_NAMES,
+    LABEL_ID_BY_NAME,
+    PALETTE,
+    CityscapesDataset,
+    find_samples,
+    label_ids_to_train_ids,
+    load_sample,
+    train_ids_to_label_ids,
 )
 from fornet_deploy.errors import FornetError
 

@@ -17,7 +17,7 @@ def test_ort_fp32_parity_passes_with_report_and_pictures(tiny_bundle, tiny_data,
 
 
 def test_parity_on_synthetic_images_without_data(tiny_bundle, tmp_path):
-    report = parity_bundle(tiny_bundle, "ort", "fp32", "cpu", synthetic=2, out_dir=tmp_path / "p")
+    report = parity_bundle(tiny_bundle, "ort", "fp32", "cpu", limit=2, out_dir=tmp_path / "p")
     assert report["summary"]["images"] == 2 and report["summary"]["passed"]
 
 
@@ -35,18 +35,18 @@ def test_compare_outputs_counts_superset_masks_and_disagreement():
 def test_adaptive_k_export_passes_parity_at_two_resolutions(tmp_path, tiny_config):
     import torch
 
+    from fornet_deploy.data.transforms import Preprocessing
     from fornet_deploy.evaluation.parity import run_parity, synthetic_examples
     from fornet_deploy.export.onnx import ExportConfig, export_bundle
-    from fornet_deploy.data.transforms import Preprocessing
     from fornet_deploy.model.checkpoint import save_checkpoint
     from fornet_deploy.model.fornet import build_model
-    from fornet_deploy.runtimes.formats import make_runner
+    from fornet_deploy.runtimes.registry import load_runner
 
     torch.manual_seed(3)
     save_checkpoint(tmp_path / "adaptive.safetensors", build_model(tiny_config.replace(focus="adaptive")))
     export_bundle(tmp_path / "adaptive.safetensors", tmp_path / "b", ExportConfig(height=128, width=256, dynamic=True))
     for h, w in [(128, 256), (192, 96)]:
-        with make_runner(tmp_path / "b", "torch", "fp32", topk="exact") as ref, make_runner(tmp_path / "b", "ort", "fp32") as ort:
+        with load_runner(tmp_path / "b", "torch", "fp32", topk="exact") as ref, load_runner(tmp_path / "b", "ort", "fp32") as ort:
             report = run_parity(ref, ort, synthetic_examples(3, h, w, Preprocessing(), seed=h), THRESHOLDS["fp32"])
         s = report["summary"]
         assert s["passed"] and s["argmax_agreement"] >= 0.9999, s

@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fornet_deploy.bundle import Bundle
+from fornet_deploy.contract import ONNX_FP16, ONNX_FP32
 from fornet_deploy.errors import FornetError
-from fornet_deploy.export.fp16 import FP16_NAME, convert_fp16, fp32_scope_nodes, in_fp32_scope, to_mixed_fp16
-from fornet_deploy.export.onnx import ONNX_NAME
+from fornet_deploy.export.fp16 import convert_fp16, fp32_scope_nodes, in_fp32_scope, to_mixed_fp16
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -52,7 +52,7 @@ def test_scope_is_matched_anywhere_in_the_node_name():
 
 def test_selector_and_topk_stay_float32(converted):
     bundle, entry = converted
-    fp16 = onnx.load(str(bundle / FP16_NAME))
+    fp16 = onnx.load(str(bundle / ONNX_FP16))
     types = _types(fp16)
     scope = [n for n in fp16.graph.node if in_fp32_scope(n.name)]
     assert any(n.op_type == "Sigmoid" for n in scope) and any(n.op_type == "ReduceSum" for n in scope)
@@ -65,7 +65,7 @@ def test_selector_and_topk_stay_float32(converted):
 
 def test_rest_of_the_graph_is_float16_with_float32_io(converted):
     bundle, _ = converted
-    fp16 = onnx.load(str(bundle / FP16_NAME))
+    fp16 = onnx.load(str(bundle / ONNX_FP16))
     types = _types(fp16)
     convs = [n for n in fp16.graph.node if n.op_type == "Conv" and not in_fp32_scope(n.name)]
     assert convs and all(types[n.input[1]] == FLOAT16 and types[n.output[0]] == FLOAT16 for n in convs)
@@ -75,8 +75,8 @@ def test_rest_of_the_graph_is_float16_with_float32_io(converted):
 def test_manifest_records_the_artefact(converted):
     bundle, entry = converted
     opened = Bundle.open(bundle)  # verifies every sha256
-    assert opened.artifacts[FP16_NAME] == entry
-    assert entry["kind"] == "onnx" and entry["precision"] == "fp16" and entry["source"] == ONNX_NAME
+    assert opened.artifacts[ONNX_FP16] == entry
+    assert entry["kind"] == "onnx" and entry["precision"] == "fp16" and entry["source"] == ONNX_FP32
     assert entry["converter"]["name"] and entry["converter"]["version"]
 
 
@@ -84,8 +84,8 @@ def test_fp16_agrees_with_fp32_on_a_smooth_input(converted):
     bundle, _ = converted
     yy, xx = np.meshgrid(np.linspace(-1, 1, 128), np.linspace(-1, 1, 256), indexing="ij")
     batch = np.stack([np.sin(3 * xx) + yy, np.cos(2 * yy) - xx, xx * yy])[None].astype(np.float32)
-    ref = _run(_session(bundle / ONNX_NAME), batch)
-    out = _run(_session(bundle / FP16_NAME), batch)
+    ref = _run(_session(bundle / ONNX_FP32), batch)
+    out = _run(_session(bundle / ONNX_FP16), batch)
     assert all(out[name].dtype == ref[name].dtype for name in ref)
     assert np.mean(out["labels"] == ref["labels"]) >= 0.99
     assert np.mean(out["topk_mask"] == ref["topk_mask"]) >= 0.99
@@ -115,7 +115,7 @@ def test_casts_only_at_region_boundaries_and_weights_saturate():
 
 
 def test_scope_nodes_found_in_a_real_export(tiny_bundle):
-    names = fp32_scope_nodes(onnx.load(str(tiny_bundle / ONNX_NAME)))
+    names = fp32_scope_nodes(onnx.load(str(tiny_bundle / ONNX_FP32)))
     assert any(n.startswith("/focus/selector/") for n in names) and any(n.startswith("/focus/topk/") for n in names)
 
 
@@ -123,4 +123,4 @@ def test_bundle_without_onnx_is_a_clear_error(tmp_path):
     Bundle.create(tmp_path / "empty")
     with pytest.raises(FornetError, match="export"):
         convert_fp16(tmp_path / "empty")
-    assert not (tmp_path / "empty" / FP16_NAME).exists()
+    assert not (tmp_path / "empty" / ONNX_FP16).exists()

@@ -63,7 +63,7 @@ def test_shipped_precision_graphs_pass_lint(tmp_path, tiny_checkpoint, tiny_data
 
     export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(height=128, width=256))
     convert_fp16(tmp_path / "b")
-    calibrate_bundle(tmp_path / "b", tiny_data, num=2)
+    calibrate_bundle(tmp_path / "b", tiny_data, num_images=2)
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"):
         report = lint_file(tmp_path / "b" / name)
         assert report["passed"] and report["warnings"] == 0, (name, report["findings"])

@@ -6,7 +6,14 @@ import pytest
 
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.errors import FornetError
-from fornet_deploy.export.onnx import DYNAMIC_TOPK_OPS, ExportConfig, export_bundle, graph_op_types, load_onnx, read_metadata
+from fornet_deploy.export.onnx import (
+    DYNAMIC_TOPK_OPS,
+    ExportConfig,
+    export_bundle,
+    graph_op_types,
+    load_onnx,
+    read_metadata,
+)
 from fornet_deploy.model.topk import topk_count
 from fornet_deploy.runtimes.ort_runner import OrtRunner
 

@@ -2,15 +2,16 @@ import numpy as np
 import pytest
 
 from fornet_deploy.bundle import Bundle
+from fornet_deploy.contract import FORMATS
 from fornet_deploy.errors import FornetError, HardwareError
-from fornet_deploy.runtimes.formats import FORMATS, available_formats, make_runner, resolve_format
 from fornet_deploy.runtimes.ort_runner import CPU, CUDA, TENSORRT, select_providers
+from fornet_deploy.runtimes.registry import available_formats, load_runner, resolve_format
 
 
 def test_ort_matches_torch_on_the_same_batch(tiny_bundle):
     x = np.random.default_rng(0).normal(size=(1, 3, 128, 256)).astype(np.float32)
-    with make_runner(tiny_bundle, "torch", "fp32", "cpu", topk="threshold") as torch_runner, \
-            make_runner(tiny_bundle, "ort", "fp32", "cpu") as ort_runner:
+    with load_runner(tiny_bundle, "torch", "fp32", "cpu", topk="threshold") as torch_runner, \
+            load_runner(tiny_bundle, "ort", "fp32", "cpu") as ort_runner:
         a, b = torch_runner(x), ort_runner(x)
     assert np.abs(a["logits"] - b["logits"]).max() < 1e-3
     assert np.array_equal(a["topk_mask"], b["topk_mask"])
@@ -20,7 +21,7 @@ def test_ort_matches_torch_on_the_same_batch(tiny_bundle):
 
 @pytest.mark.parametrize("runtime", ["torch", "ort"])
 def test_wrong_input_shape_channels_dtype(tiny_bundle, runtime):
-    with make_runner(tiny_bundle, runtime, "fp32", "cpu") as runner:
+    with load_runner(tiny_bundle, runtime, "fp32", "cpu") as runner:
         with pytest.raises(FornetError, match="3"):
             runner(np.zeros((1, 1, 64, 64), np.float32))
         with pytest.raises(FornetError, match="float32"):
@@ -32,7 +33,7 @@ def test_wrong_input_shape_channels_dtype(tiny_bundle, runtime):
 
 
 def test_runner_must_be_activated(tiny_bundle):
-    runner = make_runner(tiny_bundle, "ort", "fp32", "cpu")
+    runner = load_runner(tiny_bundle, "ort", "fp32", "cpu")
     with pytest.raises(FornetError, match="not active"):
         runner(np.zeros((1, 3, 64, 64), np.float32))
 
@@ -62,4 +63,4 @@ def test_cuda_requests_fail_cleanly_without_a_gpu(tiny_bundle):
     if torch.cuda.is_available():
         pytest.skip("machine has a GPU")
     with pytest.raises(HardwareError):
-        make_runner(tiny_bundle, "torch", "fp32", "cuda").activate()
+        load_runner(tiny_bundle, "torch", "fp32", "cuda").activate()

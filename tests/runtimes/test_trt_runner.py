@@ -12,16 +12,14 @@ import types
 import numpy as np
 import pytest
 
-from fornet_deploy.bundle import Bundle, sha256_bytes
+from fornet_deploy.bundle import Bundle
+from fornet_deploy.contract import LABELS, LOGITS
 from fornet_deploy.errors import FornetError, HardwareError, MissingDependencyError
-from fornet_deploy.runtimes import trt_runner
-from fornet_deploy.runtimes.base import LABELS, LOGITS
-from fornet_deploy.runtimes.trt_runner import (
-    TrtRunner,
-    check_engine_metadata,
-    engine_metadata_path,
-    read_engine_metadata,
-)
+from fornet_deploy.io import sha256_bytes
+from fornet_deploy.runtimes.trt import cuda as trt_cuda
+from fornet_deploy.runtimes.trt import runner as trt_runner
+from fornet_deploy.runtimes.trt.metadata import check_engine_metadata, engine_metadata_path, read_engine_metadata
+from fornet_deploy.runtimes.trt.runner import TrtRunner
 
 ENGINE_BYTES = b"serialized engine"
 META = {
@@ -318,7 +316,7 @@ def test_cuda_context_without_a_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycuda", package)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     with pytest.raises(HardwareError, match="needs an NVIDIA GPU; CUDA reports: cuInit failed"):
-        trt_runner.CudaContext("build-trt")
+        trt_cuda.CudaContext("build-trt")
 
 
 # --- real TensorRT (deselected by default) --------------------------------------------
@@ -360,7 +358,7 @@ def tiny_bundle(tmp_path, export_shape=(1, 3, 64, 128)):
 def test_real_engine_matches_torch(tmp_path):
     import torch
 
-    from fornet_deploy.runtimes.trt_build import BuildConfig, build_engine
+    from fornet_deploy.build.trt import BuildConfig, build_engine
 
     bundle, model = tiny_bundle(tmp_path)
     config = BuildConfig(precision="fp32", min_shape=(1, 3, 32, 32), max_shape=(2, 3, 128, 256),
@@ -382,7 +380,7 @@ def test_real_engine_matches_torch(tmp_path):
 def test_real_legacy_fp16_engine(tmp_path):
     import tensorrt
 
-    from fornet_deploy.runtimes.trt_build import BuildConfig, build_engine, trt_major
+    from fornet_deploy.build.trt import BuildConfig, build_engine, trt_major
 
     if trt_major(tensorrt.__version__) > 10:
         pytest.skip("weak typing and builder precision flags exist on TensorRT 10.x only")

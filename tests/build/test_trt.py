@@ -13,12 +13,8 @@ import types
 import numpy as np
 import pytest
 
-from fornet_deploy.bundle import Bundle, sha256_file
-from fornet_deploy.calibration.trt_calibrator import cache_sidecar_path
-from fornet_deploy.errors import FornetError, HardwareError, MissingDependencyError
-from fornet_deploy.runtimes import trt_build
-from fornet_deploy.runtimes.trt_build import (
-    DEFAULT_FP32_SCOPES,
+from fornet_deploy.build import trt as trt_build
+from fornet_deploy.build.trt import (
     BuildConfig,
     LayerView,
     Profile,
@@ -27,12 +23,17 @@ from fornet_deploy.runtimes.trt_build import (
     engine_metadata,
     engine_name,
     fp32_pins,
-    parse_shape,
+    nchw,
     plan_build,
     select_source_graph,
     trt_major,
 )
-from fornet_deploy.runtimes.trt_runner import check_engine_metadata, read_engine_metadata
+from fornet_deploy.bundle import Bundle
+from fornet_deploy.calibration.trt_calibrator import cache_sidecar_path
+from fornet_deploy.contract import FP32_SCOPES as DEFAULT_FP32_SCOPES
+from fornet_deploy.errors import FornetError, HardwareError, MissingDependencyError
+from fornet_deploy.io import sha256_file
+from fornet_deploy.runtimes.trt.metadata import check_engine_metadata, read_engine_metadata
 
 EXPORT_SHAPE = (1, 3, 64, 128)
 TRT_10_3, TRT_10_X, TRT_11 = "10.3.0", "10.16.0.72", "11.1.0"
@@ -41,18 +42,9 @@ TRT_10_3, TRT_10_X, TRT_11 = "10.3.0", "10.16.0.72", "11.1.0"
 # --- shapes and profiles --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text, shape",
-    [("1x3x512x1024", (1, 3, 512, 1024)), ("512x1024", (1, 3, 512, 1024)), (" 2X3x64x128 ", (2, 3, 64, 128))],
-)
-def test_parse_shape(text, shape):
-    assert parse_shape(text) == shape
-
-
-@pytest.mark.parametrize("text", ["", "512", "3x512x1024", "1x3x0x64", "1x3x-32x64", "axb", "1x3x512x1024x2"])
-def test_parse_shape_rejects(text):
-    with pytest.raises(FornetError, match="NxCxHxW or HxW"):
-        parse_shape(text)
+def test_nchw_adds_batch_and_channels():
+    assert nchw((512, 1024)) == (1, 3, 512, 1024)
+    assert nchw((64, 128), batch=4) == (4, 3, 64, 128)
 
 
 def test_profile_rules():
@@ -62,7 +54,7 @@ def test_profile_rules():
         Profile((1, 3, 128, 128), (1, 3, 64, 64), (1, 3, 256, 256))
     with pytest.raises(FornetError, match="min <= opt <= max"):
         Profile((1, 3, 64, 64), (4, 3, 64, 64), (2, 3, 64, 64))
-    with pytest.raises(FornetError, match="multiples of the network stride 32"):
+    with pytest.raises(FornetError, match="multiple of the network stride 32"):
         Profile((1, 3, 64, 64), (1, 3, 64, 80), (1, 3, 64, 96))
     with pytest.raises(FornetError, match="1 channels, FoR-Net takes 3"):
         Profile((1, 1, 64, 64), (1, 1, 64, 64), (1, 1, 64, 64))
@@ -465,7 +457,7 @@ class FakeAllocation:
 
 
 class FakeGpu:
-    """Stands in for trt_runner.CudaContext (PyCUDA + a GPU)."""
+    """Stands in for runtimes.trt.cuda.CudaContext (PyCUDA + a GPU)."""
 
     gpu_name, compute_capability = "NVIDIA Test GPU", "8.9"
 

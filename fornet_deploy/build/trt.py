@@ -1,6 +1,6 @@
 """Build TensorRT engines from a bundle's ONNX graphs (``fornet-deploy build-trt``).
 
-Precision lives in the ONNX graph (DESIGN.md §5). The default build is a *strongly typed*
+Precision lives in the ONNX graph (docs/design.md §5). The default build is a *strongly typed*
 network from the graph of the asked precision, which works on TensorRT 10.x and 11.x:
 
     fp32 -> model.onnx    fp16 -> model.fp16.onnx    int8 -> model.int8.qdq.onnx
@@ -60,56 +60,38 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..bundle import Bundle, atomic_write_bytes, now_iso, sha256_bytes
-from ..calibration.qdq import INT8_QDQ_NAME
+from ..bundle import Bundle
 from ..calibration.trt_calibrator import calibration_cache_key, make_entropy_calibrator, stale_cache_reason
+from ..contract import (
+    FP32_SCOPES,
+    INPUT_CHANNELS,
+    ONNX_FP32,
+    PRECISIONS,
+    TRT_CALIBRATION_CACHE,
+    check_choice,
+    check_stride,
+    format_shape,
+    onnx_graph,
+)
 from ..errors import FornetError, HardwareError, require
-from ..export.fp16 import FP16_NAME
-from ..export.onnx import ONNX_NAME
-from ..model.fornet import FP32_SCOPES
-from .base import InputSpec
-from .trt_runner import CudaContext, engine_metadata_path, make_trt_logger
+from ..io import atomic_write_bytes, now_iso, sha256_bytes
+from ..runtimes.trt.cuda import CudaContext, make_trt_logger
+from ..runtimes.trt.metadata import engine_metadata_path
 
 Shape = tuple[int, int, int, int]
 
-PRECISIONS = ("fp16", "int8", "fp32")
-# precision -> (graph a strongly typed build takes, the command that makes it)
-SOURCE_GRAPHS = {
-    "fp32": (ONNX_NAME, "fornet-deploy export"),
-    "fp16": (FP16_NAME, "fornet-deploy export --precision fp16"),
-    "int8": (INT8_QDQ_NAME, "fornet-deploy calibrate"),
-}
-# ONNX node-name prefixes of the importance map (selector) and Top-K threshold subgraph,
-# the same scopes the FP16 and Q/DQ graphs keep FP32: a reduced-precision importance map
-# creates ties in the Top-K selection.
-DEFAULT_FP32_SCOPES = FP32_SCOPES
-CALIBRATION_CACHE = "model.int8.calib"
 MIN_TRT_MAJOR = 10
 LEGACY_TRT_MAJOR = 10  # the last major with implicit INT8 calibration and weak typing
 DLA_TRT_MAJOR = 10
 FLOAT_TYPES = {"FLOAT", "HALF", "BF16"}  # TensorRT DataType names
-_SPEC = InputSpec()
-CHANNELS, STRIDE = _SPEC.shape[1], _SPEC.stride
 
 
 # --- shapes and profile ---------------------------------------------------------------
 
 
-def fmt_shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def parse_shape(text: str) -> Shape:
-    """``"1x3x512x1024"`` -> ``(1, 3, 512, 1024)``; ``"512x1024"`` means batch 1, 3 channels."""
-    try:
-        dims = tuple(int(part) for part in text.strip().lower().split("x"))
-    except ValueError:
-        dims = ()
-    if len(dims) == 2:
-        dims = (1, CHANNELS, *dims)
-    if len(dims) != 4 or min(dims) < 1:
-        raise FornetError(f"shape {text!r} is not NxCxHxW or HxW with positive sizes (e.g. 1x3x512x1024 or 512x1024)")
-    return dims
+def nchw(hw: tuple[int, int], batch: int = 1) -> Shape:
+    """``(512, 1024)``, batch 2 -> ``(2, 3, 512, 1024)``."""
+    return (batch, INPUT_CHANNELS, int(hw[0]), int(hw[1]))
 
 
 @dataclass(frozen=True)
@@ -126,19 +108,18 @@ class Profile:
             object.__setattr__(self, label, shape)
             if len(shape) != 4 or any(not isinstance(d, int) or d < 1 for d in shape):
                 raise FornetError(f"profile {label} shape {shape} is not NCHW with positive sizes")
-            if shape[1] != CHANNELS:
+            if shape[1] != INPUT_CHANNELS:
                 raise FornetError(
-                    f"profile {label} shape {fmt_shape(shape)} has {shape[1]} channels, FoR-Net takes {CHANNELS}"
+                    f"profile {label} shape {format_shape(shape)} has {shape[1]} channels, FoR-Net takes {INPUT_CHANNELS}"
                 )
-            if shape[2] % STRIDE or shape[3] % STRIDE:
-                raise FornetError(
-                    f"profile {label} shape {fmt_shape(shape)}: "
-                    f"H and W must be multiples of the network stride {STRIDE}"
-                )
+            try:
+                check_stride(shape[2], shape[3])
+            except FornetError as exc:
+                raise FornetError(f"profile {label} shape {format_shape(shape)}: {exc}") from None
         if not all(lo <= o <= hi for lo, o, hi in zip(self.min, self.opt, self.max)):
             raise FornetError(
                 "optimization profile needs min <= opt <= max in every dimension, got "
-                f"min {fmt_shape(self.min)}, opt {fmt_shape(self.opt)}, max {fmt_shape(self.max)}"
+                f"min {format_shape(self.min)}, opt {format_shape(self.opt)}, max {format_shape(self.max)}"
             )
 
     @property
@@ -146,7 +127,7 @@ class Profile:
         return self.min == self.opt == self.max
 
     def tag(self) -> str:
-        return fmt_shape(self.opt) if self.static else "-".join(fmt_shape(s) for s in (self.min, self.opt, self.max))
+        return format_shape(self.opt) if self.static else "-".join(format_shape(s) for s in (self.min, self.opt, self.max))
 
     def to_dict(self, input_name: str) -> dict:
         return {"input": input_name, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -171,7 +152,7 @@ class BuildConfig:
     timing_cache: str | Path | None = None  # loaded if present, saved after the build
     dla_core: int | None = None
     legacy_calibrator: bool = False  # TensorRT 10.x: weak typing + builder flags (+ calibrator for int8)
-    fp32_scopes: tuple[str, ...] = DEFAULT_FP32_SCOPES  # legacy mode only
+    fp32_scopes: tuple[str, ...] = FP32_SCOPES  # legacy mode only
     # Legacy int8 only: NCHW float32 batches preprocessed as at inference, the hash that
     # identifies them (keys the cache), and where the trtexec-compatible cache lives
     # (default: <bundle>/model.int8.calib).
@@ -211,21 +192,16 @@ def trt_major(version: str) -> int:
     return int(match.group(1))
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise FornetError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
-
-
 def source_graph_name(precision: str, legacy: bool) -> str:
-    check_precision(precision)
-    return ONNX_NAME if legacy else SOURCE_GRAPHS[precision][0]
+    check_choice(precision, PRECISIONS, "precision")
+    return ONNX_FP32 if legacy else onnx_graph(precision).artifact
 
 
 def select_source_graph(bundle: Bundle, precision: str, legacy: bool) -> str:
     """The bundle artefact a build takes; a missing one names the command that makes it."""
     name = source_graph_name(precision, legacy)
     if not bundle.has(name):
-        command = SOURCE_GRAPHS["fp32" if legacy else precision][1]
+        command = onnx_graph("fp32" if legacy else precision).made_by
         raise FornetError(f"bundle {bundle.root} has no {name}: make it with `{command}`")
     return name
 
@@ -233,7 +209,7 @@ def select_source_graph(bundle: Bundle, precision: str, legacy: bool) -> str:
 def export_shape(bundle: Bundle) -> Shape | None:
     """The NCHW shape the FP32 graph was exported at (``export_shape`` of its manifest entry;
     its ``input_shape`` has ``None`` for dynamic dimensions)."""
-    shape = bundle.artifacts.get(ONNX_NAME, {}).get("export_shape")
+    shape = bundle.artifacts.get(ONNX_FP32, {}).get("export_shape")
     return tuple(shape) if shape else None
 
 
@@ -255,14 +231,14 @@ def plan_build(config: BuildConfig, trt_version: str, default_shape: Sequence[in
     if major < MIN_TRT_MAJOR:
         raise FornetError(f"build-trt needs TensorRT 10 or newer, this machine has {trt_version}")
     precision, legacy = config.precision, config.legacy_calibrator
-    check_precision(precision)
+    check_choice(precision, PRECISIONS, "precision")
     if legacy and major > LEGACY_TRT_MAJOR:
         raise FornetError(
             "--legacy-calibrator needs TensorRT 10.x; TensorRT 11 removed implicit INT8 calibration, "
             f"use the Q/DQ graph (this machine has TensorRT {trt_version})"
         )
     if legacy and precision == "fp32":
-        raise FornetError(f"--legacy-calibrator builds fp16 or int8 from {ONNX_NAME}; fp32 needs no precision flags")
+        raise FornetError(f"--legacy-calibrator builds fp16 or int8 from {ONNX_FP32}; fp32 needs no precision flags")
     if legacy and precision == "int8" and not config.calibration_set_hash:
         raise FornetError("--legacy-calibrator int8 needs the calibration set (its hash keys the calibration cache)")
     if config.workspace_mb is not None and config.workspace_mb < 1:
@@ -451,7 +427,7 @@ def build_engine(bundle_dir: str | Path, config: BuildConfig, progress: Callable
 
 
 def _calibrator(trt, gpu: CudaContext, bundle: Bundle, config: BuildConfig, source_sha256: str, say):
-    cache = Path(config.calibration_cache or bundle.root / CALIBRATION_CACHE)
+    cache = Path(config.calibration_cache or bundle.root / TRT_CALIBRATION_CACHE)
     key = calibration_cache_key(source_sha256, config.calibration_set_hash, bundle.manifest.get("preprocessing"))
     reason = calibration_reason(cache, key, config.calibration_batches is not None)
     say(f"{reason}; calibrating" if reason else f"using calibration cache {cache}")
@@ -560,19 +536,19 @@ def _attach_timing_cache(config, path: Path) -> None:
 
 
 def build_with_calibration_data(bundle_dir: str | Path, config: BuildConfig, calib_data: str | Path | None = None,
-                                calib_num: int = 64, seed: int = 0,
+                                num_images: int = 64, seed: int = 0,
                                 progress: Callable[[str], None] | None = None) -> dict:
     """``fornet-deploy build-trt``: :func:`build_engine`, plus the calibration set that the
     legacy INT8 path (TensorRT 10.x entropy calibrator) reads from a dataset folder."""
     if config.legacy_calibrator and config.precision == "int8" and config.calibration_batches is None:
         if calib_data is None:
-            raise FornetError("--legacy-calibrator --int8 needs --calib-data DIR (Cityscapes layout) to calibrate on")
+            raise FornetError("--legacy-calibrator --int8 needs --data DIR (Cityscapes layout) to calibrate on")
         from ..calibration.calibset import CalibrationSet
         from ..data.transforms import Preprocessing
 
         bundle = Bundle.open(bundle_dir, verify=False)
         calib = CalibrationSet.select(calib_data, Preprocessing.from_dict(bundle.manifest["preprocessing"]),
-                                      num=calib_num, seed=seed)
+                                      num=num_images, seed=seed)
         config.calibration_batches = calib.batches(1)
-        config.calibration_set_hash = calib.key(bundle.artifacts[ONNX_NAME]["sha256"])
+        config.calibration_set_hash = calib.key(bundle.artifacts[ONNX_FP32]["sha256"])
     return build_engine(bundle_dir, config, progress)

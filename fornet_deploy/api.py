@@ -1,0 +1,210 @@
+"""The public Python API: one function per stage, the same code the command line calls.
+
+Import it as the package (``import fornet_deploy as fd``); every name here is re-exported
+there. Each function validates its arguments and raises
+:class:`~fornet_deploy.errors.FornetError` (one-line message) on anything a user can fix.
+
+    import fornet_deploy as fd
+
+    fd.export_model("weights/fornet_synthcity.safetensors", "bundle", shape=(512, 1024), precision="fp16")
+    fd.calibrate("bundle", "data/cityscapes", num_images=64)          # model.int8.qdq.onnx
+    with fd.load_segmenter("bundle", runtime="ort", precision="int8") as segment:
+        labels = segment(rgb_image).labels                              # H x W train ids
+    fd.parity("bundle", runtime="ort", precision="int8", data="data/cityscapes")
+    fd.evaluate("bundle", "data/cityscapes", runtime="ort", precision="int8")["miou"]
+    fd.benchmark("bundle", runtime="ort", precision="int8")["compute"]["p50_ms"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .bundle import Bundle
+from .contract import FP32_SCOPES, OUTPUT_NAMES, PRECISIONS, TOPK_FORMS, check_choice
+from .data.transforms import Preprocessing
+from .errors import OptionError
+from .predict import PredictConfig, Prediction, Segmenter
+from .runtimes.base import Runner
+from .runtimes.registry import load_runner
+
+Progress = Callable[..., None]
+
+# Function names differ from the package's module names (export, train, predict, demo):
+# importing a submodule binds its name on the package and would shadow a function.
+__all__ = [
+    "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine", "calibrate",
+    "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "parity", "predict_files",
+    "run_demo", "synthcity", "train_model",
+]
+
+
+def _positive(value: int, option: str, least: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
+
+
+def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+                   shape: tuple[int, int] | None = None, **runner_options) -> Segmenter:
+    """A :class:`~fornet_deploy.predict.Segmenter` (use it in a ``with`` block): an RGB uint8
+    image of any size in, a :class:`~fornet_deploy.predict.Prediction` at that size out."""
+    return Segmenter.from_bundle(bundle, runtime, precision, device, shape, **runner_options)
+
+
+def info(checkpoint: str | Path | None = None, shape: tuple[int, int] = (1024, 2048)) -> dict:
+    """Parameters and GFLOPs of a checkpoint (or the default config) at an input size."""
+    from .model.summary import model_summary
+
+    return model_summary(Path(checkpoint) if checkpoint else None, *shape)
+
+
+def synthcity(out: str | Path, train: int = 64, val: int = 16, shape: tuple[int, int] = (256, 512), seed: int = 0,
+              progress: Progress | None = None) -> dict:
+    """Write SynthCity, the procedural Cityscapes-layout dataset; returns its manifest."""
+    from .data.synthcity import SynthCityConfig, generate
+
+    return generate(out, SynthCityConfig(train=train, val=val, height=shape[0], width=shape[1], seed=seed), progress)
+
+
+def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_step: Callable | None = None, **options) -> dict:
+    """Train FoR-Net (``options``: fields of :class:`~fornet_deploy.train.TrainConfig`; a
+    ``model`` FoRNetConfig or its ``focus`` / ``topk_ratio``); returns the summary."""
+    from .model.fornet import FoRNetConfig
+    from .train import TrainConfig
+    from .train import train as run
+
+    model = options.pop("model", None) or FoRNetConfig(
+        **{k: options.pop(k) for k in ("focus", "topk_ratio") if k in options})
+    return run(TrainConfig(data=str(data), out=str(out), model=model, **options), resume=resume, on_step=on_step)
+
+
+def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
+           precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
+           outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8") -> dict[str, dict]:
+    """Checkpoint -> ``model.onnx`` in a deploy bundle (plus ``model.fp16.onnx`` with
+    ``precision="fp16"``); returns the manifest entries written, by file name."""
+    from .export.fp16 import convert_fp16
+    from .export.onnx import ExportConfig, export_bundle
+
+    if precision not in ("fp32", "fp16"):
+        raise OptionError(f"export writes precision fp32 or fp16, not {precision!r} "
+                          "(INT8 comes from `fornet-deploy calibrate`)")
+    check_choice(topk, TOPK_FORMS, "Top-K form")
+    _positive(batch, "--batch")
+    cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
+                       outputs=tuple(outputs), labels_dtype=labels_dtype)
+    entries = {"model.onnx": export_bundle(checkpoint, out, cfg)}
+    if precision == "fp16":
+        entries["model.fp16.onnx"] = convert_fp16(out)
+    return entries
+
+
+def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, method: str = "entropy",
+              target: str = "tensorrt", seed: int = 0, progress: Progress | None = None) -> dict:
+    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced selection of ``data``'s
+    train images (selector / Top-K kept FP32); returns its manifest entry."""
+    from .calibration.qdq import calibrate_bundle
+
+    _positive(num_images, "--num-images")
+    return calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
+                            progress=progress)
+
+
+def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[int, int] | None = None,
+                 min_shape: tuple[int, int] | None = None, max_shape: tuple[int, int] | None = None,
+                 batch: int = 1, min_batch: int | None = None, max_batch: int | None = None,
+                 workspace_mb: int | None = None, timing_cache: str | Path | None = None, dla_core: int | None = None,
+                 legacy_calibrator: bool = False, data: str | Path | None = None, num_images: int = 64,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """A TensorRT engine from the bundle's graph of ``precision`` (strongly typed; with
+    ``legacy_calibrator`` on TensorRT 10.x, builder flags and an entropy calibrator on
+    ``data``). ``shape`` / ``batch`` are the optimization profile's optimum (default: the
+    export shape), ``min_*`` / ``max_*`` its bounds (default: the optimum). Returns the
+    engine's metadata."""
+    from .build.trt import BuildConfig, build_with_calibration_data, export_shape, nchw
+
+    check_choice(precision, PRECISIONS, "precision")
+    for value, option in ((batch, "--batch"), (min_batch, "--min-batch"), (max_batch, "--max-batch"),
+                          (num_images, "--num-images")):
+        if value is not None:
+            _positive(value, option)
+    if shape is None and (min_shape or max_shape or batch != 1 or min_batch or max_batch):
+        exported = export_shape(Bundle.open(bundle, verify=False))
+        shape = tuple(exported[2:]) if exported else None
+        if shape is None:
+            raise OptionError("give --shape: the bundle records no export shape to take the optimum from")
+    profile = {}
+    if shape is not None:
+        profile = {"opt_shape": nchw(shape, batch),
+                   "min_shape": nchw(min_shape or shape, min_batch or batch),
+                   "max_shape": nchw(max_shape or shape, max_batch or batch)}
+    config = BuildConfig(precision=precision, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                         dla_core=dla_core, legacy_calibrator=legacy_calibrator, fp32_scopes=FP32_SCOPES, **profile)
+    return build_with_calibration_data(bundle, config, data, num_images, progress=progress)
+
+
+def lint(model: str | Path, target: str = "tensorrt") -> dict:
+    """What TensorRT will reject or handle badly in an ONNX graph: findings + pass/fail."""
+    from .export.lint import lint_file
+
+    return lint_file(model, target)
+
+
+def parity(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+           data: str | Path | None = None, *, split: str = "val", num_images: int | None = None,
+           out: str | Path | None = None, json_out: str | Path | None = None, progress: Progress | None = None) -> dict:
+    """An artefact against the PyTorch FP32 reference (exact Top-K): the report dict, with
+    ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``."""
+    from .evaluation.parity import parity_bundle
+
+    return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress)
+
+
+def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+             *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
+             json_out: str | Path | None = None, progress: Progress | None = None) -> dict:
+    """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
+    from .evaluation.evaluate import evaluate_bundle
+
+    return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
+                           progress)
+
+
+def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu", *,
+              shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
+              threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
+              data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
+              progress: Progress | None = None) -> dict:
+    """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
+    ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
+    ``num_images`` images of ``data``)."""
+    from .bench import BenchConfig, run_benchmark, run_matrix
+
+    cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
+                      iters=iters, threads=threads, images=Path(images) if images else None)
+    if matrix:
+        return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
+                          progress=progress, json_out=json_out)
+    return run_benchmark(bundle, cfg, progress=progress, json_out=json_out)
+
+
+def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
+            precision: str = "fp32", device: str = "cpu", *, progress: Progress | None = None, **options) -> dict:
+    """Segment images, folders and videos into ``out`` (``options``: fields of
+    :class:`~fornet_deploy.predict.PredictConfig`); returns the run's summary."""
+    from .predict import predict as run
+
+    cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
+    return run(bundle, [Path(p) for p in inputs], out, cfg, progress=progress)
+
+
+def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
+         bench_iters: int = 20, log: Callable[[str], None] = print) -> dict:
+    """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``."""
+    from .demo import DemoConfig
+    from .demo import run_demo as run
+
+    _positive(train_iterations, "--train-iterations")
+    _positive(bench_iters, "--bench-iters")
+    return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None,
+                               train_iterations=train_iterations, bench_iters=bench_iters), log=log)

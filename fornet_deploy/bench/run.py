@@ -1,0 +1,205 @@
+"""``fornet-deploy bench``: latency, throughput and memory of one deployed artefact.
+
+Two measurements per artefact, made by one timing helper
+(:func:`~fornet_deploy.bench.timing.time_iterations`):
+
+* **compute** -- ``runner(batch)`` then ``runner.synchronize()``: what the runtime costs for
+  a preprocessed batch already in memory;
+* **end-to-end** -- per frame: decode the encoded image, the one preprocessing function,
+  inference, then the train-id labels back at the frame's size and their colour picture:
+  what an application sees (:mod:`.frames`).
+
+Each is reported as p50/p90/p99/mean/stdev/min/max in ms with a throughput in images/s,
+next to the process's peak memory (:mod:`.memory`) and, on ``--device jetson``, the board,
+power mode, clocks, loads, power and energy per frame (:mod:`.telemetry`). Every artefact
+of a bundle at once: :mod:`.matrix`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..bundle import Bundle
+from ..contract import DEVICES, Format, check_stride, format_shape, formats_for
+from ..data.transforms import Preprocessing, preprocess
+from ..errors import FornetError, HardwareError, OptionError
+from ..io import atomic_write_json, now_iso
+from ..runtimes.base import InputSpec, Runner
+from ..runtimes.registry import load_runner, resolve_format
+from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
+from .jetson import detect_board
+from .memory import MemoryProbe
+from .sysinfo import describe_machine
+from .telemetry import BenchEnvironment, jetson_section, telemetry, with_jetson_board
+from .timing import Timed, time_iterations, timing_summary
+
+Progress = Callable[..., None]  # progress(done, total, note)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark and how; the CLI's ``bench`` options map onto these fields."""
+
+    device: str = "cpu"  # cpu | cuda | jetson
+    runtime: str = "ort"  # torch | ort | trt (ignored by the matrix)
+    precision: str = "fp32"  # fp32 | fp16 | int8 (ignored by the matrix)
+    shape: tuple[int, int] | None = None  # (H, W); None = the bundle's export shape
+    batch: int = 1
+    warmup: int = 10
+    iters: int = 50
+    threads: int | None = None  # CPU threads of ONNX Runtime / PyTorch; None = the runtime's default
+    # Encoded frames for the end-to-end loop: an image file, a folder of images, or a
+    # Cityscapes-layout root (its leftImg8bit/val images). None = one synthetic SynthCity
+    # scene at the benchmark size, PNG-encoded once in memory.
+    images: Path | None = None
+    tegrastats_interval_ms: int = 100
+    # ONNX Runtime provider choice (cpu | cuda | tensorrt | auto); None follows --device.
+    ort_device: str | None = None
+
+
+def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()) -> None:
+    """Check every option and the device before any work; one line per problem."""
+    if cfg.device not in DEVICES:
+        raise OptionError(f"--device {cfg.device!r}: use one of {', '.join(DEVICES)}")
+    for name, least in (("batch", 1), ("iters", 1), ("warmup", 0), ("tegrastats_interval_ms", 1)):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
+    if cfg.shape is not None:
+        check_stride(*cfg.shape)
+    check_device(cfg.device, env.jetson_root)
+
+
+def check_device(device: str, jetson_root: Path = Path("/")) -> None:
+    """Raise :class:`HardwareError` when ``device`` is not present on this machine."""
+    if device == "cuda" and not _torch_has_cuda() and "CUDAExecutionProvider" not in _ort_providers():
+        raise HardwareError(
+            "--device cuda: no NVIDIA GPU/CUDA here (torch.cuda.is_available() is False "
+            "and onnxruntime has no CUDAExecutionProvider)"
+        )
+    if device == "jetson":
+        detect_board(jetson_root)
+
+
+def _torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def bench_shape(bundle: Bundle, cfg: BenchConfig) -> tuple[int, int]:
+    """``cfg.shape``, or the shape the bundle was exported at."""
+    if cfg.shape is not None:
+        return int(cfg.shape[0]), int(cfg.shape[1])
+    export = bundle.manifest.get("export") or {}
+    if not export.get("height") or not export.get("width"):
+        raise FornetError(f"bundle {bundle.root} records no export shape; pass --shape HxW")
+    return int(export["height"]), int(export["width"])
+
+
+def check_input_shape(spec: InputSpec, shape: tuple[int, ...], artifact: str) -> None:
+    """One clear line when an artefact cannot take the benchmarked NCHW ``shape``."""
+    if any(want is not None and want != got for want, got in zip(spec.shape, shape)):
+        fixed = [got if want is None else want for want, got in zip(spec.shape, shape)]
+        raise FornetError(
+            f"{artifact} takes a fixed input of {format_shape(spec.shape)}, not {format_shape(shape)}: bench it "
+            f"with --batch {fixed[0]} --shape {fixed[2]}x{fixed[3]}, or re-export with --dynamic"
+        )
+    spec.check_shape(shape)  # bounds of a TensorRT optimization profile; the spec says which
+
+
+def _ticker(progress: Progress | None, offset: int, total: int, note: str) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda done: progress(offset + done, total, note)
+
+
+def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Preprocessing, frames: Sequence[Frame],
+             progress: Progress | None) -> tuple[dict, dict | None]:
+    """Compute-only and end-to-end timings (and tegrastats on a Jetson) of an active runner."""
+    def frames_of(i: int) -> list[Frame]:
+        return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
+
+    batch = preprocess([decode(f) for f in frames_of(0)], pre)
+
+    def compute(_: int) -> None:
+        runner(batch)
+        runner.synchronize()
+
+    def end_to_end(i: int) -> None:
+        run_end_to_end(runner, frames_of(i), pre)
+
+    total = 2 * cfg.iters
+    timings: dict[str, Timed] = {}
+    with telemetry(cfg.device, cfg.tegrastats_interval_ms, env) as sampler:
+        for offset, (stage, step) in enumerate((("compute", compute), ("end_to_end", end_to_end))):
+            tick = _ticker(progress, offset * cfg.iters, total, stage.replace("_", "-"))
+            timings[stage] = time_iterations(step, cfg.iters, cfg.warmup, tick)
+    result = {stage: timing_summary(timed, cfg.batch) for stage, timed in timings.items()}
+    jetson = jetson_section(sampler, timings, cfg.tegrastats_interval_ms, cfg.batch) if sampler is not None else None
+    return result, jetson
+
+
+def bench_format(bundle: Bundle, fmt: Format, cfg: BenchConfig, env: BenchEnvironment, shape: tuple[int, int],
+                 pre: Preprocessing,
+                 frames: Sequence[Frame], progress: Progress | None = None,
+                 also: Callable[[Runner], dict] | None = None) -> dict:
+    """Measure one artefact; ``also(runner)`` adds fields while the runner is still loaded."""
+    probe = MemoryProbe(cuda_allocator=fmt.runtime == "torch" and cfg.device != "cpu" and _torch_has_cuda())
+    with load_runner(bundle, fmt.runtime, fmt.precision, cfg.device, artifact=fmt.artifact, threads=cfg.threads,
+                     ort_device=cfg.ort_device) as runner:
+        check_input_shape(runner.input_spec(), (cfg.batch, 3, *shape), fmt.artifact)
+        timings, jetson = _measure(runner, cfg, env, pre, frames, progress)
+        memory = probe.result()
+        row = {
+            "runtime": fmt.runtime, "precision": fmt.precision, "artifact": fmt.artifact, "note": fmt.note,
+            "status": "ok", "runner": runner.info().to_dict(), **timings, "memory": memory,
+        }
+        if jetson is not None:
+            row["jetson"] = jetson
+        if also is not None:
+            row.update(also(runner))
+    return row
+
+
+def config_dict(cfg: BenchConfig, shape: tuple[int, int]) -> dict:
+    config = asdict(cfg)
+    config.update(shape=list(shape), images=str(cfg.images) if cfg.images else None)
+    return config
+
+
+def run_benchmark(bundle_dir: str | Path, cfg: BenchConfig = BenchConfig(), progress: Progress | None = None,
+                  json_out: str | Path | None = None, env: BenchEnvironment = BenchEnvironment()) -> dict:
+    """The library function behind ``fornet-deploy bench``: one artefact, JSON-ready result.
+
+    ``progress(done, total, note)`` is called after each timed iteration; ``json_out``
+    writes the result atomically.
+    """
+    validate_config(cfg, env)
+    formats_for(cfg.runtime, cfg.precision, cfg.device)  # unknown names, or not on this device
+    # The benchmarked artefact's hash is checked when the runner loads it; hashing every
+    # engine of the bundle up front would only add start-up time.
+    bundle = Bundle.open(bundle_dir, verify=False)
+    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device)
+    shape = bench_shape(bundle, cfg)
+    pre = bench_preprocessing(bundle, shape)
+    frames, frames_source = load_frames(cfg.images, shape)
+    machine = describe_machine(env.jetson_root)
+
+    row = bench_format(bundle, fmt, cfg, env, shape, pre, frames, progress)
+    result = {"created": now_iso(), "bundle": str(bundle.root), "config": config_dict(cfg, shape),
+              "frames": frames_source, **row, "machine": machine}
+    with_jetson_board(result, machine)
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+    return result

@@ -1,0 +1,1 @@
+"""Engine building: TensorRT engines from the bundle's ONNX graphs."""

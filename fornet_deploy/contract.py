@@ -1,0 +1,169 @@
+"""The contract every stage reads: tensor names, FP32 scopes, stride, artefact names, formats.
+
+One home for each concept, so the exporter, the quantizer, the TensorRT builder, the
+runners, the command line and the docs cannot drift apart:
+
+* the graph's input/output tensor names and the network stride;
+* the ONNX node-name scopes of the selector / Top-K subgraph that stays FP32 in every
+  reduced-precision artefact (a half-precision or quantized importance map creates ties
+  and changes which regions are selected);
+* the file names of the artefacts of a deploy bundle;
+* the table of deployable formats (runtime x precision -> file, the graph it is made
+  from, the command that makes it, where it runs), which drives runner selection, the
+  engine builder, the benchmark matrix, the CLI's choices and the docs;
+* image sizes: one parser (``HxW``), one formatter and one stride check.
+
+This module imports nothing of the package but :mod:`fornet_deploy.errors`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import FornetError, OptionError
+
+# --- tensors --------------------------------------------------------------------------
+
+INPUT_NAME = "image"
+LOGITS = "logits"  # N x C x H x W float32
+LABELS = "labels"  # N x H x W, train ids (in-graph ArgMax)
+IMPORTANCE = "importance"  # N x 1 x H/8 x W/8 float32 in (0, 1)
+TOPK_MASK = "topk_mask"  # N x 1 x H/8 x W/8 float32 in {0, 1}
+OUTPUT_NAMES = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
+INPUT_CHANNELS = 3
+
+# H and W of every input must be multiples of this (five stride-2 stages to 1/32).
+STRIDE = 32
+# Scale of the importance map and the Top-K mask relative to the input.
+FOCUS_SCALE = 8
+# Largest network input side: 8K video fits; beyond it the full-resolution logits alone
+# would take gigabytes, so a larger size is a typo, not a request.
+MAX_SIDE = 8192
+
+# ONNX node-name scopes of the importance map and the Top-K subgraph (module paths as the
+# TorchScript exporter names nodes, e.g. "/focus/selector/score/Conv"), kept FP32 by the FP16
+# converter, the quantizer and TensorRT.
+SELECTOR_SCOPE, TOPK_SCOPE = "/focus/selector/", "/focus/topk/"
+FP32_SCOPES = (SELECTOR_SCOPE, TOPK_SCOPE)
+
+# --- bundle artefacts -----------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.safetensors"
+ONNX_FP32 = "model.onnx"
+ONNX_FP16 = "model.fp16.onnx"
+ONNX_INT8_QDQ = "model.int8.qdq.onnx"  # symmetric S8S8 Q/DQ: what TensorRT consumes
+ONNX_INT8_CPU = "model.int8.cpu.onnx"  # U8S8 Q/DQ: fast on ONNX Runtime for x86
+CALIBRATION_DIR = "calibration"  # cached calibration tensors
+TRT_CALIBRATION_CACHE = "model.int8.calib"  # TensorRT 10.x entropy-calibrator cache
+ORT_TRT_CACHE_DIR = "ort_trt_cache"  # engines built by ONNX Runtime's TensorRT EP
+PARITY_DIR = "parity"
+
+# --- formats --------------------------------------------------------------------------
+
+RUNTIMES = ("torch", "ort", "trt")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEVICES = ("cpu", "cuda", "jetson")
+TOPK_FORMS = ("threshold", "exact")
+CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+CALIBRATION_TARGETS = ("tensorrt", "cpu")  # symmetric S8S8 Q/DQ for TensorRT | U8S8 for ONNX Runtime on x86
+
+
+@dataclass(frozen=True)
+class Format:
+    """One deployable artefact kind.
+
+    ``artifact`` is the file in the bundle (for TensorRT the default engine name; engines
+    built for other shapes, DLA or the legacy calibrator carry longer names, found through
+    their manifest entries). ``source`` is the graph the artefact is made from.
+    """
+
+    runtime: str
+    precision: str
+    artifact: str
+    source: str
+    devices: tuple[str, ...]
+    made_by: str
+    note: str = ""
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("torch", "fp32", CHECKPOINT, CHECKPOINT, ("cpu", "cuda", "jetson"), "fornet-deploy export", "reference"),
+    Format("torch", "fp16", CHECKPOINT, CHECKPOINT, ("cuda", "jetson"), "fornet-deploy export", "autocast"),
+    Format("ort", "fp32", ONNX_FP32, CHECKPOINT, ("cpu", "cuda", "jetson"), "fornet-deploy export"),
+    Format("ort", "fp16", ONNX_FP16, ONNX_FP32, ("cpu", "cuda", "jetson"), "fornet-deploy export --precision fp16"),
+    # x86 CPUs run U8S8 (unsigned activations) faster than the symmetric S8S8 graph.
+    Format("ort", "int8", ONNX_INT8_CPU, ONNX_FP32, ("cpu",), "fornet-deploy calibrate --target cpu", "U8S8"),
+    Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP32, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate", "S8S8 Q/DQ"),
+    Format("trt", "fp32", "model.fp32.engine", ONNX_FP32, ("cuda", "jetson"), "fornet-deploy build-trt --fp32"),
+    Format("trt", "fp16", "model.fp16.engine", ONNX_FP16, ("cuda", "jetson"), "fornet-deploy build-trt --fp16"),
+    Format("trt", "int8", "model.int8.engine", ONNX_INT8_QDQ, ("cuda", "jetson"), "fornet-deploy build-trt --int8"),
+)
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``choices``; else one line listing them."""
+    if value not in choices:
+        raise OptionError(f"unknown {what} {value!r} (use {', '.join(choices)})")
+    return value
+
+
+def formats_for(runtime: str, precision: str, device: str | None = None) -> list[Format]:
+    """The table's rows for (runtime, precision[, device]); unknown names are one-line errors."""
+    check_choice(runtime, RUNTIMES, "runtime")  # usage errors: the CLI's choices catch them first
+    check_choice(precision, PRECISIONS, "precision")
+    if device is not None:
+        check_choice(device, DEVICES, "device")
+    found = [f for f in FORMATS if f.runtime == runtime and f.precision == precision
+             and (device is None or device in f.devices)]
+    if not found:
+        raise FornetError(f"{runtime} {precision} does not run on {device}")
+    return found
+
+
+def onnx_graph(precision: str) -> Format:
+    """The ONNX graph that carries ``precision`` (the source of a strongly typed engine)."""
+    return next(f for f in FORMATS if f.runtime == "ort" and f.precision == precision and "cuda" in f.devices)
+
+
+def engine_format(precision: str) -> Format:
+    return formats_for("trt", precision)[0]
+
+
+# --- image sizes ----------------------------------------------------------------------
+
+_HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_hw(text: str, option: str = "--shape") -> tuple[int, int]:
+    """``"512x1024"`` -> ``(512, 1024)``; anything else is one line naming the option."""
+    match = _HW.match(str(text))
+    if not match:
+        raise OptionError(f"{option} must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}")
+    h, w = int(match.group(1)), int(match.group(2))
+    if h <= 0 or w <= 0:
+        raise OptionError(f"{option} must be positive, got {text!r}")
+    return h, w
+
+
+def format_shape(shape: Sequence[int | None]) -> str:
+    """``(1, 3, 512, 1024)`` -> ``"1x3x512x1024"``; dynamic dims (``None``) print as ``?``."""
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def nearest_valid(value: int, stride: int = STRIDE) -> int:
+    """The multiple of ``stride`` nearest to ``value`` (halves round up), at least ``stride``."""
+    return max(stride, (2 * value + stride) // (2 * stride) * stride)
+
+
+def check_stride(height: int, width: int, stride: int = STRIDE) -> None:
+    """H and W must be positive multiples of the network stride, at most :data:`MAX_SIDE`."""
+    if height <= 0 or width <= 0 or height % stride or width % stride:
+        raise FornetError(
+            f"input size {height}x{width} is not a multiple of the network stride {stride}; "
+            f"use e.g. {nearest_valid(height, stride)}x{nearest_valid(width, stride)}"
+        )
+    if max(height, width) > MAX_SIDE:
+        raise FornetError(f"input size {height}x{width} is larger than the supported {MAX_SIDE} pixels per side")

@@ -1,0 +1,130 @@
+"""The SynthCity dataset writer: the Cityscapes layout, a manifest, seeded per image."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...errors import FornetError
+from ...io import atomic_write_json, write_png
+from ..cityscapes import CLASS_NAMES, IMAGE_SUFFIX, LABEL_SUFFIX, NUM_CLASSES, label_ids_to_train_ids
+from .render import render_scene
+
+# Bump when a change to the drawing code changes the generated pixels.
+SYNTHCITY_VERSION = 1
+MANIFEST_NAME = "synthcity.json"
+
+# (split, code mixed into the seed, cities the images are spread over)
+SPLITS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("train", 0, ("syntha", "synthb")),
+    ("val", 1, ("synthv",)),
+)
+# Cityscapes names files {city}_{sequence}_{frame}; its annotated frame is always 19.
+_FRAME = 19
+
+
+@dataclass(frozen=True)
+class SynthCityConfig:
+    train: int = 64
+    val: int = 16
+    height: int = 256
+    width: int = 512
+    seed: int = 0
+
+
+
+
+
+def _check_config(out: Path, config: SynthCityConfig) -> None:
+    for name in ("train", "val", "height", "width", "seed"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise FornetError(f"synthcity {name} must be an integer, got {value!r}")
+    if config.train < 0 or config.val < 0 or config.train + config.val < 1:
+        raise FornetError(
+            "synthcity needs non-negative image counts and at least one image, "
+            f"got train={config.train} val={config.val}"
+        )
+    for name in ("height", "width"):
+        value = getattr(config, name)
+        if value < 64 or value % 32:
+            raise FornetError(f"synthcity {name} must be a multiple of 32 and at least 64, got {value}")
+    if config.seed < 0:
+        raise FornetError(f"synthcity seed must be non-negative, got {config.seed}")
+    if out.exists() and not out.is_dir():
+        raise FornetError(f"synthcity output {out} exists and is a file, not a folder")
+    # Never mix generated images into a real dataset someone already has there.
+    has_layout = (out / "leftImg8bit").exists() or (out / "gtFine").exists()
+    if has_layout and not (out / MANIFEST_NAME).is_file():
+        raise FornetError(
+            f"{out} already holds a dataset that SynthCity did not write; choose another --out folder"
+        )
+
+
+def sample_name(split: str, index: int) -> tuple[str, str]:
+    """(city, file stem) of image ``index`` of a split."""
+    cities = next(c for s, _, c in SPLITS if s == split)
+    city = cities[index % len(cities)]
+    return city, f"{city}_{index // len(cities):06d}_{_FRAME:06d}"
+
+
+def _remove_stale(out: Path, split: str, keep: set[str]) -> None:
+    """Delete images of a previous, larger run so the folder matches the config."""
+    pattern = re.compile(r"^synth[a-z]+_\d{6}_\d{6}$")
+    for city in next(c for s, _, c in SPLITS if s == split):
+        for folder, suffix in (("leftImg8bit", IMAGE_SUFFIX), ("gtFine", LABEL_SUFFIX)):
+            for path in (out / folder / split / city).glob(f"*{suffix}"):
+                stem = path.name[: -len(suffix)]
+                if pattern.match(stem) and stem not in keep:
+                    path.unlink()
+
+
+def generate(
+    out: str | Path, config: SynthCityConfig, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Write the dataset; returns a summary dict (counts, per-class pixel fractions of the train split).
+
+    progress(done, total) is called after each image.
+    """
+    out = Path(out)
+    _check_config(out, config)
+    manifest = {
+        "generator": "synthcity",
+        "version": SYNTHCITY_VERSION,
+        **asdict(config),
+        "cities": {split: list(cities) for split, _, cities in SPLITS},
+        "complete": False,
+    }
+    # Written first, so the folder is known to be ours even if this run is interrupted
+    # (a rerun may then overwrite it); "complete" turns true only at the end.
+    atomic_write_json(out / MANIFEST_NAME, manifest)
+    total = config.train + config.val
+    counts = np.zeros(NUM_CLASSES + 1, np.int64)  # last bin: ignore
+    done = 0
+    for split, code, _ in SPLITS:
+        stems = set()
+        for index in range(getattr(config, split)):
+            rng = np.random.default_rng([config.seed, code, index])
+            image, label_ids = render_scene(rng, config.height, config.width)
+            city, stem = sample_name(split, index)
+            stems.add(stem)
+            write_png(out / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}", image)
+            write_png(out / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}", label_ids)
+            if split == "train":
+                train_ids = label_ids_to_train_ids(label_ids)
+                counts += np.bincount(np.minimum(train_ids, NUM_CLASSES).ravel(), minlength=NUM_CLASSES + 1)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        _remove_stale(out, split, stems)
+    pixels = counts.sum()
+    manifest["complete"] = True
+    manifest["class_fractions"] = (
+        {name: float(counts[i] / pixels) for i, name in enumerate(CLASS_NAMES)} if pixels else {}
+    )
+    atomic_write_json(out / MANIFEST_NAME, manifest)
+    return manifest

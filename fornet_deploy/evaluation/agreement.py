@@ -1,0 +1,47 @@
+"""How far a candidate's outputs are from the reference's on one image: the one comparison
+behind ``parity``, the benchmark matrix's agreement columns and the benchmark scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..contract import LOGITS, TOPK_MASK
+from .metrics import agreement
+from .postprocess import predicted_labels
+
+
+@dataclass
+class ImageAgreement:
+    name: str
+    max_abs_logit: float | None  # None when either side has no logits
+    mean_abs_logit: float | None
+    argmax_agreement: float  # fraction of pixels with the same label
+    mask_agreement: float | None  # fraction of 1/8-scale cells with the same Top-K decision
+    mask_count_reference: int | None  # cells selected by the reference
+    mask_count_candidate: int | None
+
+
+def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, int]) -> ImageAgreement:
+    """Compare the outputs of two runners for one image (batch of 1), labels at size ``hw``."""
+    ref_labels, cand_labels = predicted_labels(reference, hw), predicted_labels(candidate, hw)
+    max_abs = mean_abs = None
+    if LOGITS in reference and LOGITS in candidate:
+        diff = np.abs(reference[LOGITS].astype(np.float32) - candidate[LOGITS].astype(np.float32))
+        max_abs, mean_abs = float(diff.max()), float(diff.mean())
+    mask_agree = count_ref = count_cand = None
+    if TOPK_MASK in reference and TOPK_MASK in candidate:
+        ref_mask, cand_mask = reference[TOPK_MASK] > 0.5, candidate[TOPK_MASK] > 0.5
+        mask_agree = agreement(ref_mask, cand_mask)
+        count_ref, count_cand = int(ref_mask.sum()), int(cand_mask.sum())
+    return ImageAgreement(name, max_abs, mean_abs, agreement(ref_labels, cand_labels), mask_agree, count_ref, count_cand)
+
+
+def pooled(images: list[ImageAgreement]) -> dict:
+    """Agreement over several images of one size: pixel-weighted means equal plain means."""
+    masks = [i.mask_agreement for i in images if i.mask_agreement is not None]
+    return {
+        "argmax_agreement": float(np.mean([i.argmax_agreement for i in images])) if images else None,
+        "mask_agreement": float(np.mean(masks)) if masks else None,
+    }

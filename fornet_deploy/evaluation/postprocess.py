@@ -1,0 +1,99 @@
+"""From a runner's outputs to what people use and look at, in one place for eval, parity,
+bench and predict: label maps at the image size, the Top-K mask and importance map
+upsampled to it, and the pictures (colour overlay, importance heat map, Top-K regions,
+parity diff)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..contract import IMPORTANCE, LABELS, LOGITS, TOPK_MASK
+from ..data.cityscapes import colorize
+
+HEATMAP = cv2.COLORMAP_INFERNO
+TOPK_COLOUR = (255, 200, 0)  # RGB; warm yellow stands out on street scenes
+TOPK_DIM = 0.3  # brightness kept outside the Top-K mask
+
+
+def _resize(array: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.ndarray:
+    if array.shape[:2] == tuple(hw):
+        return array
+    return cv2.resize(array, (hw[1], hw[0]), interpolation=interpolation)
+
+
+def label_outputs(available: tuple[str, ...], *extra: str) -> tuple[str, ...]:
+    """The outputs to ask a runner for to get labels: ``labels`` when the artefact has it
+    (never the full-resolution logits then), else ``logits``; plus ``extra`` names."""
+    return (LABELS if LABELS in available else LOGITS, *extra)
+
+
+def predicted_labels(outputs: dict[str, np.ndarray], hw: tuple[int, int], index: int = 0) -> np.ndarray:
+    """Train-id prediction (H x W uint8) of image ``index`` of a batch, at size ``hw``.
+
+    The in-graph ``labels`` output when present, else the argmax of the logits; resized
+    (nearest neighbour: no invented classes) when the network ran at another size.
+    """
+    labels = outputs[LABELS][index] if LABELS in outputs else outputs[LOGITS][index].argmax(0)
+    return _resize(labels.astype(np.uint8), hw, cv2.INTER_NEAREST)
+
+
+def upsampled_mask(outputs: dict[str, np.ndarray], hw: tuple[int, int], index: int = 0) -> np.ndarray | None:
+    """The 1/8-scale Top-K mask, nearest-upsampled to H x W (bool); None without the output."""
+    if TOPK_MASK not in outputs:
+        return None
+    mask = (outputs[TOPK_MASK][index, 0] > 0.5).astype(np.uint8)
+    return _resize(mask, hw, cv2.INTER_NEAREST).astype(bool)
+
+
+def upsampled_importance(outputs: dict[str, np.ndarray], hw: tuple[int, int], index: int = 0) -> np.ndarray | None:
+    """The 1/8-scale importance map, bilinearly upsampled to H x W (float32); None without it."""
+    if IMPORTANCE not in outputs:
+        return None
+    return _resize(outputs[IMPORTANCE][index, 0].astype(np.float32), hw, cv2.INTER_LINEAR)
+
+
+def label_overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB image blended with the palette picture of its train ids."""
+    return cv2.addWeighted(image, 1.0 - alpha, colorize(train_ids), alpha, 0.0)
+
+
+def importance_heatmap(image: np.ndarray, importance: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB image blended with a heat map of an importance map in [0, 1] (same size).
+
+    The map is not stretched to its own min/max: colours mean the same importance in
+    every picture and every video frame (a per-frame stretch would flicker).
+    """
+    levels = np.clip(importance * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    heat = cv2.cvtColor(cv2.applyColorMap(levels, HEATMAP), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def topk_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB image dimmed outside a boolean Top-K mask, the selected regions tinted and outlined.
+
+    The mask comes nearest-upsampled from 1/8 scale, so its blocks are the regions the
+    network selected; the outline keeps small selections visible on large images.
+    """
+    out = (image.astype(np.float32) * TOPK_DIM).astype(np.uint8)
+    tinted = cv2.addWeighted(image, 0.75, np.full_like(image, TOPK_COLOUR), 0.25, 0.0)
+    out[mask] = tinted[mask]
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(min(mask.shape) / 256))
+    cv2.drawContours(out, contours, -1, TOPK_COLOUR, thickness)
+    return out
+
+
+def diff_picture(image: np.ndarray, reference: dict, candidate: dict) -> np.ndarray:
+    """Reference | candidate | disagreement (red) | abs logit difference (heat map)."""
+    hw = image.shape[:2]
+    ref, cand = predicted_labels(reference, hw), predicted_labels(candidate, hw)
+    disagree = image // 3
+    disagree[ref != cand] = (255, 0, 0)
+    panels = [label_overlay(image, ref), label_overlay(image, cand), disagree]
+    if LOGITS in reference and LOGITS in candidate:
+        diff = np.abs(reference[LOGITS][0] - candidate[LOGITS][0]).max(0)
+        scaled = np.clip(diff / max(float(diff.max()), 1e-12) * 255, 0, 255).astype(np.uint8)
+        heat = cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
+        panels.append(heat)
+    return np.concatenate(panels, axis=1)

@@ -1,0 +1,1 @@
+"""TensorRT backend: CUDA plumbing, engine metadata checks and the engine runner."""

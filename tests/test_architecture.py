@@ -1,0 +1,126 @@
+"""The package imports only downward (docs/architecture.md): no package-level cycle, no
+stage importing a stage at or above its own layer, no runtime importing a stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fornet_deploy"
+
+# Lowest layer first. A unit may import units of lower layers only (and itself).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("_version", "errors"),
+    ("contract",),
+    ("io",),
+    ("bundle",),
+    ("model", "data"),
+    ("runtimes",),
+    ("evaluation",),
+    ("export",),
+    ("calibration",),
+    ("build",),
+    ("train", "bench", "predict", "package"),
+    ("demo",),
+    ("api",),
+    ("cli", "__init__"),
+)
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+
+
+def unit_of(module: str) -> str:
+    """``fornet_deploy.runtimes.trt.runner`` -> ``runtimes``; the package itself -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of the fornet_deploy modules a file imports (at any depth in the file)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("fornet_deploy"):
+                # "from . import api" names submodules too
+                found.add(target)
+                if not node.module:  # "from . import api": the names are modules
+                    found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("fornet_deploy"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("."):
+                found.add(f"fornet_deploy{arg.value}")
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """unit -> units it imports."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        unit = unit_of(module_name(path))
+        graph.setdefault(unit, set()).update(unit_of(t) for t in imports_of(path) if unit_of(t) != unit)
+    return graph
+
+
+def test_every_unit_has_a_layer():
+    missing = sorted(set(import_graph()) - set(RANK))
+    assert not missing, f"add {missing} to LAYERS here and in docs/architecture.md"
+
+
+@pytest.mark.parametrize("unit", sorted(RANK))
+def test_imports_point_down(unit):
+    graph = import_graph()
+    upward = sorted(t for t in graph.get(unit, ()) if RANK[t] >= RANK[unit])
+    assert not upward, f"{unit} (layer {RANK[unit]}) imports {upward} from its own layer or above"
+
+
+def test_no_package_level_cycle():
+    graph = import_graph()
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [unit for unit in graph if reaches(unit, unit, {unit})]
+    assert not cycles, f"import cycles through {cycles}"
+
+
+def test_the_checker_sees_a_planted_upward_import(tmp_path):
+    planted = PACKAGE / "runtimes" / "_planted_for_test.py"
+    planted.write_text("from ..evaluation import metrics\n")
+    try:
+        assert "evaluation" in import_graph()["runtimes"]
+    finally:
+        planted.unlink()
+
+
+def print_graph() -> None:
+    """The import graph by layer, as docs/architecture.md shows it."""
+    graph = import_graph()
+    for rank, units in enumerate(LAYERS):
+        for unit in units:
+            targets = sorted(graph.get(unit, ()), key=lambda t: (RANK[t], t))
+            print(f"{rank:2d} {unit:12s} -> {', '.join(targets) or '-'}")
+
+
+if __name__ == "__main__":  # python tests/test_architecture.py
+    print_graph()
