@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 import onnx
 
+from ..build.trt import export_shape
 from ..bundle import Bundle
 from ..contract import LABELS, LOGITS, PRECISIONS, TRT_CALIBRATION_CACHE, check_choice, onnx_graph
-from ..build.trt import export_shape
 from ..data.transforms import Preprocessing, preprocess, resize_labels
 from ..errors import CheckFailed, FornetError, OptionError
 from ..evaluation.examples import Example, dataset_examples, scene_examples
@@ -326,7 +326,6 @@ def network_size(graph_dims: tuple, pre: Preprocessing, export_shape, shape) -> 
 
 
 def write_deepstream(bundle: Bundle, folder: Path, options: DeepStreamOptions) -> dict:
-    options.validate()
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
     classes = list(bundle.manifest["classes"])
     scaling = nvinfer_scaling(pre)
@@ -428,7 +427,8 @@ nvinfer computes `y = net-scale-factor * (x - offsets[c])` with one `net-scale-f
 
 {limit}
 
-nvinfer also resizes each frame to {hw[1]}x{hw[0]} (`scaling-filter=1`, bilinear;
-`maintain-aspect-ratio=0`), as the bundle's fixed-size resize does; its GPU scaler is not
-OpenCV's, so expect small differences at object edges for frames of another size.
+nvinfer scales every frame to the network size {hw[1]}x{hw[0]} first (`scaling-filter=1`,
+bilinear; `maintain-aspect-ratio=0`). The bundle's resize policy is {pre.resize!r}; frames
+already at that size are not resampled, others go through nvinfer's GPU scaler, which is not
+OpenCV's: expect small differences at object edges there.
 """

@@ -234,7 +234,8 @@ def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
     source = load_onnx(bundle.path(meta["source_onnx"], verify=False))
     declared = graph_io(source)
     if profile["input"] != declared.image.name:
-        raise FornetError(f"{engines[0]}: profile input {profile['input']!r} is not the graph's {declared.image.name!r}")
+        raise FornetError(f"{engines[0]}: profile input {profile['input']!r} is not the graph's "
+                          f"{declared.image.name!r}")
     # The engine fixes what its profile fixes: its tensors are the graph's at the profile
     # bounds. It batches when its batch dimension is dynamic and starts at 1 (Triton sends
     # any batch from 1 to max_batch_size); otherwise the config spells out the batch dim.
@@ -250,7 +251,6 @@ def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
 
 def write_repository(bundle: Bundle, folder: Path, options: TritonOptions) -> dict:
     """Write the model repository into ``folder``; returns what it holds (for the marker)."""
-    options.validate()
     model_config_pb2()  # the extra is needed before anything is written
     classes = list(bundle.manifest["classes"])
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
@@ -322,10 +322,13 @@ def client_snippet(model: str, io: GraphIO, pre: Preprocessing) -> str:
 
 def readme(plans: list[ModelPlan], engines: dict[str, dict], pre: Preprocessing, classes: list[str]) -> str:
     first = plans[0]
-    rows = "\n".join(
-        f"| `{p.name}` | `{p.platform}` | {p.note} | {p.max_batch_size} | "
-        f"{'dynamic batching, preferred ' + str(preferred_batch_sizes(p.max_batch_size)) if p.max_batch_size > 1 else 'no batching: the graph fixes the batch'} |"
-        for p in plans)
+    def batching(plan: ModelPlan) -> str:
+        if plan.max_batch_size > 1:
+            return f"dynamic batching, preferred {preferred_batch_sizes(plan.max_batch_size)}"
+        return "no batching: the graph fixes the batch"
+
+    rows = "\n".join(f"| `{p.name}` | `{p.platform}` | {p.note} | {p.max_batch_size} | {batching(p)} |"
+                     for p in plans)
     engine_lines = "".join(
         f"- `{name}` was built with **TensorRT {meta['tensorrt_version']}** on {meta['gpu_name']} (compute capability "
         f"{meta['compute_capability']}): serve it only from a container whose TensorRT is exactly "

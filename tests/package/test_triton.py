@@ -15,9 +15,9 @@ from fornet_deploy.bundle import Bundle
 from fornet_deploy.errors import FornetError
 from fornet_deploy.io import sha256_file
 from fornet_deploy.package import package
+from fornet_deploy.package.graph import graph_io
 from fornet_deploy.package.output import MARKER
 from fornet_deploy.package.triton import TritonOptions, check_config, read_config, trt_model
-from fornet_deploy.package.graph import graph_io
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] (the [serve] extra) is not installed")
 from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
