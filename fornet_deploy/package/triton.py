@@ -37,9 +37,8 @@ from ..contract import DEVICES, LABELS, LOGITS, PRECISIONS, check_choice, onnx_g
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError, require
 from ..export.onnx import load_onnx
-from ..io import read_json
 from ..runtimes.registry import engines_for
-from ..runtimes.trt.metadata import engine_metadata_path
+from ..runtimes.trt.metadata import engine_metadata_path, read_engine_metadata
 from .graph import GraphIO, Tensor, graph_io, graph_io_at
 
 # numpy dtype name -> Triton DataType (model_config.proto).
@@ -229,8 +228,10 @@ def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
     if not engines or options.device == "cpu":
         return None
     engine = bundle.path(engines[0])
-    meta = read_json(engine_metadata_path(engine), "TensorRT engine metadata")
+    meta = read_engine_metadata(engine)  # a missing or incomplete <engine>.json is one clear line
     profile = meta["profile"]
+    if not meta.get("source_onnx"):
+        raise FornetError(f"{engines[0]}: its metadata names no source ONNX graph; rebuild with `fornet-deploy build-trt`")
     source = load_onnx(bundle.path(meta["source_onnx"], verify=False))
     declared = graph_io(source)
     if profile["input"] != declared.image.name:
@@ -265,9 +266,8 @@ def write_repository(bundle: Bundle, folder: Path, options: TritonOptions) -> di
         (model_dir / VERSION).mkdir(parents=True)
         shutil.copyfile(plan.source, model_dir / VERSION / plan.model_file)
         if plan.platform == "tensorrt_plan":
-            meta_path = engine_metadata_path(plan.source)
-            shutil.copyfile(meta_path, model_dir / "engine.json")
-            engines[plan.name] = read_json(meta_path, "TensorRT engine metadata")
+            shutil.copyfile(engine_metadata_path(plan.source), model_dir / "engine.json")
+            engines[plan.name] = read_engine_metadata(plan.source)
         (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in classes))
         config = build_config(plan.name, plan.io, platform=plan.platform, max_batch_size=plan.max_batch_size,
                               options=options, classes=classes, gpu=plan.gpu, accelerator=plan.accelerator)
