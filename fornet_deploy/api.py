@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .bundle import Bundle
-from .contract import FP32_SCOPES, OUTPUT_NAMES, PRECISIONS, TOPK_FORMS, check_choice
+from .contract import FP32_SCOPES, OUTPUT_NAMES, PACKAGE_TARGETS, PRECISIONS, TOPK_FORMS, check_choice
 from .data.transforms import Preprocessing
 from .errors import OptionError
 from .predict import PredictConfig, Prediction, Segmenter
@@ -34,8 +34,8 @@ Progress = Callable[..., None]
 # importing a submodule binds its name on the package and would shadow a function.
 __all__ = [
     "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine", "calibrate",
-    "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "parity", "predict_files",
-    "run_demo", "synthcity", "train_model",
+    "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
+    "predict_files", "run_demo", "synthcity", "train_model",
 ]
 
 
@@ -196,6 +196,26 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | P
 
     cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
     return run(bundle, [Path(p) for p in inputs], out, cfg, progress=progress)
+
+
+def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: str = "fp32", **options) -> dict:
+    """Hand a bundle to a serving stack: ``target="triton"`` writes a Triton model repository,
+    ``"deepstream"`` an nvinfer config, labels and a deepstream-app config, into ``out``
+    (created, or replacing an earlier package; all or nothing). ``options``: fields of
+    :class:`~fornet_deploy.package.triton.TritonOptions` or
+    :class:`~fornet_deploy.package.deepstream.DeepStreamOptions`. Returns the summary."""
+    from dataclasses import fields
+
+    from .package import package
+    from .package.deepstream import DeepStreamOptions
+    from .package.triton import TritonOptions
+
+    check_choice(target, PACKAGE_TARGETS, "package target")
+    kind = TritonOptions if target == "triton" else DeepStreamOptions
+    unknown = sorted(set(options) - {f.name for f in fields(kind)})
+    if unknown:
+        raise OptionError(f"--{unknown[0].replace('_', '-')} does not apply to --target {target}")
+    return package(bundle, target, out, kind(precision=precision, **options))
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,

@@ -28,6 +28,7 @@ from .contract import (
     CALIBRATION_TARGETS,
     DEVICES,
     OUTPUT_NAMES,
+    PACKAGE_TARGETS,
     PRECISIONS,
     RUNTIMES,
     TOPK_FORMS,
@@ -51,6 +52,7 @@ Device = Literal[DEVICES]
 TopkForm = Literal[TOPK_FORMS]
 Method = Literal[CALIBRATION_METHODS]
 Target = Literal[CALIBRATION_TARGETS]
+PackageTarget = Literal[PACKAGE_TARGETS]
 
 # Options shared by several commands.
 BUNDLE = typer.Option(..., help="deploy bundle folder")
@@ -460,6 +462,47 @@ def predict(
     for note in summary.get("notes", []):
         console.print(note)
     console.print(f"wrote {len(summary['files'])} files to {out} (list in {summary['report']})")
+
+
+@app.command("package")
+def package_cmd(
+    bundle: Path = BUNDLE,
+    target: PackageTarget = typer.Option(..., help="serving stack"),
+    out: Path = typer.Option(..., help="output folder (new, empty, or an earlier package, which is replaced)"),
+    precision: Precision = PRECISION,
+    device: Optional[Device] = typer.Option(None, help="triton: cuda/jetson (KIND_GPU, TensorRT EP) or cpu [default: cuda]"),
+    instances: Optional[int] = typer.Option(None, min=1, help="triton: model instances [default: 1]"),
+    max_batch: Optional[int] = typer.Option(None, min=1, help="triton: max_batch_size for dynamic-batch graphs [default: 8]"),
+    batch: Optional[int] = typer.Option(None, min=1, help="deepstream: nvinfer batch-size [default: 1]"),
+    gpu_id: Optional[int] = typer.Option(None, min=0, help="deepstream: gpu-id [default: 0]"),
+    shape: Optional[str] = typer.Option(None, metavar="HxW", help="deepstream: infer-dims of a dynamic graph [default: export shape]"),
+    video: Optional[str] = typer.Option(None, help="deepstream: deepstream-app source URI [default: DeepStream's sample clip]"),
+    data: Optional[Path] = typer.Option(None, help="deepstream: dataset to measure the single-scale pre-processing on"),
+    num_images: Optional[int] = typer.Option(None, min=1, help="deepstream: images for that measurement [default: 16]"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """Hand the bundle to a serving stack: a Triton model repository or a DeepStream nvinfer config."""
+    from .api import package_bundle
+
+    given = {"device": device, "instances": instances, "max_batch": max_batch, "batch": batch, "gpu_id": gpu_id,
+             "shape": _shape(shape), "video": video, "data": data, "num_images": num_images}
+    summary = package_bundle(bundle, target, out, precision, **{k: v for k, v in given.items() if v is not None})
+    if target == "triton":
+        rows = [[name, m["platform"], m["source"], m["max_batch_size"]] for name, m in summary["models"].items()]
+        print_table(f"Triton model repository {out}", ["model", "platform", "from", "max_batch_size"], rows)
+    else:
+        prop = summary["nvinfer"]
+        print_table(f"DeepStream package {out}", ["nvinfer key", "value"],
+                    [[k, prop[k]] for k in ("onnx-file", "infer-dims", "network-mode", "net-scale-factor", "offsets")])
+        cost = summary["single_scale_cost"]
+        if cost:
+            console.print(f"single net-scale-factor: labels agreement {cost['labels_agreement']:.4%} with the exact "
+                          f"pre-processing on {cost['images_from']}"
+                          + (f", mIoU {cost['miou_difference']:+.4f}" if "miou_difference" in cost else ""))
+    for note in summary.get("notes", []):
+        console.print(note)
+    console.print(f"wrote {len(summary['files'])} files to {out} (see {out / 'README.md'})")
+    _write_json(json_out, summary)
 
 
 @app.command()

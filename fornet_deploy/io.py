@@ -11,10 +11,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -69,6 +70,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it becomes ``path``.
+
+    ``path`` must not exist, be an empty folder, or be a folder ``replaceable(path)``
+    accepts (e.g. an earlier output of the same command): anything else is refused before
+    any work, so nothing of the user's is overwritten. The old folder is moved aside and
+    removed only after the new one is complete; on any exception (Ctrl-C included) the
+    temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
+        raise FornetError(f"{path} exists and is not an earlier output of this command: choose another folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        yield tmp
+        umask = os.umask(0)  # mkdtemp makes 0700 folders; give it what a plain mkdir would
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
