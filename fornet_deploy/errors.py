@@ -67,6 +67,12 @@ class CheckFailed(FornetError):
     exit_code = ExitCode.CHECK_FAILED
 
 
+class Interrupted(FornetError):
+    """Stopped by Ctrl-C or SIGTERM; the message says what was kept and how to continue."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional module or raise a :class:`MissingDependencyError` naming the extra."""
     import importlib

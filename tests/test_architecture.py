@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fornet_deploy"
 
 # Lowest layer first. A unit may import units of lower layers only (and itself).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "errors"),
+    ("_version", "errors", "interrupts"),
     ("contract",),
     ("io",),
     ("bundle",),
