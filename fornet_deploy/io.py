@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
+from .contract import MAX_SIDE
 from .errors import FornetError
 
 # Image files every command reads (cv2.imread decodes all of them), and the videos predict reads.
@@ -104,6 +106,28 @@ def atomic_folder(path: str | Path, replaceable: Callable[[Path], bool]) -> Iter
             shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[None]:
+    """Hold an exclusive lock on an existing ``folder`` while the block runs.
+
+    The lock is ``flock`` on the folder itself (no lock file to leave behind) and is
+    released by the kernel when the process dies, however it dies. Another holder makes
+    this a one-line error at once rather than a wait.
+    """
+    import fcntl  # POSIX only, like the commands that take the lock
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FornetError(f"{what} {folder} is in use by another fornet-deploy command; "
+                              "wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -125,24 +149,157 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 # --- images -----------------------------------------------------------------------------
 
+# Largest image any command decodes: the largest network input (contract.MAX_SIDE per side)
+# as a pixel count. Sizes are read from the file header first, so a file that declares
+# 30000x30000 pixels (2.7 GB decoded) is refused before anything is allocated.
+MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+_HEADER_BYTES = 1 << 16  # a JPEG's size may sit behind 64 KB of EXIF; then the whole file is read
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3, or raise a one-line error."""
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) declared by the header of a PNG, JPEG, BMP, WebP, PNM or TIFF image,
+    read without decoding; None when the bytes start no such header (or it is cut short)."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            width, height = struct.unpack_from(">II", data, 16)
+            return height, width
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM":
+            if struct.unpack_from("<I", data, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
+                width, height = struct.unpack_from("<HH", data, 18)
+            else:
+                width, height = struct.unpack_from("<ii", data, 18)
+            return abs(height), width  # negative height: rows stored top-down
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:1] == b"P" and data[1:2] in b"123456":
+            return _pnm_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except struct.error:  # header cut short
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        # SOF0..SOF15 hold the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return height, width
+        pos += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame start code
+        width, height = struct.unpack_from("<HH", data, 26)
+        return height & 0x3FFF, width & 0x3FFF
+    if chunk == b"VP8L":  # lossless: two 14-bit sizes minus one
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
+        return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+    return None
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    numbers: list[int] = []
+    for line in data[2:_HEADER_BYTES].split(b"\n"):
+        for token in line.split(b"#", 1)[0].split():
+            if not token.isdigit():
+                return None
+            numbers.append(int(token))
+            if len(numbers) == 2:
+                return numbers[1], numbers[0]
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(f"{order}I", data, 4)
+    (count,) = struct.unpack_from(f"{order}H", data, ifd)
+    found = {}
+    for index in range(count):
+        tag, kind = struct.unpack_from(f"{order}HH", data, ifd + 2 + 12 * index)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            found[tag] = struct.unpack_from(f"{order}{'H' if kind == 3 else 'I'}", data, ifd + 10 + 12 * index)[0]
+    return (found[257], found[256]) if len(found) == 2 else None
+
+
+def check_image_size(size: tuple[int, int] | None, name: str, verb: str = "read") -> tuple[int, int]:
+    """``size`` from :func:`image_size` if it is a real size within :data:`MAX_IMAGE_PIXELS`."""
+    if size is None or min(size) < 1:
+        raise FornetError(f"cannot {verb} image {name}: not a PNG, JPEG, BMP, WebP, PNM or TIFF file, or corrupt")
+    height, width = size
+    if height * width > MAX_IMAGE_PIXELS:
+        raise FornetError(
+            f"image {name} declares {width}x{height} pixels, more than the {MAX_SIDE}x{MAX_SIDE} "
+            "this toolkit decodes; downscale it first"
+        )
+    return size
+
+
+def _read_bytes(path: str | Path, what: str, limit: int | None = None) -> bytes:
     path = Path(path)
     if not path.is_file():
-        raise FornetError(f"image {path} does not exist")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FornetError(f"cannot read image {path}: not an image file or corrupt")
+        raise FornetError(f"{what} {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit if limit is not None else -1)
+    except OSError as exc:
+        raise FornetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header (no decoding), within the pixel budget."""
+    data = _read_bytes(path, "image", _HEADER_BYTES)
+    size = image_size(data)
+    if size is None and len(data) == _HEADER_BYTES:
+        size = image_size(_read_bytes(path, "image"))
+    return check_image_size(size, str(path))
+
+
+def _decode(data: bytes, name: str, flags: int, verb: str) -> np.ndarray:
+    check_image_size(image_size(data), name, verb)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None:
+        raise FornetError(f"cannot {verb} image {name}: not an image file or corrupt")
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 HxWx3, or raise a one-line error.
+
+    The bytes are read by Python and decoded from memory: OpenCV's own file functions
+    crash on a file name that is not valid UTF-8. The size is checked against
+    :data:`MAX_IMAGE_PIXELS` before decoding.
+    """
+    bgr = _decode(_read_bytes(path, "image"), str(path), cv2.IMREAD_COLOR, "read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """Read an image file as stored (a label map: one channel of ids), same checks as :func:`read_image`."""
+    return _decode(_read_bytes(path, "label image"), str(path), cv2.IMREAD_UNCHANGED, "read label")
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Encoded bytes (PNG, JPEG, ...) -> RGB uint8 HxWx3, or a one-line error."""
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FornetError(f"cannot decode image {name}: not an image file or corrupt")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(data, name, cv2.IMREAD_COLOR, "decode"), cv2.COLOR_BGR2RGB)
 
 
 def encode_png(image: np.ndarray, name: str = "image") -> bytes:
