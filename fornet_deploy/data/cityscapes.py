@@ -11,14 +11,17 @@ everything else maps to :data:`IGNORE_INDEX`.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import FornetError
-from ..io import read_image
+from ..io import read_image, read_image_size, read_label_image
 
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
@@ -124,11 +127,15 @@ LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 def find_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
     """List (image, label) pairs of a split in the official layout, sorted by name."""
+    # synthcity imports this module: a module-level import would be circular
+    from .synthcity.dataset import check_complete
+
     root = Path(root)
     if not root.exists():
         raise FornetError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise FornetError(f"dataset path {root} is not a folder")
+    check_complete(root)
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
         raise FornetError(
@@ -153,9 +160,7 @@ def find_samples(root: str | Path, split: str, require_labels: bool = True) -> l
 def read_train_ids(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read a *_labelIds.png as train ids; check its size against the image."""
     path = Path(path)
-    label_ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label_ids is None:
-        raise FornetError(f"cannot read label image {path}: not an image file or corrupt")
+    label_ids = read_label_image(path)
     if label_ids.ndim != 2:
         raise FornetError(f"label image {path} has {label_ids.shape[2]} channels, expected 1 (label ids)")
     if expected_hw is not None and label_ids.shape != tuple(expected_hw):
@@ -164,6 +169,28 @@ def read_train_ids(path: str | Path, expected_hw: tuple[int, int] | None = None)
             f"its image is {expected_hw[1]}x{expected_hw[0]}"
         )
     return label_ids_to_train_ids(label_ids, source=str(path))
+
+
+def check_samples(samples: Sequence[Sample], workers: int | None = None) -> None:
+    """Raise the first problem of a list of samples as one line: every label must decode,
+    hold Cityscapes label ids and match its image's size (read from the image's header).
+
+    What ``train`` runs before it writes anything, so a bad label is found before the
+    run folder exists, not an hour into the run. Labels are decoded in threads (OpenCV
+    releases the GIL): seconds for the whole of Cityscapes on a few cores.
+    """
+
+    def check(sample: Sample) -> None:
+        hw = read_image_size(sample.image)
+        if sample.label is not None:
+            read_train_ids(sample.label, hw)
+
+    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(check, samples):  # re-raises the first error in sample order
+            pass
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error, do not check the rest
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:

@@ -136,3 +136,28 @@ def test_output_that_is_a_file_or_a_foreign_dataset_is_refused(tmp_path):
     (real / "leftImg8bit" / "train").mkdir(parents=True)
     with pytest.raises(FornetError, match="did not write"):
         generate(real, SynthCityConfig(train=1, **SMALL))
+
+
+def test_an_interrupted_dataset_is_refused_until_the_named_command_finishes_it(tmp_path, dataset):
+    import shlex
+
+    from cli_helpers import run_cli
+
+    out = tmp_path / "partial"
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, SynthCityConfig(train=3, val=2, seed=7, **SMALL), progress=interrupt)
+    for split in ("train", "val"):  # what train, eval and calibrate read through
+        with pytest.raises(FornetError, match="incomplete SynthCity dataset") as info:
+            find_samples(out, split)
+        assert "\n" not in str(info.value)
+    command = shlex.split(str(info.value).split("`")[1])
+    assert command[:2] == ["fornet-deploy", "synthcity"]
+    result = run_cli(*command[1:])
+    assert result.returncode == 0, result.stderr
+    assert len(find_samples(out, "train")) == 3
+    assert _files(out) == _files(dataset[0])  # the command names the interrupted run's settings

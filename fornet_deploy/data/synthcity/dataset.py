@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ...errors import FornetError
-from ...io import atomic_write_json, write_png
+from ...io import atomic_write_json, read_json, write_png
 from ..cityscapes import CLASS_NAMES, IMAGE_SUFFIX, LABEL_SUFFIX, NUM_CLASSES, label_ids_to_train_ids
 from .render import render_scene
 
@@ -36,7 +37,29 @@ class SynthCityConfig:
     seed: int = 0
 
 
+def check_complete(root: Path) -> None:
+    """Refuse (one line naming the command to re-run) a folder whose SynthCity generation
+    did not finish; folders without a SynthCity manifest pass.
 
+    :func:`generate` writes the manifest with ``complete: false`` first and sets it true
+    only after the last image, so an interrupted run leaves a partial dataset that
+    ``train`` and ``calibrate`` would otherwise use without a word.
+    """
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        return
+    manifest = read_json(path, "SynthCity manifest")
+    if isinstance(manifest, dict) and manifest.get("complete") is True:
+        return
+    config = manifest if isinstance(manifest, dict) else {}
+    command = f"fornet-deploy synthcity --out {shlex.quote(str(root))}"
+    for option, key in (("--train", "train"), ("--val", "val"), ("--seed", "seed")):
+        if key in config:
+            command += f" {option} {config[key]}"
+    if "height" in config and "width" in config:
+        command += f" --shape {config['height']}x{config['width']}"
+    raise FornetError(f"{root} holds an incomplete SynthCity dataset (its generation was interrupted); "
+                      f"finish it with `{command}`")
 
 
 def _check_config(out: Path, config: SynthCityConfig) -> None:
