@@ -48,12 +48,13 @@ def resolve_weights(cfg: DemoConfig, data: Path, log: Log) -> Path:
     if SHIPPED_WEIGHTS.is_file():
         log(f"using the shipped SynthCity weights {SHIPPED_WEIGHTS.name}")
         return SHIPPED_WEIGHTS
-    from .train import LAST, TrainConfig, train
+    from .train import LAST, STATE, TrainConfig, train
 
     log(f"no shipped weights found: training {cfg.train_iterations} iterations on the CPU")
     run = cfg.out / "train"
+    # a demo run again into the same folder continues (or reuses) the earlier training
     train(TrainConfig(data=str(data), out=str(run), iterations=cfg.train_iterations,
-                      val_interval=cfg.train_iterations, seed=cfg.seed, device="cpu"))
+                      val_interval=cfg.train_iterations, seed=cfg.seed, device="cpu"), resume=(run / STATE).is_file())
     return run / LAST
 
 

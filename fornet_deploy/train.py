@@ -9,6 +9,20 @@ same weights on the CPU.
 Run folder (``--out``): ``last.safetensors`` (weights), ``best.safetensors`` (best
 validation mIoU), ``last.state.safetensors`` (resume state), ``log.jsonl`` (one line per
 validation), ``train_config.json``.
+
+Interruptions. Ctrl-C and SIGTERM (what schedulers send) stop training at the next safe
+point: a step in progress is finished, a validation in progress is abandoned (it changes
+nothing), then the state is saved and the command exits with code 130; a second signal
+stops at once without saving (the last saved state stays valid). Every file is written
+atomically, and the resume state is the one record of the run: weights, optimizer, the
+iteration, the validation history and which iteration ``best.safetensors`` holds, in
+one file. ``best.safetensors`` is written before the state that names it and
+``log.jsonl`` is rewritten from the state after it, so a ``kill -9`` at any moment leaves
+a state that ``--resume`` continues from exactly (re-validating, and re-writing the same
+best checkpoint, where the kill came in between). ``--resume`` from a state saved during
+a validation runs that validation first. ``train`` without ``--resume`` refuses a folder
+that already holds a run, and checks every label of the dataset before it writes
+anything.
 """
 
 from __future__ import annotations
@@ -26,18 +40,21 @@ import torch
 import torch.nn.functional as F
 
 from .contract import IMPORTANCE, LOGITS
-from .data.cityscapes import IGNORE_INDEX, CityscapesDataset
+from .data.cityscapes import IGNORE_INDEX, CityscapesDataset, check_samples, find_samples
 from .data.transforms import Augmentation, Preprocessing
-from .errors import FornetError
+from .errors import FornetError, Interrupted
 from .evaluation.evaluate import evaluate_runner
 from .evaluation.examples import dataset_examples
 from .evaluation.metrics import boundary_band
-from .io import atomic_write_json
+from .interrupts import StopSignals, stop_signals
+from .io import atomic_write_bytes, atomic_write_json
 from .model.checkpoint import load_train_state, save_checkpoint, save_train_state
 from .model.fornet import FoRNet, FoRNetConfig, build_model
 from .runtimes.torch_runner import TorchRunner, torch_device
 
 LAST, BEST, STATE, LOG = "last.safetensors", "best.safetensors", "last.state.safetensors", "log.jsonl"
+CONFIG = "train_config.json"
+RUN_FILES = (STATE, LAST, BEST, LOG)  # what makes a folder hold a run (a config alone does not)
 
 
 @dataclass
@@ -180,18 +197,29 @@ class _Run:
     use_amp: bool
     train_set: CityscapesDataset
     start: int
-    best: float | None
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # validation records: the lines of log.jsonl
+    best: dict | None = None  # {"iteration", "miou"} of what best.safetensors holds
+    last_loss: float | None = None  # of the last step done (logged with a validation resumed later)
+    saved: int | None = None  # iteration of the state on disk written by this process
 
     def save_state(self, iteration: int) -> None:
+        """Commit the run at ``iteration`` (one atomic file), then the files derived from it."""
         if self.rank == 0:
-            info = {"iteration": iteration, "train_config": self.cfg.to_dict()}
+            info = {"iteration": iteration, "train_config": self.cfg.to_dict(), "history": self.history,
+                    "best": self.best, "last_loss": self.last_loss}
             save_train_state(self.out / STATE, self.model, self.optimizer, info)
             save_checkpoint(self.out / LAST, self.model, {"iteration": iteration})
+            atomic_write_bytes(self.out / LOG, "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        self.saved = iteration
+
+
+def _validation_due(cfg: TrainConfig, done: int) -> bool:
+    return done % cfg.val_interval == 0 or done == cfg.iterations
 
 
 def _setup(cfg: TrainConfig, resume: bool) -> _Run:
-    """Devices, process group, datasets, model, optimizer and (with ``resume``) the saved state."""
+    """Devices, process group, datasets (checked), model, optimizer and (with ``resume``)
+    the saved state. Nothing is written before the dataset and the folder are checked."""
     rank, world, local_rank = _distributed()
     device = torch_device(cfg.device)
     if world > 1:
@@ -204,17 +232,23 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FornetError(f"--out {out} exists and is not a folder")
+    if not resume and out.is_dir():
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise FornetError(f"--out {out} already holds a training run ({', '.join(found)}); "
+                              "continue it with --resume, or choose another --out")
 
     augmentation = Augmentation(
         crop_height=cfg.crop_height, crop_width=cfg.crop_width, scale_range=(cfg.scale_min, cfg.scale_max)
     )
     train_set = CityscapesDataset(cfg.data, "train", augmentation=augmentation)
-    dataset_examples(cfg.data, "val")  # the val split must exist before any training starts
+    # the val split must exist and every label must be good before anything is written
+    check_samples(train_set.samples + find_samples(cfg.data, "val"))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg)
-    start = 0
+    start, history, best, last_loss = 0, [], None, None
     if resume:
         state_path = out / STATE
         if not state_path.is_file():
@@ -223,9 +257,16 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
         if info.get("train_config", {}).get("iterations") not in (None, cfg.iterations):
             raise FornetError("--resume: --iterations differs from the interrupted run; the schedule would change")
         start = int(info["iteration"])
+        if "history" in info:
+            history, best, last_loss = info["history"], info["best"], info["last_loss"]
+        else:  # a state saved before states carried the run's bookkeeping
+            history = _read_log(out / LOG, start)
+            scored = [r for r in history if r.get("miou") is not None]
+            top = max(scored, key=lambda r: r["miou"], default=None)
+            best = {"iteration": top["iteration"], "miou": top["miou"]} if top else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", cfg.to_dict())
+        atomic_write_json(out / CONFIG, cfg.to_dict())
 
     net: torch.nn.Module = model
     if world > 1:
@@ -234,7 +275,7 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = cfg.amp and device.type == "cuda"
     return _Run(cfg, out, rank, world, device, model, net, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp),
-                use_amp, train_set, start, _read_best(out / LOG))
+                use_amp, train_set, start, history, best, last_loss, saved=start if resume else None)
 
 
 def _step(run: _Run, iteration: int) -> float:
@@ -262,65 +303,100 @@ def _step(run: _Run, iteration: int) -> float:
     return float(loss.detach())
 
 
-def _validate_and_save(run: _Run, done: int, last_loss: float, started: float) -> None:
-    """Save the resume state, validate (rank 0), log, and keep the best checkpoint."""
-    run.save_state(done)
+def _validate_and_save(run: _Run, done: int, started: float, stop: StopSignals) -> bool:
+    """Save the state, validate (rank 0), keep the best checkpoint, commit; False when a
+    signal abandoned the validation (the state at ``done`` is saved: --resume validates it).
+
+    Order matters for a kill at any moment: the state before the validation (so the steps
+    are kept), ``best.safetensors`` before the state that records it, the log after.
+    """
+    if run.saved != done:
+        run.save_state(done)
     if run.rank == 0:
-        result = validate(run.model, run.cfg.data, run.device, run.cfg.val_images)
-        record = {"iteration": done, "loss": last_loss, "seconds": time.perf_counter() - started, **result}
+        if stop.requested:  # came during that save
+            return False
+        try:
+            with stop.interruptible():  # validation changes nothing: abandon it at once
+                result = validate(run.model, run.cfg.data, run.device, run.cfg.val_images)
+        except KeyboardInterrupt:
+            return False
+        record = {"iteration": done, "loss": run.last_loss, "seconds": time.perf_counter() - started, **result}
+        miou = result["miou"] or 0
+        if run.best is None or miou > run.best["miou"]:
+            save_checkpoint(run.out / BEST, run.model, {"iteration": done, "val_miou": miou})
+            run.best = {"iteration": done, "miou": miou}
         run.history.append(record)
-        _append_jsonl(run.out / LOG, record)
-        if run.best is None or (result["miou"] or 0) > run.best:
-            run.best = result["miou"] or 0
-            save_checkpoint(run.out / BEST, run.model, {"iteration": done, "val_miou": run.best})
+        run.save_state(done)
     if run.world > 1:
         torch.distributed.barrier()
+    return True
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None = None, stop_after: int | None = None) -> dict:
     """Train FoR-Net; returns a summary. ``stop_after`` ends this run early at that
-    iteration (as an interruption would), saving the resume state."""
-    run = _setup(cfg, resume)
-    last_loss = float("nan")
-    started = time.perf_counter()
-    iteration = run.start
-    try:
-        for iteration in range(run.start, cfg.iterations):
-            if stop_after is not None and iteration >= stop_after:
-                break
-            last_loss = _step(run, iteration)
-            done = iteration + 1
-            if on_step and run.rank == 0:
-                on_step(done, cfg.iterations, {"loss": last_loss, "lr": poly_lr(cfg, iteration)})
-            if done % cfg.val_interval == 0 or done == cfg.iterations:
-                _validate_and_save(run, done, last_loss, started)
-        else:
-            iteration = cfg.iterations
-    except KeyboardInterrupt:
-        run.save_state(iteration)
-        raise FornetError(f"interrupted at iteration {iteration}; continue with --resume") from None
-    if stop_after is not None and iteration < cfg.iterations:
-        run.save_state(iteration)
+    iteration (as an interruption would), saving the resume state.
+
+    Ctrl-C / SIGTERM: the state is saved at the next safe point and :class:`Interrupted`
+    (exit code 130) names the iteration ``--resume`` continues from.
+    """
+    with stop_signals() as stop:
+        run = _setup(cfg, resume)  # interruptible at once: it writes only train_config.json, atomically
+        started = time.perf_counter()
+        with stop.deferred():
+            try:
+                done = _loop(run, stop, on_step, stop_after, started)
+            except KeyboardInterrupt:  # a second signal: stop without saving, mid-step perhaps
+                saved = f"iteration {run.saved}" if run.saved is not None else "nothing yet (no state saved)"
+                raise Interrupted(f"stopped at once by a second signal; the saved state holds {saved}; "
+                                  "continue with --resume") from None
+            if run.saved != done and (stop.requested or done < cfg.iterations):
+                run.save_state(done)
+            if stop.requested:
+                raise Interrupted(f"{stop.name} at iteration {done}: state saved; continue with --resume")
     if run.world > 1:
         torch.distributed.destroy_process_group()
     return {
         "rank": run.rank,
         "out": str(run.out),
-        "iterations": iteration,
+        "iterations": done,
         "seconds": time.perf_counter() - started,
-        "last_loss": last_loss,
-        "best_miou": run.best,
+        "last_loss": run.last_loss,
+        "best_miou": run.best["miou"] if run.best else None,
         "history": run.history,
     }
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def _loop(run: _Run, stop: StopSignals, on_step: StepCallback | None, stop_after: int | None,
+          started: float) -> int:
+    """Steps from ``run.start`` until the end, ``stop_after`` or a stop request; returns
+    the iterations done."""
+    cfg = run.cfg
+    end = cfg.iterations if stop_after is None else min(stop_after, cfg.iterations)
+    done = run.start
+    if done and _validation_due(cfg, done) and all(r["iteration"] != done for r in run.history):
+        # resumed from a state saved before (or during) its validation
+        if not _validate_and_save(run, done, started, stop):
+            return done
+    while done < end and not stop.requested:
+        run.last_loss = _step(run, done)
+        done += 1
+        if on_step and run.rank == 0:
+            on_step(done, cfg.iterations, {"loss": run.last_loss, "lr": poly_lr(cfg, done - 1)})
+        if not stop.requested and _validation_due(cfg, done):
+            _validate_and_save(run, done, started, stop)
+    return done
 
 
-def _read_best(path: Path) -> float | None:
-    if not path.is_file():
-        return None
-    values = [json.loads(line).get("miou") or 0 for line in path.read_text().splitlines() if line.strip()]
-    return max(values) if values else None
+def _read_log(path: Path, iteration: int) -> list[dict]:
+    """The records of ``log.jsonl`` up to ``iteration``, for a state saved before the state
+    carried its history. Lines that do not parse (a torn last line) are dropped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] <= iteration:
+                records.append(record)
+    return records

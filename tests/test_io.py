@@ -6,7 +6,6 @@ import os
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -1,10 +1,15 @@
 import json
+import shutil
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
+from fornet_deploy.data.synthcity import MANIFEST_NAME
+from fornet_deploy.errors import FornetError
 from fornet_deploy.model.checkpoint import load_checkpoint
-from fornet_deploy.train import TrainConfig, batch_plan, hard_region_target, poly_lr, train
+from fornet_deploy.train import LOG, TrainConfig, batch_plan, hard_region_target, poly_lr, train
 
 
 def _cfg(data, out, tiny_config, **kw):
@@ -20,11 +25,15 @@ def _weights(path):
 def test_resume_is_exact(tmp_path, tiny_data, tiny_config, optimizer):
     train(_cfg(tiny_data, tmp_path / "straight", tiny_config, optimizer=optimizer))
     train(_cfg(tiny_data, tmp_path / "resumed", tiny_config, optimizer=optimizer), stop_after=3)
-    assert json.loads((tmp_path / "resumed" / "log.jsonl").read_text().splitlines()[0])["iteration"] == 3
+    log = tmp_path / "resumed" / LOG
+    assert json.loads(log.read_text().splitlines()[0])["iteration"] == 3
+    with open(log, "a") as f:  # a torn last line (a writer killed mid-line) must not matter
+        f.write('{"iteration": 6, "mi')
     train(_cfg(tiny_data, tmp_path / "resumed", tiny_config, optimizer=optimizer), resume=True)
     a = _weights(tmp_path / "straight" / "last.safetensors")
     b = _weights(tmp_path / "resumed" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["iteration"] for line in log.read_text().splitlines()] == [3, 6]
 
 
 def test_training_writes_checkpoints_and_log(tmp_path, tiny_data, tiny_config):
@@ -65,7 +74,42 @@ def test_hard_region_target_marks_label_edges_only():
 
 
 def test_resume_without_state_is_an_error(tmp_path, tiny_data, tiny_config):
-    from fornet_deploy.errors import FornetError
-
     with pytest.raises(FornetError, match="no training state"):
         train(_cfg(tiny_data, tmp_path / "fresh", tiny_config), resume=True)
+
+
+def _listing(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_fresh_train_into_an_earlier_run_is_refused(tmp_path, tiny_data, tiny_config):
+    run = tmp_path / "run"
+    train(_cfg(tiny_data, run, tiny_config), stop_after=1)
+    before = _listing(run)
+    with pytest.raises(FornetError, match="already holds a training run .*--resume") as info:
+        train(_cfg(tiny_data, run, tiny_config))
+    assert "\n" not in str(info.value)
+    assert _listing(run) == before  # the old log is not appended to, nothing is replaced
+
+
+@pytest.fixture
+def broken_data(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def test_a_bad_label_is_found_before_anything_is_written(tmp_path, broken_data, tiny_config):
+    label = sorted((broken_data / "gtFine" / "val").rglob("*_labelIds.png"))[-1]  # the last file checked
+    cv2.imwrite(str(label), np.full((128, 256), 200, np.uint8))  # no Cityscapes label id is 200
+    with pytest.raises(FornetError, match="unknown Cityscapes label ids \\[200\\]"):
+        train(_cfg(broken_data, tmp_path / "run", tiny_config))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_synthcity_dataset_is_refused(tmp_path, broken_data, tiny_config):
+    manifest = json.loads((broken_data / MANIFEST_NAME).read_text())
+    (broken_data / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(FornetError, match="incomplete SynthCity dataset.*fornet-deploy synthcity --out"):
+        train(_cfg(broken_data, tmp_path / "run", tiny_config))
+    assert not (tmp_path / "run").exists()
