@@ -190,12 +190,13 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
 
 def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
             precision: str = "fp32", device: str = "cpu", *, progress: Progress | None = None, **options) -> dict:
-    """Segment images, folders and videos into ``out`` (``options``: fields of
-    :class:`~fornet_deploy.predict.PredictConfig`); returns the run's summary."""
+    """Segment images, folders, videos and live sources (camera index, URL, GStreamer
+    pipeline, as strings) into ``out`` (``options``: fields of
+    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``); returns the run's summary."""
     from .predict import predict as run
 
     cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
-    return run(bundle, [Path(p) for p in inputs], out, cfg, progress=progress)
+    return run(bundle, list(inputs), out, cfg, progress=progress)
 
 
 def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: str = "fp32", **options) -> dict:

@@ -441,7 +441,8 @@ def bench(
 
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="images, folders and videos"),
+    inputs: list[str] = typer.Argument(..., help="images, folders, videos; or a camera index (0), a URL "
+                                                 "(rtsp://, http://) or a GStreamer pipeline (holds '!')"),
     bundle: Path = BUNDLE,
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
@@ -452,15 +453,23 @@ def predict(
     mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
     label_ids: bool = typer.Option(False, "--label-ids", help="also write Cityscapes labelIds maps (for submission)"),
     video_every: int = typer.Option(1, min=1, help="process every n-th video frame"),
+    max_frames: Optional[int] = typer.Option(None, min=1, help="at most this many processed frames per video "
+                                                               "or live source (a live source runs until Ctrl-C)"),
 ):
-    """Segment images, folders and videos: label maps, colour overlays, and what FoR-Net focused on."""
+    """Segment images, folders, videos and live sources: label maps, colour overlays, and what FoR-Net focused on."""
     from .api import predict_files as run
 
     with bar("predict") as update:
         summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
-                      importance=importance, mask=mask, label_ids=label_ids, video_every=video_every)
+                      importance=importance, mask=mask, label_ids=label_ids, video_every=video_every,
+                      max_frames=max_frames)
     for note in summary.get("notes", []):
         console.print(note)
+    reasons = {"end": "the source ended", "max_frames": "--max-frames"}  # else the signal's name
+    for item in summary["items"]:
+        if item["kind"] == "stream":
+            console.print(f"{escape(item['source'])}: stopped after {item['frames']} frames "
+                          f"({reasons.get(item['ended'], item['ended'])})")
     console.print(f"wrote {len(summary['files'])} files to {out} (list in {summary['report']})")
 
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.data.cityscapes import LABELS, find_samples
 from fornet_deploy.errors import FornetError
-from fornet_deploy.predict import PredictConfig, collect_inputs, predict
+from fornet_deploy.io import folder_lock
+from fornet_deploy.predict import PredictConfig, _Staging, collect_inputs, predict
 
 VALID_LABEL_IDS = {label_id for label_id, _, train_id in LABELS if train_id != 255}
 ALL = PredictConfig(importance=True, mask=True, label_ids=True)
@@ -194,3 +201,154 @@ def test_collect_inputs(inputs, tmp_path):
     (folder / "empty").mkdir()
     with pytest.raises(FornetError, match="holds no images or videos"):
         collect_inputs([folder / "empty"])
+
+
+# ---------------------------------------------------------------------------- runs over runs, hostile inputs
+
+def _without_report(folder: Path) -> dict[str, bytes]:
+    return {k: v for k, v in listing(folder).items() if k != "predictions.json"}
+
+
+NEW_RUN = PredictConfig(shape=(64, 128))  # fewer files than ALL, and different pixels for the same image
+
+
+@pytest.fixture
+def earlier_run(tiny_bundle, inputs, tmp_path) -> Path:
+    """An output folder holding a complete earlier run (image + odd, all outputs) and a user's file."""
+    out = tmp_path / "out"
+    predict(tiny_bundle, [inputs["image"], inputs["odd"]], out, ALL)
+    (out / "keep.txt").write_text("mine")
+    return out
+
+
+@pytest.fixture
+def new_run_reference(tiny_bundle, inputs, tmp_path) -> dict[str, bytes]:
+    """What the folder must hold after the new run: its files, the user's file, nothing else."""
+    ref = tmp_path / "reference"
+    predict(tiny_bundle, [inputs["image"]], ref, NEW_RUN)
+    (ref / "keep.txt").write_text("mine")
+    return _without_report(ref)
+
+
+def test_a_run_over_an_earlier_run_replaces_it_entirely(tiny_bundle, inputs, earlier_run, new_run_reference):
+    summary = predict(tiny_bundle, [inputs["image"]], earlier_run, NEW_RUN)
+    assert _without_report(earlier_run) == new_run_reference  # the earlier run's other files are gone
+    assert json.loads((earlier_run / "predictions.json").read_text())["files"] == summary["files"]
+
+
+# Runs predict with os.replace wrapped: after the 2nd output moved out of the commit folder
+# it prints PAUSED and waits for the go file (the test signals it meanwhile).
+COMMIT_CHILD = r"""
+import os, sys, time
+from fornet_deploy.errors import FornetError
+from fornet_deploy.predict import PredictConfig, predict
+
+bundle, image, out, go = sys.argv[1:5]
+real_replace, moved = os.replace, []
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if ".predict-commit-" in str(src) and not str(dst).endswith("predictions.json"):
+        moved.append(dst)
+        if len(moved) == 2:
+            print("PAUSED", flush=True)
+            while not os.path.exists(go):
+                time.sleep(0.01)
+
+os.replace = replace
+try:
+    predict(bundle, [image], out, PredictConfig(shape=(64, 128)))
+except FornetError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(int(exc.exit_code))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_commit(sig, tiny_bundle, inputs, earlier_run, new_run_reference, tmp_path):
+    """kill -9 mid-commit: no report (the folder claims no run) until the next predict
+    completes the commit; SIGTERM / Ctrl-C mid-commit: honoured after it, the run is complete."""
+    go = tmp_path / "go"
+    child = subprocess.Popen([sys.executable, "-c", COMMIT_CHILD, str(tiny_bundle), str(inputs["image"]),
+                              str(earlier_run), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().startswith("PAUSED"), child.communicate()
+    os.kill(child.pid, sig)
+    go.touch()
+    _, stderr = child.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert child.returncode == -signal.SIGKILL
+        assert not (earlier_run / "predictions.json").exists()  # neither the old run nor the new one is claimed
+        assert (earlier_run / "keep.txt").read_text() == "mine"
+        with _Staging(earlier_run):  # what the next predict does first
+            pass
+    else:
+        assert child.returncode == 0, stderr
+    assert _without_report(earlier_run) == new_run_reference
+    report = json.loads((earlier_run / "predictions.json").read_text())
+    assert set(report["files"]) == set(new_run_reference) - {"keep.txt"}
+
+
+def test_a_second_predict_into_the_same_folder_is_refused(tiny_bundle, inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out):  # as a running predict holds it
+        with pytest.raises(FornetError, match="in use by another fornet-deploy command"):
+            predict(tiny_bundle, [inputs["image"]], out, PredictConfig())
+    assert listing(out) == {}
+
+
+def test_a_video_write_that_fails_is_an_error(tiny_bundle, inputs, tmp_path):
+    """`ulimit -f` (a file-size limit, what a full disk also does to a write): exit 3, nothing kept."""
+    out = tmp_path / "out"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from fornet_deploy.cli import main; main()", "predict", str(inputs["video"]),
+         "--bundle", str(tiny_bundle), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
+    )
+    assert_one_line_error(result, "cannot write video", "clip_overlay.mp4")
+    assert result.returncode == 3 and not out.exists()
+
+
+def test_a_parent_folder_as_input_writes_only_inside_out(tiny_bundle, inputs, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(inputs["folder"], work / "scenes")
+    (work / "run").mkdir()
+    monkeypatch.chdir(work / "run")
+    before = {p for p in tmp_path.rglob("*")}
+    summary = predict(tiny_bundle, [".."], "out", PredictConfig())  # `predict .. --out out`
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(p.resolve().is_relative_to((work / "run" / "out").resolve()) for p in created)
+    assert {f.rsplit("_", 1)[0] for f in summary["files"]} == {"work/scenes/a/frame", "work/scenes/b/frame"}
+
+
+def test_file_names_that_are_not_utf8(tiny_bundle, inputs, tmp_path):
+    """OpenCV's Python binding crashes (SIGSEGV) on such names; they are read by Python instead."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = folder / os.fsdecode(b"caf\xe9.png")
+    video = folder / os.fsdecode(b"clip\xff.mp4")
+    shutil.copy(inputs["image"], image)
+    shutil.copy(inputs["video"], video)
+    out = tmp_path / "out"
+    result = run_cli("predict", str(folder), "--bundle", str(tiny_bundle), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "predictions.json").read_text())  # JSON keeps the bytes as \udcxx escapes
+    assert report["images"] == 1 and report["videos"] == 1 and report["video_frames"] == 6
+    assert set(report["files"]) == set(listing(out)) - {"predictions.json"}
+    written = (out / ("in/" + os.fsdecode(b"caf\xe9_trainIds.png"))).read_bytes()  # not cv2.imread: it would crash
+    assert cv2.imdecode(np.frombuffer(written, np.uint8), cv2.IMREAD_UNCHANGED).shape == (128, 256)
+
+
+def test_an_image_that_declares_too_many_pixels(tiny_bundle, inputs, tmp_path):
+    from test_io import _png_header
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(30000, 30000))
+    result = run_cli("predict", str(inputs["image"]), str(bomb), "--bundle", str(tiny_bundle),
+                     "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "declares 30000x30000 pixels")
+    assert result.returncode == 3 and not (tmp_path / "out").exists()
