@@ -264,7 +264,7 @@ except FornetError as exc:
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_during_the_commit(sig, tiny_bundle, inputs, earlier_run, new_run_reference, tmp_path):
     """kill -9 mid-commit: no report (the folder claims no run) until the next predict
     completes the commit; SIGTERM / Ctrl-C mid-commit: honoured after it, the run is complete."""
