@@ -104,6 +104,15 @@ def test_images_folder_and_video(tiny_bundle, inputs, tmp_path):
     assert report["resized"] == 1 and "resized" in report["notes"][0]
 
 
+def test_max_frames_bounds_a_video(tiny_bundle, inputs, tmp_path):
+    summary = predict(tiny_bundle, [inputs["video"]], tmp_path / "out", PredictConfig(max_frames=2))
+    (item,) = summary["items"]
+    assert (item["frames"], item["ended"]) == (2, "max_frames")
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip_overlay.mp4"))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 2
+    cap.release()
+
+
 def test_given_shape_resizes_and_restores(tiny_bundle, inputs, tmp_path):
     summary = predict(tiny_bundle, [inputs["image"]], tmp_path / "out", PredictConfig(shape=(64, 128)))
     assert summary["items"][0]["network_size"] == [64, 128]

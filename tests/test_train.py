@@ -14,7 +14,7 @@ from fornet_deploy.train import LOG, TrainConfig, batch_plan, hard_region_target
 
 def _cfg(data, out, tiny_config, **kw):
     return TrainConfig(data=str(data), out=str(out), model=tiny_config, iterations=6, batch_size=2, crop_height=64,
-                       crop_width=128, val_interval=3, val_images=2, warmup=2, **kw)
+                       crop_width=128, val_interval=3, val_images=2, warmup=2, device="cpu", **kw)
 
 
 def _weights(path):

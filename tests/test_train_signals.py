@@ -72,9 +72,10 @@ except FornetError as exc:
 
 
 def _config(data: Path, out: Path, tiny_config) -> TrainConfig:
-    # threads=1: the same arithmetic in every process, whatever the machine
+    # the CPU with one thread: the same arithmetic in every process, whatever the machine
+    # (CUDA kernels and AMP's loss scale make resume close, not bit-exact)
     return TrainConfig(data=str(data), out=str(out), model=tiny_config, iterations=6, batch_size=2, crop_height=64,
-                       crop_width=128, val_interval=2, val_images=1, warmup=2, threads=1)
+                       crop_width=128, val_interval=2, val_images=1, warmup=2, threads=1, device="cpu")
 
 
 def _run_child(cfg: TrainConfig, resume: bool, point: str, sig: int | None, tmp_path: Path) -> tuple[int, str]:
