@@ -246,29 +246,30 @@ class _Source:
     first_frame: np.ndarray | None = None
 
 
-def _probe(item: InputItem, stack: contextlib.ExitStack) -> tuple[tuple[int, int], float | None, int | None,
-                                                                  cv2.VideoCapture | None, np.ndarray | None]:
-    """Size, frame rate and frame count of an input; raises when it cannot be read.
+def _probe(item: InputItem, segment: "Segmenter", stack: contextlib.ExitStack) -> _Source:
+    """An input checked before the run: readable, and a size the artefact accepts.
 
     Images are decoded fully (a header check does not catch truncated data); videos must
     open and yield a first frame; a live source is opened (and kept open in ``stack``).
     """
+    capture = first = None
     if item.kind == "image":
-        return read_image(item.path).shape[:2], None, 1, None, None
-    if item.kind == "stream":
-        cap = stack.enter_context(_open_stream(item.stream))
-        ok, frame = cap.read()
+        hw, fps, frames = read_image(item.path).shape[:2], None, 1
+    elif item.kind == "stream":
+        capture = stack.enter_context(_open_stream(item.stream))
+        ok, first = capture.read()
         if not ok:
             raise FornetError(f"live source {item.source} opened but gave no frame within {STREAM_TIMEOUT_MS // 1000} s")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        return frame.shape[:2], fps if 0 < fps < 1000 else None, None, cap, frame
-    with _open_video(item.path) as cap:
-        ok, frame = cap.read()
-        if not ok:
-            raise FornetError(f"video {item.path} has no frames")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    return frame.shape[:2], fps if fps > 0 else None, max(count, 1), None, None
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        hw, fps, frames = first.shape[:2], fps if 0 < fps < 1000 else None, None
+    else:
+        with _open_video(item.path) as cap:
+            ok, frame = cap.read()
+            if not ok:
+                raise FornetError(f"video {item.path} has no frames")
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            hw, fps, frames = frame.shape[:2], fps if fps > 0 else None, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
+    return _Source(item, hw, segment.check_size(hw, item.source), fps, frames, capture, first)
 
 
 @contextlib.contextmanager
@@ -813,10 +814,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
     with stop_signals() as stop, contextlib.ExitStack() as live_sources, \
             Segmenter.from_bundle(bundle, cfg.runtime, cfg.precision, cfg.device, cfg.shape) as segment:
         runner = segment.runner
-        sources = []
-        for item in items:
-            hw, fps, frames, capture, first = _probe(item, live_sources)
-            sources.append(_Source(item, hw, segment.check_size(hw, item.source), fps, frames, capture, first))
+        sources = [_probe(item, segment, live_sources) for item in items]
         load_seconds = time.perf_counter() - start
         meter = _Meter(runner, _progress_reporter(progress), _total(sources, cfg))
 
