@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .errors import FornetError
+from .errors import WRITE_ERRNOS, FornetError
 
 # Image files every command reads (cv2.imread decodes all of them), and the videos predict reads.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -41,6 +41,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_bytes(path: str | Path, what: str, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
+    """A whole file, read once; one line if it is missing, larger than ``max_bytes`` (checked
+    before reading) or not the file whose hash is ``sha256`` (e.g. replaced since a manifest
+    that records it was read: what the caller loads is then exactly what was checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FornetError(f"{what} {path} does not exist")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise FornetError(f"{what} {path} is {size / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB "
+                              "this toolkit reads from such a file")
+        data = f.read()
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise FornetError(f"{what} {path} does not match the sha256 its bundle's manifest records (changed after "
+                          "the manifest was read, e.g. by another command writing the bundle); run this again")
+    return data
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -52,7 +71,8 @@ def now_iso() -> str:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was; a full
+    disk or the file-size limit is one line naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +86,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise FornetError(f"cannot write {path}: {exc.strerror}") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
