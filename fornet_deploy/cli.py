@@ -33,7 +33,7 @@ from .contract import (
     TOPK_FORMS,
     parse_hw,
 )
-from .errors import ExitCode, FornetError, OptionError
+from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
 app = typer.Typer(
     help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
@@ -82,8 +82,16 @@ def main() -> None:
             _error(message)
         sys.exit(int(ExitCode.USAGE))
     except (KeyboardInterrupt, typer.Abort):
+        code = ExitCode.INTERRUPTED
+    except OSError as exc:
+        # A full disk or the file-size limit hit by a third-party writer (ONNX, NumPy, OpenCV) is
+        # the user's environment; every other OSError is a bug and keeps its traceback.
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _error(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
+        sys.exit(int(ExitCode.INPUT))
+    if code == ExitCode.INTERRUPTED:  # typer turns a KeyboardInterrupt into a silent exit code 130
         _error("interrupted; files already written are complete, nothing is half-written")
-        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(code if isinstance(code, int) else 0)
 
 
