@@ -488,6 +488,9 @@ def demo(
     print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
     console.print(f"report: {result['report']}")
+    if not result["passed"]:  # so that `fornet-deploy demo` can gate CI
+        console.print(f"FAIL: {', '.join(result['failed'])}")
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from .errors import FornetError, OptionError
@@ -62,6 +63,9 @@ CALIBRATION_DIR = "calibration"  # cached calibration tensors
 TRT_CALIBRATION_CACHE = "model.int8.calib"  # TensorRT 10.x entropy-calibrator cache
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # engines built by ONNX Runtime's TensorRT EP
 PARITY_DIR = "parity"
+
+# The SynthCity weights shipped inside the package (package data, so `pip install .` has them).
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fornet_synthcity.safetensors"
 
 # --- formats --------------------------------------------------------------------------
 
