@@ -6,7 +6,7 @@ set -euo pipefail
 DATA=${DATA:-runs/synthcity}
 BUNDLE=${BUNDLE:-runs/bundle}
 RESULTS=${RESULTS:-docs/results}
-WEIGHTS=${WEIGHTS:-weights/fornet_synthcity.safetensors}
+WEIGHTS=${WEIGHTS:-fornet_deploy/weights/fornet_synthcity.safetensors}
 mkdir -p "$RESULTS"
 [ -d "$DATA/leftImg8bit" ] || fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --shape 256x512 --seed 0
 

@@ -6,7 +6,7 @@ variant alike, while no session's idle thread pool competes with the one being t
 (call-by-call interleaving of ONNX Runtime sessions slows them on 2 cores). The report
 gives medians and ratios, never absolute targets.
 
-    python benchmarks/topk_overhead.py --checkpoint weights/fornet_synthcity.safetensors \
+    python benchmarks/topk_overhead.py --checkpoint fornet_deploy/weights/fornet_synthcity.safetensors \
         --shape 512x1024 --iters 40 --json docs/results/topk_overhead.json
 """
 

@@ -6,7 +6,7 @@ there. Each function validates its arguments and raises
 
     import fornet_deploy as fd
 
-    fd.export_model("weights/fornet_synthcity.safetensors", "bundle", shape=(512, 1024), precision="fp16")
+    fd.export_model(fd.SHIPPED_WEIGHTS, "bundle", shape=(512, 1024), precision="fp16")
     fd.calibrate("bundle", "data/cityscapes", num_images=64)          # model.int8.qdq.onnx
     with fd.load_segmenter("bundle", runtime="ort", precision="int8") as segment:
         labels = segment(rgb_image).labels                              # H x W train ids
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .bundle import Bundle
-from .contract import FP32_SCOPES, OUTPUT_NAMES, PACKAGE_TARGETS, PRECISIONS, TOPK_FORMS, check_choice
+from .contract import FP32_SCOPES, OUTPUT_NAMES, PACKAGE_TARGETS, PRECISIONS, SHIPPED_WEIGHTS, TOPK_FORMS, check_choice
 from .data.transforms import Preprocessing
 from .errors import OptionError
 from .predict import PredictConfig, Prediction, Segmenter
@@ -33,8 +33,8 @@ Progress = Callable[..., None]
 # Function names differ from the package's module names (export, train, predict, demo):
 # importing a submodule binds its name on the package and would shadow a function.
 __all__ = [
-    "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine", "calibrate",
-    "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
+    "SHIPPED_WEIGHTS", "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine",
+    "calibrate", "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
     "predict_files", "run_demo", "synthcity", "train_model",
 ]
 

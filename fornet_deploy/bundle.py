@@ -1,33 +1,188 @@
 """The deploy bundle: one folder per model, described by ``manifest.json``.
 
-Every stage (export, calibrate, build-trt, parity, eval, bench) writes its artefacts into
-the bundle and records them in the manifest with their sha256, so a later stage can tell
-a file that was changed or truncated behind its back. All writes are atomic
-(:mod:`fornet_deploy.io`).
+Every stage (export, calibrate, build-trt) records its artefacts in the manifest with
+their sha256, so a later stage can tell a file that was changed or truncated behind its
+back. Four rules keep a bundle consistent (docs/reliability.md holds the tests):
+
+Lineage
+    A derived artefact records ``source`` (the artefact it was made from) and
+    ``source_sha256`` (that artefact's hash when it was made): ``model.onnx`` <- the
+    checkpoint, ``model.fp16.onnx`` and the INT8 graphs <- ``model.onnx``, an engine <- its
+    graph, an engine's metadata file <- the engine. Loading an artefact (:meth:`Bundle.path`)
+    walks the chain and refuses, naming the command to re-run, one whose source changed.
+    A commit removes the artefacts it proves stale (file and entry): re-exporting another
+    checkpoint drops the FP16 / INT8 graphs and engines of the old one, and keeps them when
+    ``model.onnx`` comes out byte for byte the same.
+Transactions
+    A writer (:func:`transaction`) writes every file into a private staging folder inside
+    the bundle (``.staging-*``, same file system) and commits in one step: a journal
+    (``COMMIT.json`` in the staging folder, written atomically) is the commit point, then
+    the files are renamed into place and the manifest last. Killed before the journal, the
+    bundle is as it was (the next writer deletes the staging folder); killed after it, the
+    next command that opens the bundle completes the renames. A failed write into a fresh
+    folder leaves no folder behind.
+Writer lock
+    A writer holds ``flock`` on ``.lock`` for its whole stage and reads the manifest under
+    it, so two writers never lose each other's update: the second fails at once with one
+    line naming the holder. The operating system releases the lock of a killed process.
+Readers
+    ``manifest.json`` is one atomically replaced file; a runner checks the bytes it loads
+    against that manifest's sha256 (:mod:`fornet_deploy.runtimes.registry`), so a command
+    runs the committed state it read or stops with one line, never a mix of two commits.
+
+The manifest is checked on load (:func:`check_manifest`): the types of the sections the
+stages read, and artefact names that are plain file names inside the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-from .contract import MANIFEST
-from .errors import FornetError
-from .io import atomic_path, atomic_write_json, now_iso, read_json, sha256_file
+from .contract import FORMATS, MANIFEST, PRECISIONS, engine_format
+from .errors import WRITE_ERRNOS, FornetError
+from .io import atomic_write_json, now_iso, read_json, sha256_file
 
 BUNDLE_FORMAT = "fornet-deploy-bundle"
 BUNDLE_VERSION = 1
+LOCK = ".lock"
+STAGING_PREFIX = ".staging-"
+JOURNAL = "COMMIT.json"
+# A killed commit is completed by the next command; one still running holds the lock for
+# the few renames it has left, which a reader waits out for at most this long.
+COMMIT_WAIT_S = 30.0
+
+# Artefact names are plain file names in the bundle folder: no folders, nothing hidden
+# (the lock, staging folders and scratch are), so no name can reach outside the bundle.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Types of the manifest sections the stages read (besides ``artifacts``).
+SECTION_TYPES = {"model": dict, "classes": list, "palette": list, "preprocessing": dict, "topk": dict,
+                 "export": dict, "checkpoint_info": dict, "created": str}
+
+
+# --- the manifest schema ------------------------------------------------------------------
+
+
+def check_artifact_name(name: Any, where: str = "bundle") -> str:
+    """``name`` if it is a plain file name an artefact may have; else one line."""
+    if not isinstance(name, str) or not _NAME.match(name) or name == MANIFEST:
+        raise FornetError(f"{where}: artefact name {name!r} is not a plain file name inside the bundle folder")
+    return name
+
+
+def _check_entry(name: str, entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise FornetError(f"{where}: the entry of {name} is a {type(entry).__name__}, not an object")
+    if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+        raise FornetError(f"{where}: {name} has no valid sha256; it cannot be trusted (re-run the stage that made it)")
+    if "source" in entry:
+        check_artifact_name(entry["source"], f"{where}: source of {name}")
+        if "source_sha256" in entry and not (isinstance(entry["source_sha256"], str)
+                                             and _SHA256.match(entry["source_sha256"])):
+            raise FornetError(f"{where}: {name} has an invalid source_sha256")
+    if "bytes" in entry and (isinstance(entry["bytes"], bool) or not isinstance(entry["bytes"], int)):
+        raise FornetError(f"{where}: the byte count of {name} is not an integer")
+    for key, allowed in (("kind", None), ("precision", PRECISIONS)):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or (allowed and value not in allowed)):
+            raise FornetError(f"{where}: {name} has an invalid {key} {value!r}")
+
+
+def check_manifest(manifest: Any, where: str) -> dict:
+    """The manifest if its shape is one this version reads; else one line naming the problem."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise FornetError(f"{where} is not a fornet-deploy bundle manifest")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise FornetError(f"{where} has manifest version {manifest.get('version')!r}, "
+                          f"this fornet-deploy reads version {BUNDLE_VERSION}")
+    artifacts = manifest.setdefault("artifacts", {})
+    if not isinstance(artifacts, dict):
+        raise FornetError(f"{where}: 'artifacts' is a {type(artifacts).__name__}, not an object")
+    for name, entry in artifacts.items():
+        check_artifact_name(name, where)
+        _check_entry(name, entry, where)
+    for key, kind in SECTION_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise FornetError(f"{where}: section '{key}' is a {type(manifest[key]).__name__}, not a {kind.__name__}")
+    if artifacts and "preprocessing" not in manifest:  # every runner needs it
+        raise FornetError(f"{where} lists artefacts but has no 'preprocessing' section (re-run `fornet-deploy export`)")
+    if "classes" in manifest and not all(isinstance(c, str) for c in manifest["classes"]):
+        raise FornetError(f"{where}: 'classes' must be a list of names")
+    export = manifest.get("export", {})
+    for key in ("height", "width"):
+        if "export" in manifest and (isinstance(export.get(key), bool) or not isinstance(export.get(key), int)
+                                     or export[key] < 1):
+            raise FornetError(f"{where}: export {key} {export.get(key)!r} is not a positive integer")
+    return manifest
+
+
+# --- lineage ------------------------------------------------------------------------------
+
+
+def remake_command(name: str, artifacts: dict[str, dict]) -> str:
+    """The command that makes artefact ``name`` (for messages)."""
+    entry = artifacts.get(name, {})
+    if entry.get("kind") == "tensorrt-engine" and entry.get("precision") in PRECISIONS:
+        return engine_format(entry["precision"]).made_by
+    if entry.get("kind") == "tensorrt-engine-metadata" and entry.get("engine") in artifacts and entry["engine"] != name:
+        return remake_command(entry["engine"], artifacts)
+    made_by = [f.made_by for f in FORMATS if f.artifact == name]
+    return made_by[0] if made_by else "the command that made it"
+
+
+class Stale(NamedTuple):
+    link: str  # the first artefact on the way whose source is gone, replaced or unknown
+    why: str
+    proven: bool  # False when the entry merely records no source hash (an older bundle)
+
+
+def lineage_problem(artifacts: dict[str, dict], name: str) -> Stale | None:
+    """Why ``name`` cannot be trusted to come from the artefacts the manifest lists, or None:
+    walks the ``source`` links up to an artefact with none (the checkpoint)."""
+    seen = {name}
+    link = name
+    while "source" in artifacts[link]:
+        entry, source = artifacts[link], artifacts[link]["source"]
+        if source in seen:
+            return Stale(link, f"its lineage loops back to {source}", True)
+        if source not in artifacts:
+            return Stale(link, f"{link} was made from {source}, which the bundle no longer lists", True)
+        if "source_sha256" not in entry:
+            return Stale(link, f"{link} records no hash of the {source} it was made from", False)
+        if artifacts[source]["sha256"] != entry["source_sha256"]:
+            return Stale(link, f"{link} was made from a {source} that has been replaced since", True)
+        seen.add(source)
+        link = source
+    return None
+
+
+def provably_stale(artifacts: dict[str, dict]) -> list[str]:
+    """Artefacts whose lineage reaches a source that is gone or has another hash now (what a
+    commit removes); entries that merely record no source hash are refused on load instead."""
+    return [name for name in artifacts if (problem := lineage_problem(artifacts, name)) and problem.proven]
+
+
+# --- the bundle as a reader sees it ---------------------------------------------------------
 
 
 @dataclass
 class Bundle:
-    """A deploy bundle folder and its manifest.
+    """A deploy bundle folder and the manifest read from it.
 
     ``manifest`` keys: ``format``, ``version``, ``model`` (FoR-Net config), ``classes``,
-    ``palette``, ``preprocessing``, ``topk`` and ``artifacts`` (file name -> metadata with
-    at least ``sha256``; other keys such as ``kind``, ``precision``, ``source`` are free).
+    ``palette``, ``preprocessing``, ``topk``, ``export`` and ``artifacts`` (file name ->
+    metadata with at least ``sha256``; derived artefacts also ``source`` and
+    ``source_sha256``; other keys such as ``kind`` and ``precision`` are free).
     """
 
     root: Path
@@ -39,38 +194,25 @@ class Bundle:
 
     @classmethod
     def create(cls, root: str | Path, **sections: Any) -> "Bundle":
-        root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise FornetError(f"bundle path {root} exists and is not a folder")
-        root.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": now_iso()}
-        manifest.update(sections)
-        manifest.setdefault("artifacts", {})
-        bundle = cls(root=root, manifest=manifest)
-        bundle.save()
-        return bundle
+        """A new (or updated) bundle holding ``sections``; one committed transaction."""
+        with transaction(root, "create", create=True) as txn:
+            txn.update(**sections)
+        return cls.open(root, verify=False)
 
     @classmethod
     def open(cls, root: str | Path, verify: bool = True) -> "Bundle":
         root = Path(root)
         if not root.is_dir():
             raise FornetError(f"bundle folder {root} does not exist (create one with `fornet-deploy export`)")
-        manifest = read_json(root / MANIFEST, "bundle manifest")
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise FornetError(f"{root / MANIFEST} is not a fornet-deploy bundle manifest")
-        if manifest.get("version") != BUNDLE_VERSION:
-            raise FornetError(
-                f"bundle {root} has manifest version {manifest.get('version')}, "
-                f"this fornet-deploy reads version {BUNDLE_VERSION}"
-            )
-        manifest.setdefault("artifacts", {})
+        _settle(root)
+        if not (root / MANIFEST).is_file():
+            raise FornetError(f"bundle folder {root} has no {MANIFEST}: no export into it has finished "
+                              "(run `fornet-deploy export`)")
+        manifest = check_manifest(read_json(root / MANIFEST, "bundle manifest"), str(root / MANIFEST))
         bundle = cls(root=root, manifest=manifest)
         if verify:
             bundle.verify()
         return bundle
-
-    def save(self) -> None:
-        atomic_write_json(self.manifest_path, self.manifest)
 
     @property
     def artifacts(self) -> dict[str, dict]:
@@ -79,46 +221,283 @@ class Bundle:
     def has(self, name: str) -> bool:
         return name in self.artifacts
 
+    def section(self, key: str) -> Any:
+        """A manifest section a stage needs; a missing one is one line."""
+        if key not in self.manifest:
+            raise FornetError(f"bundle {self.root} has no '{key}' section in its manifest "
+                              "(re-run `fornet-deploy export`)")
+        return self.manifest[key]
+
+    def sha256(self, name: str) -> str:
+        return self.artifacts[name]["sha256"]
+
     def path(self, name: str, verify: bool = True) -> Path:
-        """Path of a recorded artefact; checks it exists and (optionally) its hash."""
+        """Path of a recorded artefact; checks it exists and (optionally) its hash and lineage."""
         if name not in self.artifacts:
             present = ", ".join(sorted(self.artifacts)) or "none"
             raise FornetError(f"bundle {self.root} has no {name} (artefacts: {present})")
-        path = self.root / name
         if verify:
             self._verify_one(name)
-        return path
+        return self.root / name
+
+    def check_lineage(self, name: str) -> None:
+        """Refuse ``name`` unless every artefact it was made from is the one the manifest lists."""
+        problem = lineage_problem(self.artifacts, name)
+        if problem is not None:
+            raise FornetError(f"bundle {self.root}: {name} is stale ({problem.why}); "
+                              f"re-run `{remake_command(problem.link, self.artifacts)}`")
 
     def _verify_one(self, name: str) -> None:
         path = self.root / name
         if not path.is_file():
             raise FornetError(f"bundle {self.root}: {name} is listed in the manifest but missing")
-        expected = self.artifacts[name].get("sha256")
-        if expected and sha256_file(path) != expected:
+        if sha256_file(path) != self.sha256(name):
             raise FornetError(
                 f"bundle {self.root}: {name} does not match the sha256 in the manifest "
-                "(changed or truncated since it was written); re-run the stage that made it"
+                f"(changed or truncated since it was written); re-run `{remake_command(name, self.artifacts)}`"
             )
+        self.check_lineage(name)
 
     def verify(self) -> None:
         for name in self.artifacts:
             self._verify_one(name)
 
     def record(self, name: str, **meta: Any) -> dict:
-        """Record a file already written into the bundle folder (hash it, save manifest)."""
-        path = self.root / name
-        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "created": now_iso()}
-        entry.update(meta)
-        self.artifacts[name] = entry
-        self.save()
+        """Record a file already written into the bundle folder by other means (hash it,
+        commit the manifest); the stages themselves write through :func:`transaction`."""
+        with transaction(self.root, "record") as txn:
+            entry = txn.adopt(name, **meta)
+        self.manifest = txn.manifest
         return entry
-
-    @contextlib.contextmanager
-    def writing(self, name: str, **meta: Any) -> Iterator[Path]:
-        """Write an artefact atomically and record it: ``with bundle.writing("x.onnx") as tmp:``."""
-        with atomic_path(self.root / name) as tmp:
-            yield tmp
-        self.record(name, **meta)
 
     def artifacts_of(self, kind: str) -> dict[str, dict]:
         return {n: m for n, m in self.artifacts.items() if m.get("kind") == kind}
+
+
+# --- writers: lock, staging, commit ------------------------------------------------------------
+
+
+class BundleBusy(FornetError):
+    """Another command holds the bundle's writer lock."""
+
+
+class _Lock:
+    """``flock`` on the bundle's lock file; the OS releases it when the holder dies."""
+
+    def __init__(self, root: Path, command: str):
+        self.path = root / LOCK
+        try:  # no symlink followed: the holder writes its name into the file
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise FornetError(f"cannot lock bundle {root} for writing ({self.path}: {exc.strerror})") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise BundleBusy(f"bundle {root} is being written by another fornet-deploy command ({holder}); "
+                             "wait for it to finish, then run this again") from None
+        if not os.path.exists(self.path) or os.stat(self.path).st_ino != os.fstat(self.fd).st_ino:
+            os.close(self.fd)  # a writer that failed in a fresh folder removed it meanwhile
+            raise BundleBusy(f"bundle {root} was removed by another command while this one started; run it again")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()}: {command}, since {now_iso()}".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing the last descriptor drops the flock
+
+
+def _try_lock(root: Path) -> _Lock | None:
+    try:
+        return _Lock(root, "recovery")
+    except BundleBusy:
+        return None
+
+
+def _pending(root: Path) -> list[Path]:
+    return [d for d in root.glob(STAGING_PREFIX + "*") if (d / JOURNAL).is_file()]
+
+
+def _apply(root: Path, staging: Path) -> None:
+    """Carry out a journaled commit: files into place, stale files out, manifest last.
+    Idempotent, so a commit cut short by a kill is finished by running it again."""
+    journal = read_json(staging / JOURNAL, "bundle commit journal")
+    if not isinstance(journal, dict) or not all(isinstance(journal.get(k), list) for k in ("moves", "deletes")):
+        raise FornetError(f"{staging / JOURNAL} is not a commit journal of fornet-deploy")
+    for name in journal["moves"]:
+        if (staging / check_artifact_name(name)).exists():
+            os.replace(staging / name, root / name)
+    for name in journal["deletes"]:
+        (root / check_artifact_name(name)).unlink(missing_ok=True)
+    if (staging / MANIFEST).exists():
+        os.replace(staging / MANIFEST, root / MANIFEST)
+    _fsync_dir(root)
+    shutil.rmtree(staging)
+
+
+def _recover(root: Path) -> None:
+    """Under the writer lock: finish journaled commits, delete abandoned staging folders."""
+    for staging in sorted(root.glob(STAGING_PREFIX + "*")):
+        if (staging / JOURNAL).is_file():
+            _apply(root, staging)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _settle(root: Path) -> None:
+    """Before reading: finish a commit a killed writer left, or wait for a running one."""
+    deadline = time.monotonic() + COMMIT_WAIT_S
+    while _pending(root):
+        try:
+            lock = _try_lock(root)
+        except FornetError:
+            raise FornetError(f"bundle {root} holds an unfinished commit; open it once with write access "
+                              "(any fornet-deploy command) to complete it") from None
+        if lock is not None:
+            try:
+                _recover(root)
+            finally:
+                lock.release()
+            return
+        if time.monotonic() > deadline:
+            raise FornetError(f"bundle {root} is in the middle of a commit by another command; run this again")
+        time.sleep(0.05)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system syncs folders
+        _fsync(path)
+
+
+@dataclass
+class Transaction:
+    """One stage's writes to a bundle; see :func:`transaction`."""
+
+    bundle: Bundle  # as committed when the transaction began: what the stage reads
+    staging: Path
+    manifest: dict  # what it will commit
+    staged: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+
+    @property
+    def root(self) -> Path:
+        return self.bundle.root
+
+    def path(self, name: str) -> Path:
+        """Where to write artefact ``name`` (in the staging folder)."""
+        return self.staging / check_artifact_name(name)
+
+    def scratch(self) -> Path:
+        """A private folder for a tool's temporary files; removed with the staging folder."""
+        return Path(tempfile.mkdtemp(prefix=".scratch-", dir=self.staging))
+
+    def record(self, name: str, **meta: Any) -> dict:
+        """Record a file written to :meth:`path`; committed with the others."""
+        path = self.path(name)
+        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "created": now_iso(), **meta}
+        _check_entry(name, entry, f"bundle {self.root}")
+        self.manifest["artifacts"][name] = entry
+        self.staged.add(name)
+        self.removed.discard(name)
+        return entry
+
+    def adopt(self, name: str, **meta: Any) -> dict:
+        """Record a file that is already in the bundle folder."""
+        path = self.root / check_artifact_name(name)
+        if not path.is_file():
+            raise FornetError(f"bundle {self.root} has no file {name} to record")
+        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "created": now_iso(), **meta}
+        self.manifest["artifacts"][name] = entry
+        return entry
+
+    def remove(self, name: str) -> None:
+        self.manifest["artifacts"].pop(name, None)
+        self.staged.discard(name)
+        self.removed.add(name)
+
+    def update(self, **sections: Any) -> None:
+        self.manifest.update(sections)
+
+    def commit(self) -> list[str]:
+        """Drop what this commit makes stale, then journal, rename, manifest; returns the
+        names of the artefacts it removed as stale."""
+        stale = provably_stale(self.manifest["artifacts"])
+        for name in stale:
+            self.remove(name)
+        check_manifest(self.manifest, f"bundle {self.root}")  # a bug guard: never commit what open refuses
+        atomic_write_json(self.staging / MANIFEST, self.manifest)
+        for name in self.staged:
+            _fsync(self.staging / name)
+        atomic_write_json(self.staging / JOURNAL, {"moves": sorted(self.staged), "deletes": sorted(self.removed)})
+        _fsync(self.staging / JOURNAL)  # the commit point: from here on the new state wins
+        _apply(self.root, self.staging)
+        return stale
+
+
+def _write_error(exc: OSError, root: Path, staging: Path | None) -> FornetError:
+    target = Path(exc.filename) if exc.filename else None
+    if target is not None and staging is not None and target.is_relative_to(staging):
+        target = root / target.name  # name the artefact, not its staging copy
+    return FornetError(f"cannot write {target or 'into bundle ' + str(root)}: {exc.strerror}; "
+                       "the bundle is as it was before this command")
+
+
+@contextlib.contextmanager
+def transaction(root: str | Path, command: str, create: bool = False) -> Iterator[Transaction]:
+    """Write a stage into a bundle: ``with transaction(root, "calibrate") as txn:``.
+
+    Takes the writer lock (one line if another command holds it), finishes or clears what
+    a killed writer left, reads the committed manifest (``create``: a new bundle when there
+    is none), and yields a :class:`Transaction`: write files to ``txn.path(name)``, record
+    them with ``txn.record(name, **meta)``. On a normal exit everything is committed in one
+    step; on an exception (or a kill) nothing is, and a folder this call created is removed.
+    A write that runs out of space or over the file-size limit is one line.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FornetError(f"bundle path {root} exists and is not a folder")
+    if not root.exists() and not create:
+        raise FornetError(f"bundle folder {root} does not exist (create one with `fornet-deploy export`)")
+    created = not root.exists()
+    staging: Path | None = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FornetError(f"cannot create bundle folder {root}: {exc.strerror}") from None
+    lock = _Lock(root, command)
+    try:
+        _recover(root)
+        if (root / MANIFEST).is_file():
+            manifest = check_manifest(read_json(root / MANIFEST, "bundle manifest"), str(root / MANIFEST))
+        elif create:
+            manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": now_iso(), "artifacts": {}}
+        else:
+            raise FornetError(f"bundle folder {root} has no {MANIFEST}: no export into it has finished "
+                              "(run `fornet-deploy export`)")
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+        txn = Transaction(Bundle(root, manifest), staging, json.loads(json.dumps(manifest)))
+        try:
+            yield txn
+            txn.commit()
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise _write_error(exc, root, staging) from None
+            raise
+    except BaseException:
+        if staging is not None and not (staging / JOURNAL).is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and not (root / MANIFEST).exists():
+            with contextlib.suppress(OSError):
+                (root / LOCK).unlink()
+                root.rmdir()  # only when nothing else landed in it
+        raise
+    finally:
+        lock.release()

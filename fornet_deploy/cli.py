@@ -34,7 +34,7 @@ from .contract import (
     TOPK_FORMS,
     parse_hw,
 )
-from .errors import ExitCode, FornetError, OptionError
+from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
 app = typer.Typer(
     help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
@@ -84,8 +84,16 @@ def main() -> None:
             _error(message)
         sys.exit(int(ExitCode.USAGE))
     except (KeyboardInterrupt, typer.Abort):
+        code = ExitCode.INTERRUPTED
+    except OSError as exc:
+        # A full disk or the file-size limit hit by a third-party writer (ONNX, NumPy, OpenCV) is
+        # the user's environment; every other OSError is a bug and keeps its traceback.
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _error(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
+        sys.exit(int(ExitCode.INPUT))
+    if code == ExitCode.INTERRUPTED:  # typer turns a KeyboardInterrupt into a silent exit code 130
         _error("interrupted; files already written are complete, nothing is half-written")
-        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -532,6 +540,9 @@ def demo(
     print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
     console.print(f"report: {result['report']}")
+    if not result["passed"]:  # so that `fornet-deploy demo` can gate CI
+        console.print(f"FAIL: {', '.join(result['failed'])}")
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 if __name__ == "__main__":  # pragma: no cover

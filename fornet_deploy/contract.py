@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from .errors import FornetError, OptionError
@@ -41,6 +42,8 @@ FOCUS_SCALE = 8
 # Largest network input side: 8K video fits; beyond it the full-resolution logits alone
 # would take gigabytes, so a larger size is a typo, not a request.
 MAX_SIDE = 8192
+# Largest batch any command builds or runs: 1024 full-HD images are already 25 GB of input.
+MAX_BATCH = 1024
 
 # ONNX node-name scopes of the importance map and the Top-K subgraph (module paths as the
 # TorchScript exporter names nodes, e.g. "/focus/selector/score/Conv"), kept FP32 by the FP16
@@ -60,6 +63,9 @@ CALIBRATION_DIR = "calibration"  # cached calibration tensors
 TRT_CALIBRATION_CACHE = "model.int8.calib"  # TensorRT 10.x entropy-calibrator cache
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # engines built by ONNX Runtime's TensorRT EP
 PARITY_DIR = "parity"
+
+# The SynthCity weights shipped inside the package (package data, so `pip install .` has them).
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fornet_synthcity.safetensors"
 
 # --- formats --------------------------------------------------------------------------
 
@@ -146,7 +152,16 @@ def parse_hw(text: str, option: str = "--shape") -> tuple[int, int]:
     h, w = int(match.group(1)), int(match.group(2))
     if h <= 0 or w <= 0:
         raise OptionError(f"{option} must be positive, got {text!r}")
+    if max(h, w) > MAX_SIDE:
+        raise OptionError(f"{option} {text!r} is larger than the supported {MAX_SIDE} pixels per side")
     return h, w
+
+
+def check_batch(batch: int, option: str = "--batch") -> int:
+    """``batch`` if it is an integer in 1..:data:`MAX_BATCH`; else one line naming the option."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise OptionError(f"{option} must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
+    return batch
 
 
 def format_shape(shape: Sequence[int | None]) -> str:

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ
+from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, SHIPPED_WEIGHTS
 from .errors import FornetError
 from .io import atomic_write_bytes, atomic_write_json, read_json
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "fornet_synthcity.safetensors"
 ORT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -119,7 +118,9 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     atomic_write_json(results / "demo.json", summary)
     report = write_report(out)
     log(f"report: {report}")
-    return {"report": str(report), "parity": parity, "evaluation": evaluation, "matrix": matrix, "lint": lint}
+    failed = [f"parity ort {precision}" for precision, s in parity.items() if not s["passed"]]
+    return {"report": str(report), "parity": parity, "evaluation": evaluation, "matrix": matrix, "lint": lint,
+            "passed": not failed, "failed": failed}
 
 
 def _pct(value) -> str:

@@ -19,6 +19,7 @@ exception. Exit codes (also in the README):
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ExitCode(enum.IntEnum):
@@ -29,6 +30,12 @@ class ExitCode(enum.IntEnum):
     MISSING_PACKAGE = 4
     NO_HARDWARE = 5
     INTERRUPTED = 130
+
+
+# What a write fails with when the disk is full, over quota or over the file-size limit
+# (``ulimit -f``; Python ignores SIGXFSZ, so the write returns EFBIG): the user's environment,
+# not a bug, so one line naming the file.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 class FornetError(Exception):

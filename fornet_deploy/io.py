@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .contract import MAX_SIDE
-from .errors import FornetError
+from .errors import WRITE_ERRNOS, FornetError
 
 # Image files every command reads (cv2.imread decodes all of them), and the videos predict reads.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -44,6 +44,30 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_bytes(path: str | Path, what: str, max_bytes: int | None = None, sha256: str | None = None,
+               prefix: int | None = None) -> bytes:
+    """A whole file (or its first ``prefix`` bytes, e.g. a header), read once; one line if it
+    is missing, unreadable, larger than ``max_bytes`` (checked before reading) or not the file
+    whose hash is ``sha256`` (e.g. replaced since a manifest that records it was read: what
+    the caller loads is then exactly what was checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FornetError(f"{what} {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise FornetError(f"{what} {path} is {size / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB "
+                                  "this toolkit reads from such a file")
+            data = f.read(prefix if prefix is not None else -1)
+    except OSError as exc:
+        raise FornetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise FornetError(f"{what} {path} does not match the sha256 its bundle's manifest records (changed after "
+                          "the manifest was read, e.g. by another command writing the bundle); run this again")
+    return data
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -55,7 +79,8 @@ def now_iso() -> str:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was; a full
+    disk or the file-size limit is one line naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +94,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise FornetError(f"cannot write {path}: {exc.strerror}") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -253,23 +282,12 @@ def check_image_size(size: tuple[int, int] | None, name: str, verb: str = "read"
     return size
 
 
-def _read_bytes(path: str | Path, what: str, limit: int | None = None) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise FornetError(f"{what} {path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit if limit is not None else -1)
-    except OSError as exc:
-        raise FornetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file from its header (no decoding), within the pixel budget."""
-    data = _read_bytes(path, "image", _HEADER_BYTES)
+    data = read_bytes(path, "image", prefix=_HEADER_BYTES)
     size = image_size(data)
     if size is None and len(data) == _HEADER_BYTES:
-        size = image_size(_read_bytes(path, "image"))
+        size = image_size(read_bytes(path, "image"))
     return check_image_size(size, str(path))
 
 
@@ -288,13 +306,13 @@ def read_image(path: str | Path) -> np.ndarray:
     crash on a file name that is not valid UTF-8. The size is checked against
     :data:`MAX_IMAGE_PIXELS` before decoding.
     """
-    bgr = _decode(_read_bytes(path, "image"), str(path), cv2.IMREAD_COLOR, "read")
+    bgr = _decode(read_bytes(path, "image"), str(path), cv2.IMREAD_COLOR, "read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
     """Read an image file as stored (a label map: one channel of ids), same checks as :func:`read_image`."""
-    return _decode(_read_bytes(path, "label image"), str(path), cv2.IMREAD_UNCHANGED, "read label")
+    return _decode(read_bytes(path, "label image"), str(path), cv2.IMREAD_UNCHANGED, "read label")
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .contract import IMPORTANCE, LOGITS
+from .contract import IMPORTANCE, LOGITS, MAX_SIDE, check_choice
 from .data.cityscapes import IGNORE_INDEX, CityscapesDataset, check_samples, find_samples
 from .data.transforms import Augmentation, Preprocessing
-from .errors import FornetError, Interrupted
+from .errors import FornetError, Interrupted, OptionError
 from .evaluation.evaluate import evaluate_runner
 from .evaluation.examples import dataset_examples
 from .evaluation.metrics import boundary_band
@@ -96,6 +96,40 @@ class TrainConfig:
         data = dict(data)
         data["model"] = FoRNetConfig.from_dict(data.get("model", {}))
         return cls(**data)
+
+    def validate(self) -> None:
+        """Every option in its range, one :class:`OptionError` line (the model's fields are
+        checked by :class:`FoRNetConfig` itself)."""
+        counts = {"iterations": 1, "batch_size": 1, "val_interval": 1, "warmup": 0, "ohem_min_kept": 1,
+                  "hard_region_width": 0, "seed": 0}
+        for name, least in counts.items():
+            _check_number(name, getattr(self, name), least, integer=True)
+        for name in ("val_images", "threads"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), 1, integer=True)
+        for name in ("crop_height", "crop_width"):
+            _check_number(name, getattr(self, name), 1, MAX_SIDE, integer=True)
+        for name, least, most in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0),
+                                  ("poly_power", 0.0, None), ("selector_loss_weight", 0.0, None),
+                                  ("ohem_threshold", 0.0, 1.0), ("scale_min", 0.0, None), ("scale_max", 0.0, None)):
+            _check_number(name, getattr(self, name), least, most)
+        if self.lr == 0:
+            raise OptionError("--lr must be above 0")
+        if self.scale_min == 0 or self.scale_min > self.scale_max:
+            raise OptionError(f"need 0 < scale_min <= scale_max, got {self.scale_min} and {self.scale_max}")
+        check_choice(self.optimizer, ("sgd", "adamw"), "optimizer")
+        check_choice(self.loss, ("ce", "ohem"), "loss")
+        if not isinstance(self.model, FoRNetConfig):
+            raise OptionError(f"model must be a FoRNetConfig, got {type(self.model).__name__}")
+
+
+def _check_number(name: str, value, least: float, most: float | None = None, integer: bool = False) -> None:
+    option = "--" + name.replace("_", "-")
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < least \
+            or (most is not None and value > most):
+        bound = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise OptionError(f"{option} must be {'an integer' if integer else 'a finite number'} {bound}, got {value!r}")
 
 
 def poly_lr(cfg: TrainConfig, iteration: int) -> float:
@@ -339,6 +373,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepCallback | None =
     Ctrl-C / SIGTERM: the state is saved at the next safe point and :class:`Interrupted`
     (exit code 130) names the iteration ``--resume`` continues from.
     """
+    cfg.validate()
     with stop_signals() as stop:
         run = _setup(cfg, resume)  # interruptible at once: it writes only train_config.json, atomically
         started = time.perf_counter()

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Reproduces weights/fornet_synthcity.safetensors and the SynthCity training numbers in
+# Reproduces fornet_deploy/weights/fornet_synthcity.safetensors and the SynthCity training numbers in
 # docs/benchmarks.md: a CPU-only run sized for <= 15 minutes on a 2-core machine.
 set -euo pipefail
 DATA=${DATA:-runs/synthcity}
 OUT=${OUT:-runs/train_synthcity}
 ITERATIONS=${ITERATIONS:-1000}
-SHIP=${SHIP:-weights/fornet_synthcity.safetensors}  # where the final weights are copied
+SHIP=${SHIP:-fornet_deploy/weights/fornet_synthcity.safetensors}  # where the final weights are copied
 fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --shape 256x512 --seed 0
 start=$(date +%s)
 fornet-deploy train --data "$DATA" --out "$OUT" --iterations "$ITERATIONS" --batch-size 8 --shape 256x256 \

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..bundle import Bundle
-from ..contract import DEVICES, Format, check_stride, format_shape, formats_for
+from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError, HardwareError, OptionError
 from ..io import atomic_write_json, now_iso
@@ -69,6 +69,7 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
+    check_batch(cfg.batch)
     if cfg.shape is not None:
         check_stride(*cfg.shape)
     check_device(cfg.device, env.jetson_root)

@@ -60,7 +60,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import Bundle, Transaction, transaction
 from ..calibration.trt_calibrator import calibration_cache_key, make_entropy_calibrator, stale_cache_reason
 from ..contract import (
     FP32_SCOPES,
@@ -379,15 +379,20 @@ def build_engine(bundle_dir: str | Path, config: BuildConfig, progress: Callable
     Raises :class:`MissingDependencyError` without TensorRT / PyCUDA, :class:`HardwareError`
     without a GPU, :class:`FornetError` for anything else a user can fix.
     """
-    say = progress or (lambda message: None)
-    bundle = Bundle.open(bundle_dir, verify=False)  # only the source graph matters; hashed below
+    with transaction(bundle_dir, "build-trt") as txn:  # the writer lock, held while building
+        return _build_into(txn, config, progress or (lambda message: None))
+
+
+def _build_into(txn: Transaction, config: BuildConfig, say: Callable[[str], None]) -> dict:
+    """:func:`build_engine` in a bundle transaction: engine and metadata commit together."""
+    bundle = txn.bundle
     source = select_source_graph(bundle, config.precision, config.legacy_calibrator)
     default_shape = export_shape(bundle)
     trt = require("tensorrt", "tensorrt", "build-trt")
     plan = plan_build(config, trt.__version__, default_shape)
     legacy = not plan.strongly_typed
     name = engine_name(plan.precision, plan.profile, default_shape=default_shape, legacy=legacy, dla_core=plan.dla_core)
-    onnx_path = bundle.path(source)  # checks its sha256 against the manifest
+    onnx_path = bundle.path(source)  # checks its sha256 and lineage against the manifest
     source_sha256 = bundle.artifacts[source]["sha256"]
 
     with CudaContext("build-trt") as gpu:
@@ -412,13 +417,14 @@ def build_engine(bundle_dir: str | Path, config: BuildConfig, progress: Callable
         build_seconds=seconds,
     )
     meta_name = engine_metadata_path(name).name
-    with bundle.writing(
-        name, kind="tensorrt-engine", precision=plan.precision, source=source, metadata=meta_name,
-        tensorrt_version=plan.trt_version, gpu_name=gpu.gpu_name,
-    ) as tmp:
-        tmp.write_bytes(engine)
-    with bundle.writing(meta_name, kind="tensorrt-engine-metadata", engine=name) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    txn.path(name).write_bytes(engine)
+    txn.record(
+        name, kind="tensorrt-engine", precision=plan.precision, source=source, source_sha256=source_sha256,
+        metadata=meta_name, tensorrt_version=plan.trt_version, gpu_name=gpu.gpu_name,
+    )
+    txn.path(meta_name).write_text(json.dumps(meta, indent=2) + "\n")
+    txn.record(meta_name, kind="tensorrt-engine-metadata", engine=name, source=name,
+               source_sha256=meta["engine_sha256"])
     say(f"wrote {name} ({len(engine) / 1e6:.1f} MB, built in {seconds:.0f} s)")
     return meta
 

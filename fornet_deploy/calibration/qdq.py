@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -45,7 +46,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from ..bundle import Bundle
+from ..bundle import Transaction, transaction
 from ..contract import (
     CALIBRATION_METHODS,
     CALIBRATION_TARGETS,
@@ -59,7 +60,6 @@ from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
 from ..export.fp16 import fp32_scope_nodes
 from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
-from ..io import atomic_path
 from .calibset import CalibrationSet
 
 METHODS = CALIBRATION_METHODS
@@ -205,21 +205,32 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: i
     check_choice(target, CALIBRATION_TARGETS, "calibration target")
     if not 0.0 < percentile <= 100.0:
         raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
-    bundle = Bundle.open(bundle_dir, verify=False)
-    source = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from
+    with transaction(bundle_dir, f"calibrate --target {target}") as txn:
+        return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)
+
+
+def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: str, target: str, seed: int,
+               progress: Callable[[int, int], None] | None, percentile: float) -> dict:
+    """:func:`calibrate_bundle` under the bundle's writer lock; the graph is committed on return."""
+    bundle = txn.bundle
+    source = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from, and its lineage
     source_sha = bundle.artifacts[ONNX_FP32]["sha256"]
     proto = load_onnx(source)
-    preprocessing = Preprocessing.from_dict(bundle.manifest["preprocessing"])
+    preprocessing = Preprocessing.from_dict(bundle.section("preprocessing"))
     calib = CalibrationSet.select(data_dir, preprocessing, num=num_images, seed=seed)
     images, key = calib.arrays(bundle.root, source_sha)
     _check_input_shape(proto, images)
     exclude = excluded_nodes(proto)
     spec = TARGETS[target]
-    with atomic_path(bundle.root / spec.artifact) as tmp:
-        quantize_int8(source, tmp, images, method, spec, exclude, percentile, progress)
-        quantized = _finish(tmp, proto, target, method, key)
-        check_runs(tmp, list(images[:1].shape), f"the INT8 {target} graph")
-    return bundle.record(
+    tmp = txn.path(spec.artifact)
+    # The quantizer writes a fixed-name scratch file beside its input (<model>-inferred.onnx):
+    # it reads a private copy, so that file never lands in (or, through a link, outside) the bundle.
+    private_source = txn.scratch() / ONNX_FP32
+    shutil.copyfile(source, private_source)
+    quantize_int8(private_source, tmp, images, method, spec, exclude, percentile, progress)
+    quantized = _finish(tmp, proto, target, method, key)
+    check_runs(tmp, list(images[:1].shape), f"the INT8 {target} graph")
+    return txn.record(
         spec.artifact, kind="onnx", precision="int8", target=target, method=method,
         **({"percentile": percentile} if method == "percentile" else {}), source=ONNX_FP32, source_sha256=source_sha,
         opset=_opset(quantized), activations=spec.activation_type, weights=spec.weight_type,

@@ -11,7 +11,12 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ..contract import MAX_SIDE
 from ..errors import FornetError
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -28,19 +33,41 @@ class Preprocessing:
     height: int | None = None
     width: int | None = None
 
+    def __post_init__(self):
+        """Values a manifest may carry are checked here: it is untrusted input."""
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or len(value) != 3 or not all(_finite(v) for v in value):
+                raise FornetError(f"preprocessing {key} must be 3 finite numbers, got {value!r}")
+        if 0.0 in self.std:
+            raise FornetError("preprocessing std must not be 0")
+        if not _finite(self.scale) or self.scale <= 0:
+            raise FornetError(f"preprocessing scale must be a positive number, got {self.scale!r}")
+        if self.channel_order not in ("RGB", "BGR", "rgb", "bgr"):
+            raise FornetError(f"unknown channel order {self.channel_order!r} (use RGB or BGR)")
+        if self.resize not in ("none", "fixed"):
+            raise FornetError(f"unknown resize policy {self.resize!r} (use 'none' or 'fixed')")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_SIDE):
+                raise FornetError(f"preprocessing {key} must be an integer from 1 to {MAX_SIDE}, got {value!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
+        if not isinstance(data, dict):
+            raise FornetError(f"preprocessing must be an object of fields, got a {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
             raise FornetError(f"unknown preprocessing fields {sorted(unknown)}")
         values = dict(data)
         for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def target_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -49,10 +49,10 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "or
     """The library function behind ``fornet-deploy eval``."""
     check_boundary_width(boundary_width)
     bundle = Bundle.open(bundle_dir)
-    pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
+    pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     examples = dataset_examples(data, split, pre, limit)
     with load_runner(bundle, runtime, precision, device) as runner:
-        metrics = evaluate_runner(runner, examples, len(bundle.manifest["classes"]), boundary_width, progress)
+        metrics = evaluate_runner(runner, examples, len(bundle.section("classes")), boundary_width, progress)
         info = runner.info().to_dict()
     result = {**metrics, "runner": info, "split": split, "data": str(data)}
     if json_out:

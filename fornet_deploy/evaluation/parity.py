@@ -22,7 +22,7 @@ from ..io import atomic_write_json, write_png
 from ..runtimes.base import Runner
 from ..runtimes.registry import load_runner
 from .agreement import ImageAgreement, compare_outputs, pooled
-from .examples import Example, dataset_examples, synthetic_examples
+from .examples import Example, check_limit, dataset_examples, synthetic_examples
 from .metrics import SegmentationMetrics
 from .postprocess import diff_picture, predicted_labels
 
@@ -118,12 +118,13 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     images at the export size without ``data``. The report goes to ``out_dir/parity.json``
     (default ``BUNDLE/parity/RUNTIME-PRECISION``) with diff pictures, and to ``json_out``.
     """
+    check_limit(limit)
     bundle = Bundle.open(bundle_dir)
-    pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
+    pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     if data is not None:
         examples = dataset_examples(data, split, pre, limit, require_labels=False)
     else:
-        h, w = bundle.manifest["export"]["height"], bundle.manifest["export"]["width"]
+        h, w = bundle.section("export")["height"], bundle.section("export")["width"]
         examples = synthetic_examples(limit or 8, h, w, pre)
     out_dir = Path(out_dir) if out_dir else bundle.root / PARITY_DIR / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
@@ -132,7 +133,7 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             load_runner(bundle, runtime, precision, device) as candidate:
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
-                            num_classes=len(bundle.manifest["classes"]), progress=progress)
+                            num_classes=len(bundle.section("classes")), progress=progress)
     report["bundle"] = str(bundle.root)
     atomic_write_json(out_dir / "parity.json", report)
     if json_out is not None:

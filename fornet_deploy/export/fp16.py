@@ -42,10 +42,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .._version import __version__
-from ..bundle import Bundle
+from ..bundle import transaction
 from ..contract import FP32_SCOPES, ONNX_FP16, ONNX_FP32
 from ..errors import FornetError
-from ..io import atomic_path
 from .onnx import check_runs, embed_metadata, load_onnx, read_metadata
 
 CONVERTER = "fornet-deploy mixed-fp16"
@@ -53,7 +52,7 @@ FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
 
 # Ops kept FP32 wherever they are, beyond the FP32 scopes: none. On the SynthCity model
-# (weights/fornet_synthcity.safetensors, 256x512, val split) the largest activation
+# (fornet_deploy/weights/fornet_synthcity.safetensors, 256x512, val split) the largest activation
 # outside the scopes is |x| = 27 (float16 holds 65504; convolutions are local and
 # GlobalAveragePool is a mean, so this does not grow with the resolution), and keeping
 # Resize, GlobalAveragePool or ArgMax in FP32 changed argmax agreement by < 0.001 %
@@ -210,24 +209,24 @@ def to_mixed_fp16(proto: onnx.ModelProto, fp32_ops: frozenset[str] = FP32_OPS) -
 
 def convert_fp16(bundle_dir: str | Path, fp32_ops: frozenset[str] = FP32_OPS) -> dict:
     """Write ``model.fp16.onnx`` beside the bundle's ``model.onnx``; returns its manifest entry."""
-    bundle = Bundle.open(bundle_dir, verify=False)
-    source = bundle.artifacts.get(ONNX_FP32)
-    if source is None:
-        raise FornetError(f"bundle {bundle.root} has no {ONNX_FP32}; run `fornet-deploy export` first")
-    proto = load_onnx(bundle.path(ONNX_FP32))
-    if not fp32_scope_nodes(proto) and bundle.manifest.get("topk", {}).get("focus") != "none":
-        raise FornetError(f"{ONNX_FP32} has no node named after {FP32_SCOPES}: cannot keep the selector in FP32")
-    fp16, summary = to_mixed_fp16(proto, frozenset(fp32_ops))
-    embed_metadata(fp16, {**read_metadata(proto), "precision": "fp16"})
-    out = bundle.root / ONNX_FP16
-    with atomic_path(out) as tmp:
-        onnx.save(fp16, str(tmp))
-        check_runs(tmp, source["export_shape"], "the FP16 graph")
-    shared = ("opset", "topk", "input_shape", "export_shape", "dynamic", "outputs")
-    inherited = {k: source[k] for k in shared if k in source}
-    return bundle.record(
-        ONNX_FP16, kind="onnx", precision="fp16", source=ONNX_FP32, source_sha256=source["sha256"], **inherited,
-        fp32_nodes=summary["fp32_nodes"], fp32_ops=summary["fp32_ops"], fp32_scopes=list(FP32_SCOPES),
-        clipped_weights=summary["clipped_weights"],
-        converter={"name": CONVERTER, "version": __version__, "onnx": onnx.__version__},
-    )
+    with transaction(bundle_dir, "export --precision fp16") as txn:
+        bundle = txn.bundle
+        source = bundle.artifacts.get(ONNX_FP32)
+        if source is None:
+            raise FornetError(f"bundle {bundle.root} has no {ONNX_FP32}; run `fornet-deploy export` first")
+        proto = load_onnx(bundle.path(ONNX_FP32))  # its hash and lineage checked
+        if not fp32_scope_nodes(proto) and bundle.manifest.get("topk", {}).get("focus") != "none":
+            raise FornetError(f"{ONNX_FP32} has no node named after {FP32_SCOPES}: cannot keep the selector in FP32")
+        fp16, summary = to_mixed_fp16(proto, frozenset(fp32_ops))
+        embed_metadata(fp16, {**read_metadata(proto), "precision": "fp16"})
+        out = txn.path(ONNX_FP16)
+        onnx.save(fp16, str(out))
+        check_runs(out, source["export_shape"], "the FP16 graph")
+        shared = ("opset", "topk", "input_shape", "export_shape", "dynamic", "outputs")
+        inherited = {k: source[k] for k in shared if k in source}
+        return txn.record(
+            ONNX_FP16, kind="onnx", precision="fp16", source=ONNX_FP32, source_sha256=source["sha256"], **inherited,
+            fp32_nodes=summary["fp32_nodes"], fp32_ops=summary["fp32_ops"], fp32_scopes=list(FP32_SCOPES),
+            clipped_weights=summary["clipped_weights"],
+            converter={"name": CONVERTER, "version": __version__, "onnx": onnx.__version__},
+        )

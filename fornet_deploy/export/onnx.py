@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,25 +20,25 @@ import onnx
 import torch
 from torch import nn
 
-from ..bundle import Bundle
+from ..bundle import transaction
 from ..contract import (
     CHECKPOINT,
     IMPORTANCE,
     INPUT_NAME,
     LABELS,
     LOGITS,
-    MANIFEST,
     ONNX_FP32,
     OUTPUT_NAMES,
     TOPK_FORMS,
     TOPK_MASK,
+    check_batch,
     check_stride,
 )
 from ..data.cityscapes import CLASS_NAMES, PALETTE
 from ..data.transforms import Preprocessing
-from ..errors import FornetError
-from ..io import atomic_path
-from ..model.checkpoint import load_checkpoint
+from ..errors import FornetError, OptionError
+from ..io import read_bytes, sha256_bytes
+from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
 from ..model.fornet import FoRNet
 
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
@@ -61,16 +60,21 @@ class ExportConfig:
     simplify: bool = True
 
     def validate(self) -> None:
+        """Every option in its range (one :class:`OptionError` line) before any work."""
+        for name, value in (("height", self.height), ("width", self.width)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise OptionError(f"export {name} must be an integer, got {value!r}")
         check_stride(self.height, self.width)
+        check_batch(self.batch)
         unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
         if unknown or not self.outputs:
-            raise FornetError(f"--outputs: unknown {unknown}; choose from {','.join(OUTPUT_NAMES)}")
+            raise OptionError(f"--outputs: unknown {unknown}; choose from {','.join(OUTPUT_NAMES)}")
         if self.topk not in TOPK_FORMS:
-            raise FornetError(f"--topk must be threshold or exact, got {self.topk!r}")
+            raise OptionError(f"--topk must be threshold or exact, got {self.topk!r}")
         if self.labels_dtype not in ("uint8", "int32"):
-            raise FornetError(f"labels dtype must be uint8 or int32, got {self.labels_dtype!r}")
-        if not 13 <= self.opset <= 21:
-            raise FornetError(f"--opset {self.opset} is outside the supported range 13..21")
+            raise OptionError(f"labels dtype must be uint8 or int32, got {self.labels_dtype!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 13 <= self.opset <= 21:
+            raise OptionError(f"--opset {self.opset!r} is outside the supported range 13..21")
 
 
 class ExportWrapper(nn.Module):
@@ -186,9 +190,16 @@ def export_bundle(
     cfg: ExportConfig = ExportConfig(),
     preprocessing: Preprocessing = Preprocessing(),
 ) -> dict:
-    """The library function behind ``fornet-deploy export``; returns the manifest entry."""
+    """The library function behind ``fornet-deploy export``; returns the manifest entry.
+
+    The checkpoint is read once: the bytes the model is built from are the bytes copied
+    into the bundle. Checkpoint, ``model.onnx`` and manifest are committed together; the
+    commit removes the artefacts made from a previous, different ``model.onnx``
+    (:mod:`fornet_deploy.bundle`).
+    """
     cfg.validate()
-    model, info = load_checkpoint(checkpoint)
+    data = read_bytes(checkpoint, "checkpoint", MAX_FILE_BYTES)
+    model, info = load_checkpoint_bytes(data, checkpoint)
     proto = export_onnx_model(model, cfg)
     ops = graph_op_types(proto)
     if cfg.topk == "threshold" and ops & set(DYNAMIC_TOPK_OPS):
@@ -204,19 +215,18 @@ def export_bundle(
     }
     embed_metadata(proto, {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")})
 
-    out = Path(out)
-    bundle = Bundle.open(out, verify=False) if (out / MANIFEST).is_file() else Bundle.create(out)
-    bundle.manifest.update(sections)
-    with bundle.writing(CHECKPOINT, kind="checkpoint") as tmp:
-        shutil.copyfile(checkpoint, tmp)
-    with atomic_path(out / ONNX_FP32) as tmp:
-        onnx.save(proto, str(tmp))
-    return bundle.record(
-        ONNX_FP32, kind="onnx", precision="fp32", opset=cfg.opset, topk=cfg.topk,
-        input_shape=[None if cfg.dynamic else cfg.batch, 3, None if cfg.dynamic else cfg.height, None if cfg.dynamic else cfg.width],
-        export_shape=[cfg.batch, 3, cfg.height, cfg.width], dynamic=cfg.dynamic, outputs=list(cfg.outputs),
-        ops=sorted(ops),
-    )
+    with transaction(out, "export", create=True) as txn:
+        txn.update(**sections)
+        txn.path(CHECKPOINT).write_bytes(data)
+        txn.record(CHECKPOINT, kind="checkpoint")
+        onnx.save(proto, str(txn.path(ONNX_FP32)))
+        return txn.record(
+            ONNX_FP32, kind="onnx", precision="fp32", source=CHECKPOINT, source_sha256=sha256_bytes(data),
+            opset=cfg.opset, topk=cfg.topk,
+            input_shape=[None, 3, None, None] if cfg.dynamic else [cfg.batch, 3, cfg.height, cfg.width],
+            export_shape=[cfg.batch, 3, cfg.height, cfg.width], dynamic=cfg.dynamic, outputs=list(cfg.outputs),
+            ops=sorted(ops),
+        )
 
 
 def _topk_section(model: FoRNet, mode: str) -> dict:

@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
 from ..errors import FornetError
-from ..io import atomic_path
-from .fornet import FoRNet, FoRNetConfig, build_model
+from ..io import atomic_path, read_bytes
+from .fornet import MAX_PARAMETERS, FoRNet, FoRNetConfig, build_model, state_spec
 
 CHECKPOINT_FORMAT = "fornet-deploy-checkpoint"
 TRAIN_STATE_FORMAT = "fornet-deploy-train-state"
 OPTIMIZER_PREFIX = "optimizer/"
+# Largest file read: float32 weights plus two optimizer buffers per parameter, with room.
+MAX_FILE_BYTES = 16 * MAX_PARAMETERS
 
 
 def _save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -32,25 +35,59 @@ def _save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str
         save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
-def _load(path: str | Path, expected_format: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FornetError(f"{what} {path} does not exist")
+def _metadata(data: bytes, path: str | Path, expected_format: str, what: str) -> dict[str, Any]:
+    """The JSON metadata of a safetensors file's header (read before any tensor is)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError("the header runs past the end of the file")
+        header = json.loads(data[8 : 8 + size])
+        meta = {k: json.loads(v) for k, v in (header.get("__metadata__") or {}).items()}
+    except (ValueError, AttributeError, TypeError) as exc:  # JSON and Unicode errors are ValueErrors
         raise FornetError(f"{what} {path} is corrupt or not a safetensors file ({exc})") from None
-    try:
-        meta = {k: json.loads(v) for k, v in raw_meta.items()}
-    except json.JSONDecodeError:
-        raise FornetError(f"{what} {path} has unreadable metadata") from None
     if meta.get("format") != expected_format:
         raise FornetError(
             f"{path} is not a fornet-deploy {what} (format {meta.get('format')!r}, expected {expected_format!r})"
         )
-    return tensors, meta
+    return meta
+
+
+def _tensors(data: bytes, path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise FornetError(f"{what} {path} is corrupt or not a safetensors file ({exc})") from None
+
+
+def _config(meta: dict, path: str | Path, what: str) -> FoRNetConfig:
+    try:
+        return FoRNetConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, FornetError) as exc:  # OptionError too: a file's config is input, not an option
+        raise FornetError(f"{what} {path} has no valid FoR-Net config ({exc})") from None
+
+
+def _check_tensors(expected: dict[str, tuple[tuple[int, ...], torch.dtype]], tensors: dict[str, torch.Tensor],
+                   path: str | Path, what: str) -> None:
+    """The file holds exactly the tensors of the architecture, of its shapes and dtypes."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k][0])
+    dtype = sorted(k for k in set(expected) & set(tensors) if k not in wrong
+                   and tensors[k].dtype.is_floating_point != expected[k][1].is_floating_point)
+    if missing or unexpected or wrong or dtype:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensors of the wrong shape "
+                         f"(e.g. {k}: {tuple(tensors[k].shape)} vs {expected[k][0]})")
+        if dtype:
+            k = dtype[0]
+            parts.append(f"{len(dtype)} tensors of the wrong type (e.g. {k}: {tensors[k].dtype})")
+        raise FornetError(f"{what} {path} does not fit its own config: " + ", ".join(parts))
 
 
 def save_checkpoint(path: str | Path, model: FoRNet, info: dict | None = None) -> None:
@@ -68,48 +105,46 @@ def config_differences(expected: FoRNetConfig, found: FoRNetConfig) -> list[str]
 
 
 def load_checkpoint(
-    path: str | Path, expected: FoRNetConfig | None = None, **runtime: Any
+    path: str | Path, expected: FoRNetConfig | None = None, *, sha256: str | None = None, **runtime: Any
 ) -> tuple[FoRNet, dict]:
     """Rebuild the model from a checkpoint; returns (model in eval mode, info).
 
     ``expected``: a config the caller needs; any architectural difference is an error that
-    names the differing fields. ``runtime``: runtime fields to override (``topk_mode``,
-    ``bisection_steps``).
+    names the differing fields. ``sha256``: the hash the file must have (a bundle's
+    manifest entry), checked on the bytes that are loaded. ``runtime``: runtime fields to
+    override (``topk_mode``, ``bisection_steps``).
     """
-    tensors, meta = _load(path, CHECKPOINT_FORMAT, "checkpoint")
-    try:
-        config = FoRNetConfig.from_dict(meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise FornetError(f"checkpoint {path} has no valid FoR-Net config ({exc})") from None
+    data = read_bytes(path, "checkpoint", MAX_FILE_BYTES, sha256)
+    return load_checkpoint_bytes(data, path, expected, **runtime)
+
+
+def load_checkpoint_bytes(data: bytes, path: str | Path, expected: FoRNetConfig | None = None,
+                          **runtime: Any) -> tuple[FoRNet, dict]:
+    """:func:`load_checkpoint` of a file's bytes (``path`` names it in messages).
+
+    Untrusted input: the config is range-checked and the tensors are compared with the
+    shapes it implies (computed without allocating) before the model is built.
+    """
+    meta = _metadata(data, path, CHECKPOINT_FORMAT, "checkpoint")
+    config = _config(meta, path, "checkpoint")
     if expected is not None:
         diffs = config_differences(expected, config)
         if diffs:
             raise FornetError(f"checkpoint {path} does not match the requested architecture: " + "; ".join(diffs))
     if runtime:
         config = config.replace(**runtime)
+    tensors = _tensors(data, path, "checkpoint")
+    _check_tensors(state_spec(config), tensors, path, "checkpoint")
     model = build_model(config)
-    state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    wrong = sorted(k for k in set(state) & set(tensors) if state[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {k}: {tuple(tensors[k].shape)} vs {tuple(state[k].shape)})")
-        raise FornetError(f"checkpoint {path} does not fit its own config: " + ", ".join(parts))
     model.load_state_dict(tensors)
     model.eval()
-    return model, meta.get("info", {})
+    info = meta.get("info", {})
+    return model, info if isinstance(info, dict) else {}
 
 
 def read_checkpoint_config(path: str | Path) -> FoRNetConfig:
-    _, meta = _load(path, CHECKPOINT_FORMAT, "checkpoint")
-    return FoRNetConfig.from_dict(meta["config"])
+    data = read_bytes(path, "checkpoint", MAX_FILE_BYTES)
+    return _config(_metadata(data, path, CHECKPOINT_FORMAT, "checkpoint"), path, "checkpoint")
 
 
 # Training state ------------------------------------------------------------------------
@@ -146,16 +181,46 @@ def save_train_state(
 
 
 def load_train_state(path: str | Path, model: FoRNet, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore weights and optimizer buffers in place; returns the saved info."""
-    tensors, meta = _load(path, TRAIN_STATE_FORMAT, "training state")
-    diffs = config_differences(model.config, FoRNetConfig.from_dict(meta["config"]))
+    """Restore weights and optimizer buffers in place; returns the saved info.
+
+    Checked before anything is restored: the architecture, every model tensor's shape and
+    type, and that every optimizer buffer belongs to a parameter and has its shape.
+    """
+    data = read_bytes(path, "training state", MAX_FILE_BYTES)
+    meta = _metadata(data, path, TRAIN_STATE_FORMAT, "training state")
+    diffs = config_differences(model.config, _config(meta, path, "training state"))
     if diffs:
         raise FornetError(f"training state {path} is for another architecture: " + "; ".join(diffs))
+    tensors = _tensors(data, path, "training state")
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    model.load_state_dict(model_state)
+    spec = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    _check_tensors(spec, model_state, path, "training state")
     opt = {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     try:
-        optimizer.load_state_dict(_unflatten_optimizer(opt, meta["optimizer"]))
+        state = _unflatten_optimizer(opt, meta["optimizer"])
+        _check_optimizer_state(state, optimizer)
+        info = meta["info"]
+        if not isinstance(info, dict) or isinstance(info.get("iteration"), bool) \
+                or not isinstance(info.get("iteration"), int) or info["iteration"] < 0:
+            raise ValueError("no valid iteration")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FornetError(f"training state {path} does not fit this model and optimizer ({exc})") from None
+    model.load_state_dict(model_state)
+    try:
+        optimizer.load_state_dict(state)
     except (ValueError, KeyError) as exc:
         raise FornetError(f"training state {path} does not fit this optimizer ({exc})") from None
-    return meta["info"]
+    return info
+
+
+def _check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Every buffer of the saved optimizer state belongs to a parameter and has its shape
+    (``step`` counters are scalars); raises ValueError otherwise."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, buffers in state["state"].items():
+        if not 0 <= index < len(params):
+            raise ValueError(f"optimizer state for parameter {index}, the model has {len(params)}")
+        for name, value in buffers.items():
+            want = () if name == "step" else tuple(params[index].shape)
+            if torch.is_tensor(value) and tuple(value.shape) != want:
+                raise ValueError(f"optimizer buffer {index}/{name} has shape {tuple(value.shape)}, not {want}")

@@ -20,19 +20,30 @@ same budget); ``focus="adaptive"`` selects a scene-dependent number of regions.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import IMPORTANCE, LOGITS, STRIDE, TOPK_MASK, check_stride
-from ..errors import FornetError
-from .topk import TopK
+from ..contract import IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_stride
+from ..errors import FornetError, OptionError
+from .topk import RATIO_DENOMINATOR, TopK, ratio_numerator
 
 # The module names "focus", "selector" and "topk" below make the ONNX node-name scopes
 # (contract.FP32_SCOPES) that every reduced-precision artefact keeps FP32.
 FOCUS_MODES = ("topk", "adaptive", "none")
+# Bounds of a config (a checkpoint's header is untrusted input): generous for real models
+# (the default has 1.5 M parameters), tight enough that no config asks for gigabytes.
+MAX_CLASSES = 255  # labels are uint8 and 255 is the ignore index
+MAX_CHANNELS = 2048
+MAX_DEPTH = 16
+MAX_EXPANSION = 8
+MAX_BRANCHES = 8
+MAX_DILATION = 64
+MAX_BISECTION_STEPS = 64
+MAX_PARAMETERS = 100_000_000  # checked on the meta device before any weight is allocated
 
 
 @dataclass(frozen=True)
@@ -59,12 +70,37 @@ class FoRNetConfig:
     adaptive_max_ratio: float = 0.5
 
     def __post_init__(self):
+        """Every field in its range (one :class:`OptionError` line), before anything is built."""
         if self.focus not in FOCUS_MODES:
-            raise FornetError(f"focus must be one of {FOCUS_MODES}, got {self.focus!r}")
-        if len(self.stage_channels) != 4 or len(self.stage_depths) != 4 or len(self.expansions) != 3:
-            raise FornetError(
-                "stage_channels and stage_depths need 4 entries (1/4, 1/8, 1/16, 1/32), expansions 3"
-            )
+            raise OptionError(f"focus must be one of {FOCUS_MODES}, got {self.focus!r}")
+        if self.topk_mode not in TOPK_FORMS:
+            raise OptionError(f"topk_mode must be one of {TOPK_FORMS}, got {self.topk_mode!r}")
+        for name, length in (("stage_channels", 4), ("stage_depths", 4), ("expansions", 3)):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or len(value) != length:
+                raise OptionError(f"{name} needs {length} entries (stages at 1/4, 1/8, 1/16, 1/32), got {value!r}")
+        if not isinstance(self.branch_dilations, tuple) or not 1 <= len(self.branch_dilations) <= MAX_BRANCHES:
+            raise OptionError(f"branch_dilations needs 1 to {MAX_BRANCHES} entries, got {self.branch_dilations!r}")
+        channels = ("stem_channels", "neck_channels", "branch_channels", "selector_channels", "head_channels",
+                    "detail_channels")
+        _integers("num_classes", [self.num_classes], MAX_CLASSES)
+        for name in channels:
+            _integers(name, [getattr(self, name)], MAX_CHANNELS)
+        _integers("stage_channels", self.stage_channels, MAX_CHANNELS)
+        _integers("stage_depths", self.stage_depths, MAX_DEPTH)
+        _integers("expansions", self.expansions, MAX_EXPANSION)
+        _integers("branch_dilations", self.branch_dilations, MAX_DILATION)
+        _integers("bisection_steps", [self.bisection_steps], MAX_BISECTION_STEPS)
+        ratios = ["topk_ratio"] + (["adaptive_min_ratio", "adaptive_max_ratio"] if self.focus == "adaptive" else [])
+        for name in ratios:
+            _ratio(name, getattr(self, name))
+        for name in ("adaptive_threshold", "adaptive_min_ratio", "adaptive_max_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise OptionError(f"{name} must be a number from 0 to 1, got {value!r}")
+        if self.adaptive_min_ratio > self.adaptive_max_ratio:
+            raise OptionError(f"adaptive_min_ratio {self.adaptive_min_ratio} is above adaptive_max_ratio "
+                              f"{self.adaptive_max_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +110,8 @@ class FoRNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FoRNetConfig":
+        if not isinstance(data, dict):
+            raise FornetError(f"a FoR-Net config must be an object of fields, got a {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -86,6 +124,23 @@ class FoRNetConfig:
 
     # fields that change only how the network runs, not its weights
     RUNTIME_FIELDS = ("topk_mode", "bisection_steps")
+
+
+def _integers(name: str, values, most: int) -> None:
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise OptionError(f"{name} must be integers from 1 to {most}, got {value!r}")
+
+
+def _ratio(name: str, value) -> None:
+    """A Top-K ratio: a finite number in (0, 1], in steps of 1/1000 (see model/topk.py)."""
+    try:
+        if isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError
+        ratio_numerator(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be a number in (0, 1] in steps of 1/{RATIO_DENOMINATOR}, "
+                          f"got {value!r}") from None
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -310,8 +365,22 @@ class FoRNet(nn.Module):
 
 
 def build_model(config: FoRNetConfig | None = None) -> FoRNet:
-    """The one factory: a FoR-Net from a config (defaults when None)."""
+    """The one factory: a FoR-Net from a config (defaults when None); a config of more than
+    :data:`MAX_PARAMETERS` parameters is refused before any weight is allocated."""
+    total = sum(math.prod(shape) for shape, _ in state_spec(config).values())
+    if total > MAX_PARAMETERS:
+        raise OptionError(f"this FoR-Net config has {total / 1e6:.0f} M parameters, more than the supported "
+                          f"{MAX_PARAMETERS / 1e6:.0f} M")
     return FoRNet(config)
+
+
+def state_spec(config: FoRNetConfig | None = None) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of every ``state_dict`` entry a config makes, computed on PyTorch's
+    meta device (no memory): what a checkpoint's tensors are compared with before the
+    model is built."""
+    with torch.device("meta"):
+        model = FoRNet(config)
+    return {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
 
 
 def parameter_count(model: nn.Module) -> int:

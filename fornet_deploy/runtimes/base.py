@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import INPUT_CHANNELS, INPUT_NAME, STRIDE, format_shape
+from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, STRIDE, format_shape
 from ..errors import FornetError
 
 
@@ -64,6 +64,9 @@ class InputSpec:
         h, w = shape[2], shape[3]
         if h % self.stride or w % self.stride:
             raise FornetError(f"input size {h}x{w} is not a multiple of the network stride {self.stride}")
+        if max(h, w) > MAX_SIDE or shape[0] > MAX_BATCH:
+            raise FornetError(f"input shape {format_shape(shape)} is beyond the supported {MAX_BATCH} images of at "
+                              f"most {MAX_SIDE} pixels per side")
         if self.min_shape is not None and any(g < m for g, m in zip(shape, self.min_shape)):
             raise FornetError(f"input shape {format_shape(shape)} is below the artefact's minimum {format_shape(self.min_shape)}")
         if self.max_shape is not None and any(g > m for g, m in zip(shape, self.max_shape)):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FornetError, HardwareError
+from ..io import read_bytes
 from .base import InputSpec, Runner, RunnerInfo
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -41,8 +42,10 @@ class OrtRunner(Runner):
     """Runs an ONNX file with ONNX Runtime."""
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | Path | None = None, gpu: int = 0):
+                 cache_dir: str | Path | None = None, gpu: int = 0, sha256: str | None = None):
+        """``sha256``: the hash the file must have, checked on the bytes the session loads."""
         super().__init__(f"ort-{precision}")
+        self.sha256 = sha256
         self.onnx_path = Path(onnx_path)
         self.device = device
         self.precision = precision
@@ -55,16 +58,17 @@ class OrtRunner(Runner):
     def _activate_impl(self) -> None:
         import onnxruntime as ort
 
-        if not self.onnx_path.is_file():
-            raise FornetError(f"ONNX file {self.onnx_path} does not exist")
+        model = read_bytes(self.onnx_path, "ONNX file", sha256=self.sha256)
         providers = select_providers(self.device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's warnings off the user's terminal
         if self.threads:
             options.intra_op_num_threads = self.threads
         provider_options = [self._provider_options(p) for p in providers]
+        if TENSORRT in providers and self.cache_dir:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         try:
-            self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers, provider_options=provider_options)
+            self.session = ort.InferenceSession(model, options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise FornetError(f"ONNX Runtime cannot load {self.onnx_path}: {str(exc).splitlines()[0][:200]}") from None
         self._output_names = [o.name for o in self.session.get_outputs()]

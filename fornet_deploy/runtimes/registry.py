@@ -58,7 +58,12 @@ def available_formats(bundle: Bundle, device: str) -> list[Format]:
 def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
                 *, artifact: str | None = None, topk: str = "exact", threads: int | None = None,
                 ort_device: str | None = None, gpu: int = 0) -> Runner:
-    """A runner for one artefact of a bundle (its sha256 checked against the manifest).
+    """A runner for one artefact of a bundle, checked against the manifest ``bundle`` holds.
+
+    Its sha256 and its lineage (it was made from the artefacts the manifest lists, see
+    :mod:`fornet_deploy.bundle`) are checked here, and the runner checks the hash again on
+    the bytes it loads: what runs is what this manifest records, even if another command
+    commits to the bundle in between (then the runner stops with one line).
 
     ``device`` is cpu, cuda or jetson. ``artifact``: a specific file when the bundle has
     several for one precision. ``topk`` (torch): exact or threshold. ``threads``: CPU
@@ -68,18 +73,22 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle, verify=False)
     fmt = resolve_format(bundle, runtime, precision, device, artifact)
-    path = bundle.path(fmt.artifact)  # verifies the sha256
+    path = bundle.path(fmt.artifact)  # verifies the sha256 and the lineage
+    sha256 = bundle.sha256(fmt.artifact)
     on_gpu = device in ("cuda", "jetson")
     if runtime == "torch":
         from .torch_runner import TorchRunner
 
         return TorchRunner(path, topk=topk, device=f"cuda:{gpu}" if on_gpu else "cpu", precision=precision,
-                           threads=threads)
+                           threads=threads, sha256=sha256)
     if runtime == "ort":
         from .ort_runner import OrtRunner
 
+        # ONNX Runtime's TensorRT EP names cached engines after the graph's structure, not
+        # its weights: one folder per graph hash keeps a re-exported model off old engines.
         return OrtRunner(path, device=ort_device or ("cuda" if on_gpu else "cpu"), precision=precision,
-                         threads=threads, cache_dir=bundle.root / ORT_TRT_CACHE_DIR, gpu=gpu)
+                         threads=threads, cache_dir=bundle.root / ORT_TRT_CACHE_DIR / sha256[:16], gpu=gpu,
+                         sha256=sha256)
     from .trt.runner import TrtRunner
 
-    return TrtRunner(path, device=gpu)
+    return TrtRunner(path, device=gpu, sha256=sha256)

@@ -32,9 +32,10 @@ class TorchRunner(Runner):
     """
 
     def __init__(self, checkpoint: str | Path | FoRNet, topk: str = "exact", device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None):
+                 threads: int | None = None, sha256: str | None = None):
         super().__init__(f"torch-{precision}")
         self.checkpoint = checkpoint
+        self.sha256 = sha256  # of the checkpoint file, checked on the bytes loaded
         self.topk = topk
         self.device = torch_device(device)
         if precision not in ("fp32", "fp16"):
@@ -47,7 +48,8 @@ class TorchRunner(Runner):
         self.model: FoRNet | None = None
 
     def _activate_impl(self) -> None:
-        model = self.checkpoint if isinstance(self.checkpoint, FoRNet) else load_checkpoint(self.checkpoint)[0]
+        model = self.checkpoint if isinstance(self.checkpoint, FoRNet) else \
+            load_checkpoint(self.checkpoint, sha256=self.sha256)[0]
         self.model = model.eval().set_topk_mode(self.topk).to(self.device)
         if self.threads:
             self._previous_threads = torch.get_num_threads()

@@ -617,7 +617,7 @@ def test_dla_build(tmp_path, with_fake):
 
 
 def test_missing_export_shape_asks_for_one(tmp_path, with_fake):
-    bundle = Bundle.create(tmp_path / "bundle")
+    bundle = Bundle.create(tmp_path / "bundle", preprocessing={})
     (bundle.root / "model.onnx").write_bytes(b"x")
     bundle.record("model.onnx", kind="onnx")
     with_fake(fake_tensorrt(TRT_10_3))

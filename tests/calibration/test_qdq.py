@@ -128,3 +128,28 @@ def test_bad_arguments_are_clear_errors(tiny_bundle, tmp_path):
     with pytest.raises(FornetError, match="calibration target"):
         calibrate_bundle(bundle, tmp_path / "empty", target="gpu")
     assert not (bundle / ONNX_INT8_QDQ).exists() and not (bundle / ONNX_INT8_CPU).exists()
+
+
+def test_the_quantizer_scratch_file_never_lands_in_the_bundle(tiny_bundle, tiny_data, tmp_path):
+    """Issue 14 defect 4: ONNX Runtime's quantizer writes `<model>-inferred.onnx` beside its
+    input; a symlink planted there made calibrate overwrite a file outside the bundle."""
+    from fornet_deploy.calibration.calibset import CalibrationSet
+    from fornet_deploy.calibration.qdq import TARGETS, quantize_int8
+    from fornet_deploy.data.transforms import Preprocessing
+
+    precious = tmp_path / "precious.txt"
+    # The hazard is real: run the quantizer on a graph inside a folder with the planted link.
+    exposed = _copy(tiny_bundle, tmp_path / "exposed")
+    precious.write_text("keep me")
+    (exposed / "model-inferred.onnx").symlink_to(precious)
+    images, _ = CalibrationSet.select(tiny_data, Preprocessing(), num=1).arrays(tmp_path / "cache", "0" * 64)
+    quantize_int8(exposed / ONNX_FP32, tmp_path / "out.onnx", images, "minmax", TARGETS["cpu"], [])
+    assert precious.read_bytes() != b"keep me"  # ONNX Runtime wrote through the link
+
+    bundle = _copy(tiny_bundle, tmp_path / "guarded")
+    precious.write_text("keep me")
+    (bundle / "model-inferred.onnx").symlink_to(precious)
+    before = sorted(p.name for p in bundle.iterdir())
+    calibrate_bundle(bundle, tiny_data, num_images=2, method="minmax", target="cpu")
+    assert precious.read_text() == "keep me" and (bundle / "model-inferred.onnx").is_symlink()
+    assert sorted(p.name for p in bundle.iterdir()) == sorted({*before, ONNX_INT8_CPU, "calibration"})

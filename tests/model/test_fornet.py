@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fornet_deploy.errors import FornetError
 from fornet_deploy.model.fornet import FoRNetConfig, build_model, count_flops, parameter_count
@@ -63,3 +65,44 @@ def test_config_roundtrip_and_unknown_fields():
         FoRNetConfig.from_dict({"widht": 3})
     with pytest.raises(FornetError, match="focus"):
         FoRNetConfig(focus="everything")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("topk_ratio", 1.5), ("topk_ratio", 0.0), ("topk_ratio", float("nan")), ("topk_ratio", float("inf")),
+    ("topk_ratio", 0.2505), ("topk_ratio", "0.25"), ("topk_ratio", True), ("num_classes", 0), ("num_classes", 256),
+    ("stage_channels", (0, 16, 16, 16)), ("stage_depths", (1, 1, 1, 100)), ("expansions", (2, 2)),
+    ("branch_dilations", ()), ("branch_dilations", (1, 2.5)), ("bisection_steps", 0), ("topk_mode", "fast"),
+    ("neck_channels", 10**6), ("adaptive_threshold", float("nan")),
+])
+def test_every_config_field_is_bounded(field, value):
+    """issue 14, defect 9: `train --topk-ratio 1.5|0|nan` ended in tracebacks."""
+    from fornet_deploy.errors import OptionError
+
+    with pytest.raises(OptionError, match=field):
+        FoRNetConfig(**{field: value})
+
+
+def test_adaptive_ratios_are_ordered():
+    from fornet_deploy.errors import OptionError
+
+    with pytest.raises(OptionError, match="adaptive_min_ratio 0.6 is above adaptive_max_ratio 0.5"):
+        FoRNetConfig(focus="adaptive", adaptive_min_ratio=0.6, adaptive_max_ratio=0.5)
+
+
+FIELD_VALUES = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                         st.booleans(), st.none(), st.lists(st.integers(-2, 3000), max_size=5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(FoRNetConfig.__dataclass_fields__)), FIELD_VALUES, max_size=4))
+def test_any_config_a_file_can_hold_is_one_line_or_a_valid_config(data):
+    """What a checkpoint header may say: refused with a FornetError, or a config whose
+    tensors can be listed (on the meta device) and compared with the file's."""
+    from fornet_deploy.errors import FornetError as Error
+    from fornet_deploy.model.fornet import state_spec
+
+    try:
+        config = FoRNetConfig.from_dict(data)
+    except Error:
+        return
+    assert state_spec(config)

@@ -16,7 +16,7 @@ from cli_helpers import assert_one_line_error, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fornet_deploy.bundle import Bundle
+from fornet_deploy.bundle import Bundle, transaction
 from fornet_deploy.contract import TRT_CALIBRATION_CACHE
 from fornet_deploy.data.cityscapes import find_samples
 from fornet_deploy.data.transforms import Preprocessing, normalize
@@ -43,9 +43,8 @@ def float32_close(a: np.ndarray, b: np.ndarray, ulps: int = 4) -> bool:
 def with_preprocessing(bundle_dir: Path, tmp_path: Path, pre: Preprocessing) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle_dir, copy)
-    bundle = Bundle.open(copy)
-    bundle.manifest["preprocessing"] = pre.to_dict()
-    bundle.save()
+    with transaction(copy, "test") as txn:
+        txn.update(preprocessing=pre.to_dict())
     return copy
 
 

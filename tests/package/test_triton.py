@@ -102,8 +102,10 @@ def add_engine(bundle_dir: Path, tmp_path: Path, profile: dict, precision: str =
             "precision": precision, "profile": {"input": "image", **profile}, "source_onnx": "model.onnx",
             "engine_sha256": sha256_file(copy / name)}
     (copy / f"{name}.json").write_text(json.dumps(meta))
-    bundle.record(name, kind="tensorrt-engine", precision=precision, source="model.onnx", metadata=f"{name}.json")
-    bundle.record(f"{name}.json", kind="tensorrt-engine-metadata", engine=name)
+    bundle.record(name, kind="tensorrt-engine", precision=precision, source="model.onnx",
+                  source_sha256=bundle.sha256("model.onnx"), metadata=f"{name}.json")
+    bundle.record(f"{name}.json", kind="tensorrt-engine-metadata", engine=name, source=name,
+                  source_sha256=sha256_file(copy / name))
     return copy
 
 

@@ -341,7 +341,7 @@ def tiny_bundle(tmp_path, export_shape=(1, 3, 64, 128)):
 
     torch.manual_seed(0)
     model = Tiny().eval()
-    bundle = Bundle.create(tmp_path / "bundle")
+    bundle = Bundle.create(tmp_path / "bundle", preprocessing={})
     torch.onnx.export(
         model, torch.zeros(export_shape), str(bundle.root / "model.onnx"), dynamo=False,
         input_names=["image"], output_names=[LOGITS, LABELS], opset_version=17,

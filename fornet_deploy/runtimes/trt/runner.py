@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FornetError, require
-from ...io import sha256_bytes
+from ...io import read_bytes, sha256_bytes
 from ..base import InputSpec, Runner, RunnerInfo
 from .cuda import CudaContext, make_trt_logger
 from .metadata import REBUILD_HINT, check_engine_metadata, input_spec_from_profile, read_engine_metadata
@@ -38,8 +38,10 @@ class TrtRunner(Runner):
     FP16 outputs are returned as float32, integer outputs keep their type.
     """
 
-    def __init__(self, engine_path: str | Path, device: int = 0):
+    def __init__(self, engine_path: str | Path, device: int = 0, sha256: str | None = None):
+        """``sha256``: the engine's hash in its bundle's manifest, checked on the bytes loaded."""
         self.engine_path = Path(engine_path)
+        self.sha256 = sha256
         super().__init__(f"trt:{self.engine_path.name}")
         self.meta = read_engine_metadata(self.engine_path)
         self.device = device
@@ -77,7 +79,7 @@ class TrtRunner(Runner):
             self._cuda = closing.enter_context(CudaContext("the TensorRT runner", self.device))
             closing.callback(self._release)  # runs before the context is popped (LIFO)
             check_engine_metadata(self.meta, trt.__version__, self._cuda.gpu_name, self._cuda.compute_capability)
-            data = self.engine_path.read_bytes()
+            data = read_bytes(self.engine_path, "TensorRT engine", sha256=self.sha256)
             if sha256_bytes(data) != self.meta["engine_sha256"]:
                 raise FornetError(
                     f"{self.engine_path.name} does not match its metadata file (the engine was "
