@@ -36,49 +36,61 @@ The search (``threshold``), and why a fixed number of rounds is exact
     2. in-slot search (23 bits): the largest ``j`` with ``P(LB[s] + j*ULP[s])``.
 
     Each round compares the map against ``2^b - 1`` thresholds at once (a broadcast
-    GreaterOrEqual, Cast, ReduceSum over the map) and keeps the largest threshold that
-    still holds ``>= k`` positions: ``b`` bits per round, so ``steps`` rounds whose bits
-    add up to 9 + 23 = 32 end on ``v`` itself — for every map, not only tie-free ones
-    (:func:`search_schedule`; default 9 rounds = 3 + 6, 103 thresholds in all). Round 1
-    compares against constants; later slot rounds Gather their thresholds from the
-    constant 512-entry table; in-slot thresholds are ``LB + (j*ULP)``, computed exactly
-    (``j < 2^24`` times a power of two, and a sum that is a float32 value of the slot).
-    If fewer than ``k`` values are non-NaN no threshold holds and ``v = -inf``; the
-    remaining positions are then NaNs, lowest index first.
+    GreaterOrEqual, Cast, ReduceSum over the map: one full-map reduction per round) and
+    keeps the largest threshold that still holds ``>= k`` positions (GreaterOrEqual, Where,
+    ReduceMax on (N, T, 1, 1)): ``b`` bits per round. Invariant: the kept value ``lo``
+    satisfies ``P(lo)`` (or is the slot-0 default) and the answer lies in
+    ``[lo, lo + 2^(remaining bits) steps)``; a round of ``b`` bits splits that block into
+    ``2^b`` equal parts and keeps the part holding the answer, so ``steps`` rounds whose bits
+    add up to 9 + 23 = 32 end on ``v`` itself — for every map, ties or not
+    (:func:`search_schedule`; the default 12 rounds = (3, 3, 3) + (3, 3, 3, 3, 3, 2, 2, 2, 2)
+    bits, 69 thresholds in all; 32 rounds = a binary search). Round 1 compares against constants (and slot 0, -inf, which gives the
+    non-NaN count for free); later slot rounds Gather their thresholds from the constant
+    512-entry table; in-slot thresholds are ``LB + (j*ULP)``, computed exactly (``j < 2^23``
+    times a power of two, and a sum that is a float32 value of the slot). If fewer than ``k``
+    values are non-NaN no slot holds and ``v = -inf``; the remaining positions are NaNs.
 
-    Ties at ``v`` are ranked by an exclusive row-major prefix count of the tie indicator,
-    computed as ``tie @ [i < j]`` (within each row, w x w) plus ``[r' < r] @ tie`` summed
-    over the row (h x h): two MatMuls of 0/1 matrices (exact in FP32 and in TF32, which
-    keeps 0/1 exactly and accumulates in FP32), not CumSum — ONNX CumSum becomes an
-    L-iteration loop in TensorRT's ONNX parser before ICumulativeLayer (TensorRT 10.8),
-    e.g. on JetPack 6 (10.3). Cost O(h*w*(h+w)): fine for 1/8-scale maps (64x128, 128x256);
-    a very wide map (e.g. 1 x 100000) makes a large w x w matrix.
+    Ties at ``v`` (and NaNs in that case) are taken in row-major order: whole rows while
+    their tie count fits in what is still needed (row counts, and the ties in the rows above
+    as an h x h 0/1-weighted sum), then, in the one row where the count runs out, the ties
+    whose in-row prefix count (that row times a w x w 0/1 upper-triangular matrix: a MatMul
+    exact in FP32 and TF32) is below what is left. Cost O(h*w + h^2 + w^2). Not CumSum:
+    TensorRT's ONNX parser turns CumSum into an L-iteration loop before ICumulativeLayer
+    (TensorRT 10.8), e.g. on JetPack 6 (TensorRT 10.3).
+
+    Cost, for the record: rounds are sequential (kernel launches on a GPU, per-node overhead
+    in ONNX Runtime); thresholds per round are work (``(2^b - 1) * h*w`` comparisons). The
+    legacy value-space bisection did 32 rounds of one threshold and was inexact.
 
 Where the guarantee ends
     * IEEE-754 binary32 with gradual underflow is assumed (PyTorch and ONNX Runtime on CPU
       by default). A backend that flushes denormals to zero (CUDA ``-ftz``, which TensorRT
       kernels may use) sees denormal scores as 0 and denormal thresholds/spacings as 0: the
       mask may then differ where ``|v| < 2^-103`` (about 1e-31; the in-slot spacing is
-      denormal below that). Logit maps never get there; sigmoid maps would (confident
-      selectors reach 1e-38), which is one reason to select on logits.
+      denormal below that). Logit maps practically never get there; sigmoid maps of a
+      confident selector do, which is one reason to select on logits.
     * Counts are float32 sums, exact up to 2^24 positions per map (a 1/8-scale map of a
       1-gigapixel image); ``k`` is exact for any size (int64 shape arithmetic).
-    * ``importance`` (the sigmoid) is an output only; two different logits can share one
-      float32 sigmoid value, so the mask is not a function of the importance map.
+    * The mask is a function of the logits, not of ``importance`` (the sigmoid, an output
+      only): distinct logits can round to one float32 sigmoid value. Where the importance
+      map has no tie at the k-th value the selection equals ``torch.topk`` on it.
+    * The map must be 2-D per image: an (N, L) input is treated as one row of L, which makes
+      the in-row matrix L x L.
 
-The exported graph's shape-related ops, as they are
-    ``k``: Shape -> Slice/Gather -> ReduceProd (``h*w``) -> int64 Mul/Add/Div/Max ->
-    Cast to float (``ceil(ratio*h*w)`` exactly: ratios are multiples of 1/1000, so
-    ``k = max(1, (p*h*w + 999) // 1000)``; float32 would get ``0.3 * 50`` wrong). The tie
-    ranking: Shape -> Gather (h and w) -> Range -> Unsqueeze -> Less -> Cast to build the
-    two 0/1 triangular matrices. Everything else is elementwise on the map or on
-    (N, T, 1, 1) per-image tensors, ReduceSum/ReduceMax, Where, Gather of the constant
-    slot tables and two MatMuls. The per-image ``k`` is never a Python int baked into the
-    graph. Operators and where TensorRT's ONNX parser lists them (onnx-tensorrt
-    docs/operators.md, TensorRT 10.x): Add, Sub, Mul, Div, Max, Less, Greater,
-    GreaterOrEqual, Equal, And, Or, IsNaN, Where, Cast, ReduceSum, ReduceMax, ReduceProd
-    (``axes`` initializers), Gather, MatMul, Shape, Slice, Range, Unsqueeze, Constant —
-    all "Y".
+The exported graph's shape-related ops, as they are (dynamic export, after onnxsim)
+    ``k``: Shape -> Slice (dims 1..) -> ReduceProd (``h*w``, int64) -> Mul/Add/Div (int64,
+    ``(p*h*w + 999) // 1000``: ratios are multiples of 1/1000 so ``ceil(ratio*h*w)`` is exact
+    where float32 gets ``0.3 * 50`` wrong) -> Cast to float -> Clip (min 1) -> Reshape to
+    (1, 1, 1, 1). The tie ranking: Shape -> Gather (h, w) -> Range -> Unsqueeze -> Less ->
+    Cast builds the h x h and w x w 0/1 matrices. A static export (``export_bundle``
+    without ``--dynamic``) folds all of these into constants. Everything else is
+    elementwise on the map or on (N, T, 1, 1) per-image tensors, ReduceSum/ReduceMax,
+    Where, a Slice, Gather of the constant slot tables and one MatMul. The per-image ``k``
+    is never a Python int baked into the graph. Operators (all listed "Y" in onnx-tensorrt
+    docs/operators.md, TensorRT 10.x, for the types used): Add, Sub, Mul, Div, Max, Min,
+    Less, LessOrEqual, Greater, GreaterOrEqual, Equal, And, Or, Not, IsNaN, Where, Cast,
+    Clip (float only), ReduceSum, ReduceMax, ReduceProd, Gather, MatMul, Shape, Slice,
+    Range, Unsqueeze, Reshape, Constant (``axes`` are constants where required).
 
 Adaptive selection (beyond the paper's fixed ratio): ``k_i = clamp(count(logit_i >=
 tau_logit), ceil(min_ratio*h*w), ceil(max_ratio*h*w))`` where ``tau_logit`` is the smallest
@@ -108,7 +120,7 @@ MANTISSA_BITS = 23  # 2^23 values per slot
 MAX_BITS_PER_STEP = 8  # at most 255 thresholds compared in one round
 MIN_STEPS = 2 + 3  # 9 bits in >= 2 rounds, 23 in >= 3
 MAX_STEPS = SLOT_BITS + MANTISSA_BITS  # one bit per round (binary search)
-DEFAULT_STEPS = 9
+DEFAULT_STEPS = 12  # chosen by benchmarks/topk_overhead.py (ORT CPU); 5-6 favour a GPU
 
 
 def ratio_numerator(ratio: float) -> int:
@@ -136,7 +148,8 @@ def search_schedule(steps: int = DEFAULT_STEPS) -> tuple[tuple[int, ...], tuple[
     The bits add up to 9 and 23, which is what makes the search exact; rounds are shared
     in proportion (at most 8 bits, i.e. 255 thresholds, per round). ``steps`` trades
     sequential rounds (kernel launches on a GPU, per-node overhead in ONNX Runtime)
-    against thresholds per round (work per round): 9 -> (3,3,3) + (4,4,4,4,4,3).
+    against thresholds per round (work per round): 12 (default) -> (3,3,3) +
+    (3,3,3,3,3,2,2,2,2); 9 -> (3,3,3) + (4,4,4,4,4,3); 5 -> (5,4) + (8,8,7).
     """
     if not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
         raise ValueError(f"Top-K search steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}], got {steps!r}")
@@ -249,19 +262,27 @@ def _search(x: torch.Tensor, k: torch.Tensor, steps: int) -> tuple[torch.Tensor,
     return value, short
 
 
-def _ties_before(tie: torch.Tensor) -> torch.Tensor:
-    """Exclusive row-major prefix count of a 0/1 map (N, 1, h, w): ties at lower flat index.
+def _first_ties(tie: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
+    """The first ``need`` ones of a 0/1 map (N, 1, h, w) in row-major order, as a boolean mask.
 
-    Two MatMuls of 0/1 matrices instead of CumSum (see the module docstring).
+    Rows are taken whole while their ties fit in what is still needed; in the one row where
+    the count runs out, ties are ranked by an exclusive in-row prefix count (that row times
+    a w x w 0/1 matrix). Cost O(h*w + h^2 + w^2); counts are integers < 2^24, exact in FP32.
+    No CumSum (see the module docstring).
     """
     h, w = tie.shape[-2], tie.shape[-1]
-    cols = torch.arange(w, device=tie.device)
     rows = torch.arange(h, device=tie.device)
-    left_of = (cols.unsqueeze(1) < cols.unsqueeze(0)).to(tie.dtype)  # [i, j] = i < j
+    cols = torch.arange(w, device=tie.device)
+    row_ties = tie.sum(dim=3)  # (N, 1, h)
     above = (rows.unsqueeze(0) < rows.unsqueeze(1)).to(tie.dtype)  # [r, q] = q < r
-    in_row = torch.matmul(tie, left_of)
-    rows_above = torch.matmul(above, tie).sum(dim=3, keepdim=True)
-    return in_row + rows_above
+    before = (row_ties.unsqueeze(2) * above).sum(dim=3, keepdim=True)  # (N, 1, h, 1) ties in rows above
+    left = need - before  # ties still wanted when row r starts
+    whole = row_ties.unsqueeze(3) <= left  # (N, 1, h, 1)
+    part = (left > 0) & ~whole  # the row where the count runs out (at most one)
+    row = (tie * part.to(tie.dtype)).sum(dim=2, keepdim=True)  # (N, 1, 1, w) that row's ties
+    left_of = (cols.unsqueeze(1) < cols.unsqueeze(0)).to(tie.dtype)  # [i, j] = i < j
+    in_row = torch.matmul(row, left_of)  # (N, 1, 1, w) ties to the left, exact for 0/1 inputs
+    return (tie > 0) & (whole | (part & (in_row < left)))
 
 
 def select_at_threshold(x: torch.Tensor, value: torch.Tensor, k: torch.Tensor, short: torch.Tensor | None = None) -> torch.Tensor:
@@ -277,7 +298,7 @@ def select_at_threshold(x: torch.Tensor, value: torch.Tensor, k: torch.Tensor, s
     # Logical ops rather than Where on booleans, which the exporter wraps in unscoped Casts.
     tie = ((x == value) & ~short) | (torch.isnan(x) & short)
     need = k - sure.to(torch.float32).sum(dim=(2, 3), keepdim=True)
-    return sure | (tie & (_ties_before(tie.to(torch.float32)) < need))
+    return sure | _first_ties(tie.to(torch.float32), need)
 
 
 def threshold_topk_mask(scores: torch.Tensor, k: torch.Tensor, steps: int = DEFAULT_STEPS) -> torch.Tensor:

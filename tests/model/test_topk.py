@@ -12,11 +12,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fornet_deploy.model.topk import (
+    DEFAULT_STEPS,
     MANTISSA_BITS,
     MAX_STEPS,
     MIN_STEPS,
     SLOT_BITS,
     TopK,
+    _first_ties,
     exact_topk_mask,
     kth_largest,
     logit_threshold,
@@ -44,7 +46,7 @@ FAST = settings(deadline=None, max_examples=40, suppress_health_check=[HealthChe
 SHAPES = [(1, 1), (1, 9), (13, 7), (7, 13), (8, 8), (16, 32), (5, 3)]
 
 
-def both_modes(values: np.ndarray, k: int, steps: int = 9) -> tuple[np.ndarray, np.ndarray]:
+def both_modes(values: np.ndarray, k: int, steps: int = DEFAULT_STEPS) -> tuple[np.ndarray, np.ndarray]:
     x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).view(1, 1, *values.shape)
     kk = torch.tensor([float(k)])
     threshold = threshold_topk_mask(x, kk, steps)[0, 0].numpy()
@@ -52,7 +54,7 @@ def both_modes(values: np.ndarray, k: int, steps: int = 9) -> tuple[np.ndarray, 
     return threshold, exact
 
 
-def check_distinct(values: np.ndarray, k: int, steps: int = 9) -> None:
+def check_distinct(values: np.ndarray, k: int, steps: int = DEFAULT_STEPS) -> None:
     assert distinct(values)
     threshold, exact = both_modes(values, k, steps)
     expected = topk_mask(values, k)
@@ -60,7 +62,7 @@ def check_distinct(values: np.ndarray, k: int, steps: int = 9) -> None:
     assert np.array_equal(exact, expected)
 
 
-def check_rule(values: np.ndarray, k: int, steps: int = 9) -> None:
+def check_rule(values: np.ndarray, k: int, steps: int = DEFAULT_STEPS) -> None:
     threshold, exact = both_modes(values, k, steps)
     expected = reference_mask(values, k)
     assert int(threshold.sum()) == k
@@ -190,6 +192,19 @@ def test_minus_zero_ties_with_zero():
 def test_quantized_maps_with_many_ties(shape, seed, kc):
     values = np.random.default_rng(seed).integers(-3, 4, shape).astype(np.float32) / 4
     check_rule(values, pick_k(kc, values.size))
+
+
+@FAST
+@given(shape=st.sampled_from(SHAPES + [(24, 40), (3, 64)]), seed=st.integers(0, 2**32 - 1), density=st.floats(0.0, 1.0))
+def test_first_ties_takes_the_first_ones_in_row_major_order(shape, seed, density):
+    rng = np.random.default_rng(seed)
+    tie = (rng.random((2, 1) + shape) < density).astype(np.float32)
+    for need in sorted({0, 1, int(tie[0].sum()) // 2, int(tie[0].sum())}):
+        got = _first_ties(torch.from_numpy(tie), torch.tensor(float(need)).view(1, 1, 1, 1)).numpy()
+        for i in range(2):
+            flat = tie[i].reshape(-1)
+            expected = flat * (np.cumsum(flat) <= need)
+            assert np.array_equal(got[i].reshape(-1), expected.astype(bool))
 
 
 # --- non-finite scores: +-inf ordinary extremes, NaN below -inf ------------------------
@@ -337,6 +352,7 @@ def test_every_schedule_covers_all_32_bits(steps):
 
 
 def test_default_schedule_and_invalid_steps():
+    assert search_schedule(12) == ((3, 3, 3), (3, 3, 3, 3, 3, 2, 2, 2, 2))
     assert search_schedule(9) == ((3, 3, 3), (4, 4, 4, 4, 4, 3))
     for bad in (4, 33, 9.0):
         with pytest.raises(ValueError):

@@ -36,7 +36,7 @@ SHAPES = [(1, 1), (1, 9), (13, 7), (7, 13), (8, 8), (16, 32), (5, 3)]
 # Ops TensorRT's ONNX parser lists as supported ("Y", onnx-tensorrt docs/operators.md, 10.x),
 # for the types used here. Clip is float-only there, so the graph must not Clip integers.
 TENSORRT_OPS = {
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Less", "Greater", "GreaterOrEqual", "Equal", "And", "Or",
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or",
     "Not", "IsNaN", "Where", "Cast", "ReduceSum", "ReduceMax", "ReduceProd", "Gather", "MatMul", "Shape",
     "Slice", "Range", "Unsqueeze", "Reshape", "Clip", "Constant",
 }
