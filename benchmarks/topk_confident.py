@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fornet_deploy.bundle import atomic_write_json
-from fornet_deploy.data.cityscapes import find_samples, read_image
+from fornet_deploy.contract import IMPORTANCE, TOPK_MASK
+from fornet_deploy.data.cityscapes import find_samples
 from fornet_deploy.data.synthcity import SynthCityConfig, generate
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.export.onnx import ExportConfig, export_onnx_model
+from fornet_deploy.io import atomic_write_json, read_image
 from fornet_deploy.model.checkpoint import load_checkpoint
 from fornet_deploy.model.topk import selection_counts
-from fornet_deploy.runtimes.base import IMPORTANCE, TOPK_MASK
 
 
 def legacy_selected(importance: torch.Tensor, k: torch.Tensor, steps: int = 32) -> int:
@@ -70,7 +70,8 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
 
     model = load(checkpoint, sharpen)
     h0, w0 = read_image(find_samples(folders[0], "val")[0].image).shape[:2]
-    proto = export_onnx_model(load(checkpoint, sharpen), ExportConfig(height=h0, width=w0, topk="threshold", dynamic=True))
+    export = ExportConfig(height=h0, width=w0, topk="threshold", dynamic=True)  # one graph for every size
+    proto = export_onnx_model(load(checkpoint, sharpen), export)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]
     rows = []
@@ -96,7 +97,7 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
                 "logit_max": float(scores.max()),
                 "kth_logit": float(torch.sort(scores.flatten(), descending=True).values[k_int - 1]),
                 "importance_saturated_pct": 100.0 * float(((imp == 0) | (imp == 1)).float().mean()),
-                "importance_tie_at_k": bool(sorted_imp[k_int - 1] == sorted_imp[k_int]) if k_int < imp.numel() else False,
+                "importance_tie_at_k": k_int < imp.numel() and bool(sorted_imp[k_int - 1] == sorted_imp[k_int]),
                 "torch_exact_selected": selection_counts(exact[TOPK_MASK], k_int)[0].selected,
                 "torch_threshold_selected": selection_counts(threshold[TOPK_MASK], k_int)[0].selected,
                 "ort_threshold_selected": selection_counts(ort_out[TOPK_MASK], k_int)[0].selected,
@@ -111,7 +112,9 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
         "sizes": sorted({tuple(r["size"]) for r in rows}),
         "all_torch_threshold_equal_exact": all(r["torch_threshold_equals_exact"] for r in rows),
         "all_ort_equal_torch_exact": all(r["ort_threshold_equals_torch_exact"] for r in rows),
-        "max_extra_cells_new": max(max(r["torch_threshold_selected"], r["ort_threshold_selected"]) - r["k"] for r in rows),
+        "max_extra_cells_new": max(
+            max(r["torch_threshold_selected"], r["ort_threshold_selected"]) - r["k"] for r in rows
+        ),
         "max_extra_pct_legacy": max(100.0 * (r["legacy_bisection_selected"] - r["k"]) / r["k"] for r in rows),
         "logit_abs_max": max(max(-r["logit_min"], r["logit_max"]) for r in rows),
     }
@@ -121,7 +124,7 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--data", type=Path, action="append", help="SynthCity/Cityscapes folder (val split), repeatable")
+    parser.add_argument("--data", type=Path, action="append", help="SynthCity/Cityscapes folder (val), repeatable")
     parser.add_argument("--sharpen", type=float, default=40.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -132,12 +135,16 @@ def main() -> int:
             for h, w in [(512, 1024), (1024, 2048)]:
                 folders.append(Path(tmp) / f"sc{h}")
                 generate(folders[-1], SynthCityConfig(train=0, val=4, height=h, width=w, seed=0))
-        report = {"confident": run(args.checkpoint, folders, args.sharpen), "shipped": run(args.checkpoint, folders, 1.0)}
+        report = {
+            "confident": run(args.checkpoint, folders, args.sharpen),
+            "shipped": run(args.checkpoint, folders, 1.0),
+        }
     for name, part in report.items():
         print(name, json.dumps(part["summary"]))
     if args.json:
         atomic_write_json(args.json, report)
-    ok = all(p["summary"]["all_torch_threshold_equal_exact"] and p["summary"]["all_ort_equal_torch_exact"] for p in report.values())
+    summaries = [p["summary"] for p in report.values()]
+    ok = all(s["all_torch_threshold_equal_exact"] and s["all_ort_equal_torch_exact"] for s in summaries)
     ok = ok and all(r["equals_topk_on_importance"] for r in report["shipped"]["images"])
     return 0 if ok else 1
 

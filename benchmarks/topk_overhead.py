@@ -169,7 +169,10 @@ def wall_shares(ort, paths: dict, image: np.ndarray, rounds: int, threads) -> di
     out = {}
     for v, t in times.items():
         topk_us, model_ms = statistics.median(t["topk"]), statistics.median(t["model"])
-        out[v] = {"topk_us": topk_us, "topk_min_us": min(t["topk"]), "model_ms": model_ms, "share_pct": 100.0 * topk_us / 1e3 / model_ms}
+        out[v] = {
+            "topk_us": topk_us, "topk_min_us": min(t["topk"]), "model_ms": model_ms,
+            "share_pct": 100.0 * topk_us / 1e3 / model_ms,
+        }
     return out
 
 
@@ -190,7 +193,11 @@ def latency(checkpoint: Path, h: int, w: int, batch: np.ndarray, warmup: int, it
     for mode in ("threshold", "exact"):
         export_bundle(checkpoint, tmp / mode, ExportConfig(height=h, width=w, topk=mode))
         paths[mode] = tmp / mode / "model.onnx"
-    runners = {"torch_exact": TorchRunner(checkpoint, topk="exact"), "ort_threshold": OrtRunner(paths["threshold"]), "ort_exact": OrtRunner(paths["exact"])}
+    runners = {
+        "torch_exact": TorchRunner(checkpoint, topk="exact"),
+        "ort_threshold": OrtRunner(paths["threshold"]),
+        "ort_exact": OrtRunner(paths["exact"]),
+    }
     for r in runners.values():
         r.activate()
     ms = alternating_medians(runners, batch, warmup, iters)
@@ -204,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--shape", action="append", help="HxW, repeatable (default 512x1024)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_STEPS], help="search rounds to compare (default: the default)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_STEPS], help="search rounds to compare")
     parser.add_argument("--no-legacy", action="store_true", help="leave out the old bisection")
     parser.add_argument("--rounds", type=int, default=8, help="alternation rounds (profile and wall)")
     parser.add_argument("--block", type=int, default=3, help="profiled runs per variant and round")
@@ -239,12 +246,14 @@ def main() -> None:
         print(json.dumps(row))
     report = {"machine": describe_machine(), "onnxruntime": ort.__version__, "rounds": args.rounds, "block": args.block,
               "threads": args.threads, "results": results}
-    print("| shape | variant | Top-K nodes | profiler share (sum) | profiler share (node medians) | Top-K wall us | model wall ms | wall share |")
+    print("| shape | variant | Top-K nodes | profiler share (sum) | profiler share (node medians) "
+          "| Top-K wall us | model wall ms | wall share |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         for v in variants:
             p, wl = r["profile"][v], r["wall"][v]
-            print(f"| {r['shape'][0]}x{r['shape'][1]} | {v} | {p['topk_nodes']} | {p['share_sum_pct']:.2f} % | {p['share_median_pct']:.2f} % "
+            print(f"| {r['shape'][0]}x{r['shape'][1]} | {v} | {p['topk_nodes']} | {p['share_sum_pct']:.2f} % "
+                  f"| {p['share_median_pct']:.2f} % "
                   f"| {wl['topk_us']:.0f} | {wl['model_ms']:.1f} | {wl['share_pct']:.2f} % |")
     if args.json:
         atomic_write_json(args.json, report)

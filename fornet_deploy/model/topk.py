@@ -44,11 +44,12 @@ The search (``threshold``), and why a fixed number of rounds is exact
     ``2^b`` equal parts and keeps the part holding the answer, so ``steps`` rounds whose bits
     add up to 9 + 23 = 32 end on ``v`` itself — for every map, ties or not
     (:func:`search_schedule`; the default 12 rounds = (3, 3, 3) + (3, 3, 3, 3, 3, 2, 2, 2, 2)
-    bits, 69 thresholds in all; 32 rounds = a binary search). Round 1 compares against constants (and slot 0, -inf, which gives the
-    non-NaN count for free); later slot rounds Gather their thresholds from the constant
-    512-entry table; in-slot thresholds are ``LB + (j*ULP)``, computed exactly (``j < 2^23``
-    times a power of two, and a sum that is a float32 value of the slot). If fewer than ``k``
-    values are non-NaN no slot holds and ``v = -inf``; the remaining positions are NaNs.
+    bits, 69 thresholds in all; 32 rounds = a binary search). Round 1 compares against
+    constants (and slot 0, -inf, which gives the non-NaN count for free); later slot rounds
+    Gather their thresholds from the constant 512-entry table; in-slot thresholds are
+    ``LB + (j*ULP)``, computed exactly (``j < 2^23`` times a power of two, and a sum that is
+    a float32 value of the slot). If fewer than ``k`` values are non-NaN no slot holds and
+    ``v = -inf``; the remaining positions are NaNs.
 
     Ties at ``v`` (and NaNs in that case) are taken in row-major order: whole rows while
     their tie count fits in what is still needed (row counts, and the ties in the rows above
@@ -255,7 +256,8 @@ def _search(x: torch.Tensor, k: torch.Tensor, steps: int) -> tuple[torch.Tensor,
     done = 0
     for bits in mantissa_bits:
         done += bits
-        steps_j = (torch.arange(1, 1 << bits, device=x.device, dtype=torch.float32) * float(1 << (MANTISSA_BITS - done))).view(1, -1, 1, 1)
+        stride = float(1 << (MANTISSA_BITS - done))
+        steps_j = (torch.arange(1, 1 << bits, device=x.device, dtype=torch.float32) * stride).view(1, -1, 1, 1)
         thresholds = value + spacing * steps_j  # exact: a float32 value of the slot
         holds = _count_at_least(x, thresholds) >= k
         value = torch.where(holds, thresholds, value).amax(dim=1, keepdim=True)
@@ -285,7 +287,9 @@ def _first_ties(tie: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
     return (tie > 0) & (whole | (part & (in_row < left)))
 
 
-def select_at_threshold(x: torch.Tensor, value: torch.Tensor, k: torch.Tensor, short: torch.Tensor | None = None) -> torch.Tensor:
+def select_at_threshold(
+    x: torch.Tensor, value: torch.Tensor, k: torch.Tensor, short: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean mask (N, 1, h, w) of exactly k positions given the k-th largest value.
 
     ``value`` from :func:`kth_largest`. If ``count(x >= value) >= k``: every ``x > value``

@@ -8,8 +8,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model.topk_maps import (
+    any_float,
+    denormals,
+    distinct,
+    exact_ceil,
+    float_run,
+    log_uniform,
+    reference_mask,
+    saturated_sigmoid,
+    tiny_kth,
+    topk_mask,
+)
 
 from fornet_deploy.model.topk import (
     DEFAULT_STEPS,
@@ -28,18 +40,6 @@ from fornet_deploy.model.topk import (
     summarize_selection,
     threshold_topk_mask,
     topk_count,
-)
-from model.topk_maps import (
-    any_float,
-    denormals,
-    distinct,
-    exact_ceil,
-    float_run,
-    log_uniform,
-    reference_mask,
-    saturated_sigmoid,
-    tiny_kth,
-    topk_mask,
 )
 
 FAST = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
@@ -99,7 +99,12 @@ def test_log_uniform_1e_38_to_1e38(shape, seed, kc, signed):
 
 
 @FAST
-@given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**32 - 1), kc=k_strategy, steps=st.integers(MIN_STEPS, MAX_STEPS))
+@given(
+    shape=st.sampled_from(SHAPES),
+    seed=st.integers(0, 2**32 - 1),
+    kc=k_strategy,
+    steps=st.integers(MIN_STEPS, MAX_STEPS),
+)
 def test_any_float32_bit_pattern_at_any_step_count(shape, seed, kc, steps):
     values = any_float(np.random.default_rng(seed), *shape)
     check_distinct(values, pick_k(kc, values.size), steps)
@@ -123,14 +128,22 @@ def test_kth_value_tiny_relative_to_the_max(shape, seed, kc):
 
 
 @FAST
-@given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**32 - 1), kc=k_strategy, steps=st.sampled_from([5, 9, 12, 32]))
+@given(
+    shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**32 - 1), kc=k_strategy, steps=st.sampled_from([5, 9, 12, 32])
+)
 def test_near_ties_one_float32_step_apart_at_every_magnitude(shape, seed, kc, steps):
     # every value is the next float32 after another: k-th and (k+1)-th are adjacent
     values = float_run(np.random.default_rng(seed), *shape)
     check_distinct(values, pick_k(kc, values.size), steps)
 
 
-@pytest.mark.parametrize("start", [0.0, -3 * 2.0**-149, 2.0**-126 - 4 * 2.0**-149, -(2.0**-126) - 2 * 2.0**-149, 1.0 - 2**-24 * 3, -1.0 - 2**-23 * 2, 1e-30, 3e38, -3.4028235e38])
+RUN_STARTS = [
+    0.0, -3 * 2.0**-149, 2.0**-126 - 4 * 2.0**-149, -(2.0**-126) - 2 * 2.0**-149,  # zero, denormals, binade edge
+    1.0 - 2**-24 * 3, -1.0 - 2**-23 * 2, 1e-30, 3e38, -3.4028235e38,  # binade edges, range ends
+]
+
+
+@pytest.mark.parametrize("start", RUN_STARTS)
 def test_near_ties_across_zero_binade_and_range_edges(start):
     values = float_run(np.random.default_rng(0), 6, 5, np.float32(start))
     for k in range(1, 31):
@@ -149,7 +162,12 @@ def test_distinct_sigmoid_maps_at_every_resolution_and_ratio():
 
 
 @FAST
-@given(shape=st.sampled_from(SHAPES + [(24, 40)]), seed=st.integers(0, 2**32 - 1), kc=k_strategy, scale=st.sampled_from([20.0, 60.0, 200.0]))
+@given(
+    shape=st.sampled_from(SHAPES + [(24, 40)]),
+    seed=st.integers(0, 2**32 - 1),
+    kc=k_strategy,
+    scale=st.sampled_from([20.0, 60.0, 200.0]),
+)
 def test_saturated_sigmoid_maps(shape, seed, kc, scale):
     values = saturated_sigmoid(np.random.default_rng(seed), *shape, scale)
     check_rule(values, pick_k(kc, values.size))
@@ -275,7 +293,8 @@ def test_topk_count_is_the_exact_ceil(ratio_steps, numel):
 
 def test_in_graph_count_matches_python_count_for_awkward_sizes():
     # sizes where float32 ratio * L lands just above an integer; also beyond int32 products
-    for ratio, (h, w) in [(0.3, (5, 10)), (0.3, (9, 10)), (0.1, (30, 32)), (0.7, (25, 40)), (0.3, (128, 256)), (0.999, (1500, 1500))]:
+    cases = [(0.3, (5, 10)), (0.3, (9, 10)), (0.1, (30, 32)), (0.7, (25, 40)), (0.3, (128, 256)), (0.999, (1500, 1500))]
+    for ratio, (h, w) in cases:
         scores = torch.zeros(1, 1, h, w)
         assert int(TopK(ratio, "threshold").count(scores)) == exact_ceil(ratio, h * w)
 
@@ -297,7 +316,11 @@ def test_adaptive_count_is_clamped_and_modes_agree():
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), tau=st.sampled_from([0.5, 0.1, 0.9, 0.999]), shape=st.sampled_from([(13, 7), (16, 32)]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    tau=st.sampled_from([0.5, 0.1, 0.9, 0.999]),
+    shape=st.sampled_from([(13, 7), (16, 32)]),
+)
 def test_adaptive_k_exact_on_wide_logit_maps(seed, tau, shape):
     rng = np.random.default_rng(seed)
     logits = torch.from_numpy(rng.normal(0, 30, (3, 1, *shape)).astype(np.float32))
@@ -331,7 +354,8 @@ def test_slot_tables_enumerate_float32_in_order():
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
     values = bits.view(np.float32)
-    values = np.concatenate([values[~np.isnan(values)], [np.inf, -np.inf, 0.0, -0.0, 2.0**-149, -(2.0**-149)]]).astype(np.float32)
+    extremes = [np.inf, -np.inf, 0.0, -0.0, 2.0**-149, -(2.0**-149)]
+    values = np.concatenate([values[~np.isnan(values)], extremes]).astype(np.float32)
     slot = np.searchsorted(lb, values, side="right") - 1
     finite = np.isfinite(values)
     j = (values[finite].astype(np.float64) - lb[slot[finite]]) / ulp[slot[finite]]

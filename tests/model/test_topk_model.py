@@ -59,7 +59,8 @@ def test_config_accepts_the_old_bisection_field():
 def test_search_steps_is_a_runtime_field(tmp_path, tiny_config):
     model = build_model(tiny_config)
     save_checkpoint(tmp_path / "m.safetensors", model)
-    loaded, _ = load_checkpoint(tmp_path / "m.safetensors", expected=tiny_config.replace(topk_search_steps=16), topk_search_steps=12)
+    expected = tiny_config.replace(topk_search_steps=16)  # a runtime field: not compared
+    loaded, _ = load_checkpoint(tmp_path / "m.safetensors", expected=expected, topk_search_steps=12)
     assert loaded.topk.steps == 12
     loaded.set_topk_mode("threshold", steps=6)
     assert loaded.config.topk_search_steps == 6 and loaded.topk.steps == 6 and loaded.topk.mode == "threshold"

@@ -14,8 +14,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from fornet_deploy.model.topk import DEFAULT_STEPS, TopK, exact_topk_mask, logit_threshold, threshold_topk_mask, topk_count
 from model.topk_maps import (
     any_float,
     denormals,
@@ -28,9 +26,20 @@ from model.topk_maps import (
     topk_mask,
 )
 
+from fornet_deploy.model.topk import (
+    DEFAULT_STEPS,
+    TopK,
+    exact_topk_mask,
+    logit_threshold,
+    threshold_topk_mask,
+    topk_count,
+)
+
 ort = pytest.importorskip("onnxruntime")
 
-FAST = settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 SHAPES = [(1, 1), (1, 9), (13, 7), (7, 13), (8, 8), (16, 32), (5, 3)]
 
 # Ops TensorRT's ONNX parser lists as supported ("Y", onnx-tensorrt docs/operators.md, 10.x),
@@ -41,6 +50,10 @@ TENSORRT_OPS = {
     "Slice", "Range", "Unsqueeze", "Reshape", "Clip", "Constant",
 }
 FORBIDDEN = {"TopK", "Sort", "NonZero", "Loop", "Scan", "Unique", "CumSum", "If"}
+
+
+def adaptive_topk() -> TopK:
+    return TopK(0.25, "threshold", selection="adaptive", adaptive_threshold=0.3, min_ratio=0.05, max_ratio=0.5)
 
 
 class WithK(torch.nn.Module):
@@ -88,7 +101,7 @@ def graphs() -> dict[str, Graph]:
         "threshold": Graph(export(WithK(lambda s, k: threshold_topk_mask(s, k, DEFAULT_STEPS)), True)),
         "exact": Graph(export(WithK(exact_topk_mask), True)),
         "ratio": Graph(export(TopK(0.3, "threshold"), False)),
-        "adaptive": Graph(export(TopK(0.25, "threshold", selection="adaptive", adaptive_threshold=0.3, min_ratio=0.05, max_ratio=0.5), False)),
+        "adaptive": Graph(export(adaptive_topk(), False)),
     }
 
 
@@ -150,7 +163,10 @@ def test_kth_value_tiny_relative_to_the_max(graphs, shape, seed, kc):
     check(graphs, values, k, topk_mask(values, k))
 
 
-@pytest.mark.parametrize("start", [0.0, -3 * 2.0**-149, 2.0**-126 - 4 * 2.0**-149, 1.0 - 3 * 2**-24, 3e38, -3.4028235e38])
+RUN_STARTS = [0.0, -3 * 2.0**-149, 2.0**-126 - 4 * 2.0**-149, 1.0 - 3 * 2**-24, 3e38, -3.4028235e38]
+
+
+@pytest.mark.parametrize("start", RUN_STARTS)
 def test_near_ties_across_zero_binade_and_range_edges(graphs, start):
     values = float_run(np.random.default_rng(1), 6, 5, np.float32(start))
     for k in range(1, 31):
@@ -158,7 +174,12 @@ def test_near_ties_across_zero_binade_and_range_edges(graphs, start):
 
 
 @FAST
-@given(shape=st.sampled_from(SHAPES + [(24, 40)]), seed=st.integers(0, 2**32 - 1), kc=k_strategy, scale=st.sampled_from([20.0, 200.0]))
+@given(
+    shape=st.sampled_from(SHAPES + [(24, 40)]),
+    seed=st.integers(0, 2**32 - 1),
+    kc=k_strategy,
+    scale=st.sampled_from([20.0, 200.0]),
+)
 def test_saturated_sigmoid_maps_select_exactly_k(graphs, shape, seed, kc, scale):
     values = saturated_sigmoid(np.random.default_rng(seed), *shape, scale)
     k = pick_k(kc, values.size)
@@ -208,7 +229,7 @@ def test_in_graph_k_follows_the_runtime_size(graphs, h, w):
 
 def test_adaptive_k_graph_matches_pytorch(graphs):
     rng = np.random.default_rng(4)
-    top = TopK(0.25, "threshold", selection="adaptive", adaptive_threshold=0.3, min_ratio=0.05, max_ratio=0.5)
+    top = adaptive_topk()
     for shape in [(13, 7), (16, 32), (64, 128)]:
         logits = rng.normal(0, 30, (3, 1, *shape)).astype(np.float32)
         logits[0] -= 100  # nothing above tau: min_ratio

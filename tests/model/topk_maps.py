@@ -81,7 +81,9 @@ def tiny_kth(rng, h, w, k) -> np.ndarray:
     pool_small = np.unique(small.astype(F32))
     if pool_big.size < k - 1 or pool_small.size < h * w - k + 1:
         raise ValueError("pool too small")
-    values = np.concatenate([rng.choice(pool_big, k - 1, replace=False), rng.choice(pool_small, h * w - k + 1, replace=False)])
+    values = np.concatenate(
+        [rng.choice(pool_big, k - 1, replace=False), rng.choice(pool_small, h * w - k + 1, replace=False)]
+    )
     return rng.permutation(values).reshape(h, w).astype(F32)
 
 
