@@ -2,8 +2,10 @@
 
 The shipped SynthCity model keeps its k-th importance far from 0 and 1. A selector trained
 longer (its auxiliary loss pushes towards confident 0/1) does not: this script multiplies
-the final selector conv's weight and bias by ``--sharpen`` (default 40) so that logits
-reach |30| and beyond and sigmoid(logit) saturates to exact 0.0 / 1.0 over much of the map.
+the final selector conv's weight and bias by each ``--sharpen`` factor (default 40 and 100)
+so that logits reach |30| and beyond and sigmoid(logit) saturates to exact 0.0 / 1.0 over
+much of the map (at 100 the k-th importance itself is 0.0: ties at k in the importance map,
+none in the logits).
 Per image it records, at every size given:
 
 * PyTorch: exact (stable sort) vs threshold (counting search) masks, cells selected vs k;
@@ -125,7 +127,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, action="append", help="SynthCity/Cityscapes folder (val), repeatable")
-    parser.add_argument("--sharpen", type=float, default=40.0)
+    parser.add_argument("--sharpen", type=float, nargs="+", default=[40.0, 100.0],
+                        help="selector logit scale(s); 100 puts the k-th importance at exact 0.0 (a tie)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,10 +138,8 @@ def main() -> int:
             for h, w in [(512, 1024), (1024, 2048)]:
                 folders.append(Path(tmp) / f"sc{h}")
                 generate(folders[-1], SynthCityConfig(train=0, val=4, height=h, width=w, seed=0))
-        report = {
-            "confident": run(args.checkpoint, folders, args.sharpen),
-            "shipped": run(args.checkpoint, folders, 1.0),
-        }
+        report = {f"sharpen_{f:g}": run(args.checkpoint, folders, f) for f in args.sharpen}
+        report["shipped"] = run(args.checkpoint, folders, 1.0)
     for name, part in report.items():
         print(name, json.dumps(part["summary"]))
     if args.json:
