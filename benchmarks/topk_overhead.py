@@ -1,6 +1,6 @@
 """What the threshold Top-K costs in ONNX Runtime (CPU): exact search vs the old bisection.
 
-Three measurements of the full FoR-Net export (static shape, as ``export_bundle`` writes it),
+Measurements of the full FoR-Net export (static shape, as ``export_bundle`` writes it),
 each variant in its own session, block-alternating (A x B runs, B x B runs, ...) so that
 machine noise hits every variant alike:
 
@@ -12,6 +12,8 @@ machine noise hits every variant alike:
   many small nodes (the Top-K) against graphs of few large ones (convolutions).
 * ``wall`` — no profiler: the Top-K subgraph (selector scores -> mask) cut out of the same
   ONNX file and timed alone, against the full model; medians and their ratio.
+* ``cpu_1thread`` — the same with one intra-op thread (no spinning) and the process's CPU
+  time instead of the clock: the work done, least disturbed by other load on the machine.
 * ``latency`` (``--latency``) — the earlier comparison: PyTorch eager (exact Top-K) vs
   ONNX Runtime with the threshold and the exact (TopK op) graph.
 
@@ -21,7 +23,7 @@ steps on sigmoid(scores), rebuilt here; its extra Sigmoid is left out of the sha
 ratios measured in one process; absolute times depend on the machine and its load.
 
     python benchmarks/topk_overhead.py --checkpoint fornet_deploy/weights/fornet_synthcity.safetensors \
-        --shape 512x1024 --steps 9 12 16 --json docs/results/topk_overhead.json
+        --shape 512x1024 --shape 1024x2048 --steps 9 12 16 32 --json docs/results/topk_overhead.json
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def session(ort, path_or_bytes, threads: int | None, profile_prefix: str | None 
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if threads == 1:  # no spinning thread pool: process CPU time is the work done
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -140,7 +144,8 @@ def profile_shares(ort, paths: dict, image: np.ndarray, rounds: int, block: int,
     return out
 
 
-def wall_shares(ort, paths: dict, image: np.ndarray, rounds: int, threads) -> dict:
+def timed_shares(ort, paths: dict, image: np.ndarray, rounds: int, threads, clock=time.perf_counter) -> dict:
+    """Top-K subgraph (cut out of each ONNX file) vs the full model, no profiler: medians."""
     full, sub = {}, {}
     for v, p in paths.items():
         proto = onnx.load(str(p))
@@ -159,13 +164,13 @@ def wall_shares(ort, paths: dict, image: np.ndarray, rounds: int, threads) -> di
         sub[v].run(None, sub_feeds[v])
     for _ in range(rounds):
         for v in paths:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(20):
                 sub[v].run(None, sub_feeds[v])
-            times[v]["topk"].append((time.perf_counter() - start) / 20 * 1e6)
-            start = time.perf_counter()
+            times[v]["topk"].append((clock() - start) / 20 * 1e6)
+            start = clock()
             full[v].run(None, {full[v].get_inputs()[0].name: image})
-            times[v]["model"].append((time.perf_counter() - start) * 1e3)
+            times[v]["model"].append((clock() - start) * 1e3)
     out = {}
     for v, t in times.items():
         topk_us, model_ms = statistics.median(t["topk"]), statistics.median(t["model"])
@@ -238,7 +243,8 @@ def main() -> None:
                 "shape": [h, w],
                 "schedules": {v: search_schedule(int(v.split("-")[1])) for v in variants if v != "legacy"},
                 "profile": profile_shares(ort, paths, image, args.rounds, args.block, args.threads, tmp),
-                "wall": wall_shares(ort, paths, image, args.rounds, args.threads),
+                "wall": timed_shares(ort, paths, image, args.rounds, args.threads),
+                "cpu_1thread": timed_shares(ort, paths, image, args.rounds, 1, time.process_time),
             }
             if args.latency:
                 row["latency"] = latency(args.checkpoint, h, w, image, args.warmup, args.iters, tmp)
@@ -247,14 +253,14 @@ def main() -> None:
     report = {"machine": describe_machine(), "onnxruntime": ort.__version__, "rounds": args.rounds, "block": args.block,
               "threads": args.threads, "results": results}
     print("| shape | variant | Top-K nodes | profiler share (sum) | profiler share (node medians) "
-          "| Top-K wall us | model wall ms | wall share |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| Top-K wall us | wall share | Top-K CPU us (1 thread) | CPU share (1 thread) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for v in variants:
-            p, wl = r["profile"][v], r["wall"][v]
+            p, wl, cpu = r["profile"][v], r["wall"][v], r["cpu_1thread"][v]
             print(f"| {r['shape'][0]}x{r['shape'][1]} | {v} | {p['topk_nodes']} | {p['share_sum_pct']:.2f} % "
-                  f"| {p['share_median_pct']:.2f} % "
-                  f"| {wl['topk_us']:.0f} | {wl['model_ms']:.1f} | {wl['share_pct']:.2f} % |")
+                  f"| {p['share_median_pct']:.2f} % | {wl['topk_us']:.0f} | {wl['share_pct']:.2f} % "
+                  f"| {cpu['topk_us']:.0f} | {cpu['share_pct']:.2f} % |")
     if args.json:
         atomic_write_json(args.json, report)
 
