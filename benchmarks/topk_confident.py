@@ -18,7 +18,7 @@ Per image it records, at every size given:
     fornet-deploy synthcity --out /tmp/sc512 --train 0 --val 4 --height 512 --width 1024
     fornet-deploy synthcity --out /tmp/sc1024 --train 0 --val 4 --height 1024 --width 2048
     python benchmarks/topk_confident.py --checkpoint weights/fornet_synthcity.safetensors \
-        --data /tmp/sc512 --data /tmp/sc1024 --json docs/results/topk_confident.json
+        --data /tmp/sc512 --data /tmp/sc1024 --json topk_confident.json
 
 Without ``--data`` it generates 4 val images at 512x1024 and at 1024x2048 in a temporary
 folder (seed 0, as the commands above). Exit status 1 if any mask differs.

@@ -23,7 +23,7 @@ steps on sigmoid(scores), rebuilt here; its extra Sigmoid is left out of the sha
 ratios measured in one process; absolute times depend on the machine and its load.
 
     python benchmarks/topk_overhead.py --checkpoint fornet_deploy/weights/fornet_synthcity.safetensors \
-        --shape 512x1024 --shape 1024x2048 --steps 9 12 16 32 --json docs/results/topk_overhead.json
+        --shape 512x1024 --shape 1024x2048 --steps 9 12 16 32 --json topk_overhead.json
 """
 
 from __future__ import annotations

@@ -43,13 +43,13 @@ The search (``threshold``), and why a fixed number of rounds is exact
     ``[lo, lo + 2^(remaining bits) steps)``; a round of ``b`` bits splits that block into
     ``2^b`` equal parts and keeps the part holding the answer, so ``steps`` rounds whose bits
     add up to 9 + 23 = 32 end on ``v`` itself — for every map, ties or not
-    (:func:`search_schedule`; the default 12 rounds = (3, 3, 3) + (3, 3, 3, 3, 3, 2, 2, 2, 2)
-    bits, 69 thresholds in all; 32 rounds = a binary search). Round 1 compares against
-    constants (and slot 0, -inf, which gives the non-NaN count for free); later slot rounds
-    Gather their thresholds from the constant 512-entry table; in-slot thresholds are
-    ``LB + (j*ULP)``, computed exactly (``j < 2^23`` times a power of two, and a sum that is
-    a float32 value of the slot). If fewer than ``k`` values are non-NaN no slot holds and
-    ``v = -inf``; the remaining positions are NaNs.
+    (:func:`search_schedule`; the default 16 rounds = (3, 2, 2, 2) + (2 x 11, 1) bits, 51
+    thresholds in all, counting -inf; 12 rounds: 69; 9 rounds: 104; 32 rounds: a binary
+    search). Round 1 compares against constants (and slot 0, -inf, which gives the non-NaN
+    count for free); later slot rounds Gather their thresholds from the constant 512-entry
+    table; in-slot thresholds are ``LB + (j*ULP)``, computed exactly (``j < 2^23`` times a
+    power of two, and a sum that is a float32 value of the slot). If fewer than ``k``
+    values are non-NaN no slot holds and ``v = -inf``; the remaining positions are NaNs.
 
     Ties at ``v`` (and NaNs in that case) are taken in row-major order: whole rows while
     their tie count fits in what is still needed (row counts, and the ties in the rows above
@@ -121,7 +121,11 @@ MANTISSA_BITS = 23  # 2^23 values per slot
 MAX_BITS_PER_STEP = 8  # at most 255 thresholds compared in one round
 MIN_STEPS = 2 + 3  # 9 bits in >= 2 rounds, 23 in >= 3
 MAX_STEPS = SLOT_BITS + MANTISSA_BITS  # one bit per round (binary search)
-DEFAULT_STEPS = 12  # chosen by benchmarks/topk_overhead.py (ORT CPU); 5-6 favour a GPU
+# Chosen with benchmarks/topk_overhead.py on ONNX Runtime CPU (512x1024 and 1024x2048): 16
+# rounds had the lowest profiler share and CPU time of 9/12/16 (32 costs least CPU time but
+# has as many rounds as the old bisection). Fewer rounds (5..9) mean fewer sequential
+# kernels on a GPU at more comparisons per round: set topk_search_steps for a GPU export.
+DEFAULT_STEPS = 16
 
 
 def ratio_numerator(ratio: float) -> int:
@@ -149,8 +153,9 @@ def search_schedule(steps: int = DEFAULT_STEPS) -> tuple[tuple[int, ...], tuple[
     The bits add up to 9 and 23, which is what makes the search exact; rounds are shared
     in proportion (at most 8 bits, i.e. 255 thresholds, per round). ``steps`` trades
     sequential rounds (kernel launches on a GPU, per-node overhead in ONNX Runtime)
-    against thresholds per round (work per round): 12 (default) -> (3,3,3) +
-    (3,3,3,3,3,2,2,2,2); 9 -> (3,3,3) + (4,4,4,4,4,3); 5 -> (5,4) + (8,8,7).
+    against thresholds per round (work per round): 16 (default) -> (3,2,2,2) +
+    (2,2,2,2,2,2,2,2,2,2,2,1); 12 -> (3,3,3) + (3,3,3,3,3,2,2,2,2); 9 -> (3,3,3) +
+    (4,4,4,4,4,3); 5 -> (5,4) + (8,8,7).
     """
     if not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
         raise ValueError(f"Top-K search steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}], got {steps!r}")

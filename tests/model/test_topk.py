@@ -376,6 +376,7 @@ def test_every_schedule_covers_all_32_bits(steps):
 
 
 def test_default_schedule_and_invalid_steps():
+    assert search_schedule(DEFAULT_STEPS) == search_schedule(16) == ((3, 2, 2, 2), (2,) * 11 + (1,))
     assert search_schedule(12) == ((3, 3, 3), (3, 3, 3, 3, 3, 2, 2, 2, 2))
     assert search_schedule(9) == ((3, 3, 3), (4, 4, 4, 4, 4, 3))
     for bad in (4, 33, 9.0):
