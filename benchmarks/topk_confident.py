@@ -15,8 +15,8 @@ Per image it records, at every size given:
 * the same for the unmodified model (``sharpen = 1``), whose masks must equal
   ``torch.topk`` on the importance map as before (no tie at k there).
 
-    fornet-deploy synthcity --out /tmp/sc512 --train 0 --val 4 --height 512 --width 1024
-    fornet-deploy synthcity --out /tmp/sc1024 --train 0 --val 4 --height 1024 --width 2048
+    fornet-deploy synthcity --out /tmp/sc512 --train 0 --val 4 --shape 512x1024
+    fornet-deploy synthcity --out /tmp/sc1024 --train 0 --val 4 --shape 1024x2048
     python benchmarks/topk_confident.py --checkpoint weights/fornet_synthcity.safetensors \
         --data /tmp/sc512 --data /tmp/sc1024 --json topk_confident.json
 
