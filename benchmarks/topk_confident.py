@@ -17,7 +17,7 @@ Per image it records, at every size given:
 
     fornet-deploy synthcity --out /tmp/sc512 --train 0 --val 4 --shape 512x1024
     fornet-deploy synthcity --out /tmp/sc1024 --train 0 --val 4 --shape 1024x2048
-    python benchmarks/topk_confident.py --checkpoint weights/fornet_synthcity.safetensors \
+    python benchmarks/topk_confident.py --checkpoint fornet_deploy/weights/fornet_synthcity.safetensors \
         --data /tmp/sc512 --data /tmp/sc1024 --json topk_confident.json
 
 Without ``--data`` it generates 4 val images at 512x1024 and at 1024x2048 in a temporary
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fornet_deploy.contract import IMPORTANCE, TOPK_MASK
+from fornet_deploy.contract import IMPORTANCE, SHIPPED_WEIGHTS, TOPK_MASK
 from fornet_deploy.data.cityscapes import find_samples
 from fornet_deploy.data.synthcity import SynthCityConfig, generate
 from fornet_deploy.data.transforms import Preprocessing, preprocess
@@ -125,7 +125,7 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_WEIGHTS, help="default: the shipped weights")
     parser.add_argument("--data", type=Path, action="append", help="SynthCity/Cityscapes folder (val), repeatable")
     parser.add_argument("--sharpen", type=float, nargs="+", default=[40.0, 100.0],
                         help="selector logit scale(s); 100 puts the k-th importance at exact 0.0 (a tie)")

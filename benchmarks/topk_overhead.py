@@ -43,7 +43,7 @@ from torch import nn
 
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bench.timing import latency_stats, time_iterations
-from fornet_deploy.contract import TOPK_SCOPE, parse_hw
+from fornet_deploy.contract import SHIPPED_WEIGHTS, TOPK_SCOPE, parse_hw
 from fornet_deploy.export.onnx import ExportConfig, export_bundle, export_onnx_model
 from fornet_deploy.io import atomic_write_json
 from fornet_deploy.model.checkpoint import load_checkpoint
@@ -214,7 +214,7 @@ def latency(checkpoint: Path, h: int, w: int, batch: np.ndarray, warmup: int, it
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_WEIGHTS, help="default: the shipped weights")
     parser.add_argument("--shape", action="append", help="HxW, repeatable (default 512x1024)")
     parser.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_STEPS], help="search rounds to compare")
     parser.add_argument("--no-legacy", action="store_true", help="leave out the old bisection")

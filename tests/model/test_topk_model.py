@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fornet_deploy.contract import IMPORTANCE, LOGITS, TOPK_MASK
+from fornet_deploy.contract import IMPORTANCE, LOGITS, SHIPPED_WEIGHTS, TOPK_MASK
 from fornet_deploy.data.cityscapes import find_samples
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.errors import FornetError
@@ -18,7 +18,7 @@ from fornet_deploy.model.checkpoint import load_checkpoint, read_checkpoint_conf
 from fornet_deploy.model.fornet import FoRNetConfig, build_model
 from fornet_deploy.model.topk import DEFAULT_STEPS, selection_counts, topk_count
 
-SHIPPED = Path(__file__).resolve().parents[2] / "fornet_deploy" / "weights" / "fornet_synthcity.safetensors"
+SHIPPED = SHIPPED_WEIGHTS
 needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights not in this checkout")
 
 
