@@ -121,10 +121,12 @@ MANTISSA_BITS = 23  # 2^23 values per slot
 MAX_BITS_PER_STEP = 8  # at most 255 thresholds compared in one round
 MIN_STEPS = 2 + 3  # 9 bits in >= 2 rounds, 23 in >= 3
 MAX_STEPS = SLOT_BITS + MANTISSA_BITS  # one bit per round (binary search)
-# Chosen with benchmarks/topk_overhead.py on ONNX Runtime CPU (512x1024 and 1024x2048): 16
-# rounds had the lowest profiler share and CPU time of 9/12/16 (32 costs least CPU time but
-# has as many rounds as the old bisection). Fewer rounds (5..9) mean fewer sequential
-# kernels on a GPU at more comparisons per round: set topk_search_steps for a GPU export.
+# Chosen with benchmarks/topk_overhead.py on ONNX Runtime CPU (512x1024 and 1024x2048, five
+# runs on a shared 2-core machine): of 9/12/16 rounds, 16 had the least CPU time in every run
+# and the lowest or near-lowest profiler share (which moves by +-0.5 points run to run); 32
+# costs the least CPU time but has as many rounds as the old bisection. Fewer rounds (5..9)
+# mean fewer sequential kernels on a GPU at more comparisons per round: set
+# topk_search_steps for a GPU export.
 DEFAULT_STEPS = 16
 
 
