@@ -6,8 +6,8 @@ Segmentation" (arXiv 2605.02764; only the abstract is public, see docs/design.md
     image ─ stem (1/4) ─ stage1 (1/4, detail) ─ stage2 (1/8) ─ stage3 (1/16) ─ stage4 (1/32)
                                    │                 └──────── neck: top-down fusion + global context ──┐
                                    │                                                      F (1/8) ──────┤
-                                   │           selector: s = sigmoid(conv1x1(F))  (importance map, 1/8) │
-                                   │           Top-K:    M = topk_mask(s, ratio)                        │
+                                   │           selector: z = conv1x1(F), s = sigmoid(z)  (importance, 1/8)│
+                                   │           Top-K:    M = topk_mask(z, ratio)  (exactly k, on logits)│
                                    │           branches: E = fuse(dw3x3 dilations 1/2/4)(F)             │
                                    │           F' = F + M * s * E   (gradient reaches s; M is constant) │
                                    └── head: upsample F' to 1/4, concat detail, conv, classify, upsample x4
@@ -29,7 +29,7 @@ from torch import nn
 
 from ..contract import IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_stride
 from ..errors import FornetError, OptionError
-from .topk import RATIO_DENOMINATOR, TopK, ratio_numerator
+from .topk import DEFAULT_STEPS, RATIO_DENOMINATOR, TopK, ratio_numerator, search_schedule
 
 # The module names "focus", "selector" and "topk" below make the ONNX node-name scopes
 # (contract.FP32_SCOPES) that every reduced-precision artefact keeps FP32.
@@ -64,7 +64,13 @@ class FoRNetConfig:
     focus: str = "topk"  # "topk" (fixed ratio), "adaptive", or "none" (ablation)
     topk_ratio: float = 0.25
     topk_mode: str = "exact"  # "exact" | "threshold"; switchable after loading
+    # Legacy: the rounds of the value-space bisection that the exact search replaced. Kept so
+    # that every existing checkpoint and config still loads (and is still range-checked);
+    # the Top-K no longer reads it.
     bisection_steps: int = 32
+    # Sequential counting rounds of the threshold Top-K's exact search (5..32; fewer rounds
+    # compare more thresholds at once). Exact at every value; see topk.search_schedule.
+    topk_search_steps: int = DEFAULT_STEPS
     adaptive_threshold: float = 0.5
     adaptive_min_ratio: float = 0.05
     adaptive_max_ratio: float = 0.5
@@ -91,6 +97,10 @@ class FoRNetConfig:
         _integers("expansions", self.expansions, MAX_EXPANSION)
         _integers("branch_dilations", self.branch_dilations, MAX_DILATION)
         _integers("bisection_steps", [self.bisection_steps], MAX_BISECTION_STEPS)
+        try:
+            search_schedule(self.topk_search_steps)
+        except ValueError as exc:
+            raise OptionError(f"topk_search_steps: {exc}") from None
         ratios = ["topk_ratio"] + (["adaptive_min_ratio", "adaptive_max_ratio"] if self.focus == "adaptive" else [])
         for name in ratios:
             _ratio(name, getattr(self, name))
@@ -122,8 +132,8 @@ class FoRNetConfig:
     def replace(self, **changes) -> "FoRNetConfig":
         return FoRNetConfig.from_dict({**self.to_dict(), **changes})
 
-    # fields that change only how the network runs, not its weights
-    RUNTIME_FIELDS = ("topk_mode", "bisection_steps")
+    # fields that change only how the network runs, not its weights (bisection_steps: legacy)
+    RUNTIME_FIELDS = ("topk_mode", "topk_search_steps", "bisection_steps")
 
 
 def _integers(name: str, values, most: int) -> None:
@@ -258,7 +268,12 @@ class MultiScaleBranches(nn.Module):
 
 
 class Selector(nn.Module):
-    """Importance map s in (0, 1), one value per 1/8-scale position."""
+    """Region scores, one per 1/8-scale position: ``(logits, importance = sigmoid(logits))``.
+
+    The Top-K selects on the logits (same order as the importance, but no saturation into
+    ties at 0.0/1.0); the importance weights the enhancement and is the exported output.
+    Both are computed here so that their ONNX nodes carry the "/focus/selector/" scope.
+    """
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
@@ -266,11 +281,16 @@ class Selector(nn.Module):
         self.score = nn.Conv2d(hidden, 1, 1)
 
     def forward(self, x):
-        return torch.sigmoid(self.score(self.conv(x)))
+        logits = self.score(self.conv(x))
+        return logits, torch.sigmoid(logits)
 
 
 class FocusModule(nn.Module):
-    """F' = F + M * s * E(F): multi-scale enhancement emphasised on the selected regions."""
+    """F' = F + M * s * E(F): multi-scale enhancement emphasised on the selected regions.
+
+    ``M`` = Top-K of the selector's logits (exactly k positions, see model/topk.py),
+    ``s`` = sigmoid(logits), the importance map.
+    """
 
     def __init__(self, cfg: FoRNetConfig):
         super().__init__()
@@ -281,7 +301,7 @@ class FocusModule(nn.Module):
             self.topk = TopK(
                 ratio=cfg.topk_ratio,
                 mode=cfg.topk_mode,
-                steps=cfg.bisection_steps,
+                steps=cfg.topk_search_steps,
                 selection="adaptive" if cfg.focus == "adaptive" else "fixed",
                 adaptive_threshold=cfg.adaptive_threshold,
                 min_ratio=cfg.adaptive_min_ratio,
@@ -292,8 +312,8 @@ class FocusModule(nn.Module):
         enhanced = self.enhance(x)
         if not self.uses_selector:
             return x + enhanced, None, None
-        importance = self.selector(x)
-        mask = self.topk(importance.detach())  # selection is not differentiable; s is
+        logits, importance = self.selector(x)
+        mask = self.topk(logits.detach())  # selection is not differentiable; s is
         return x + mask * importance * enhanced, importance, mask
 
 
@@ -354,12 +374,16 @@ class FoRNet(nn.Module):
         return self.focus.topk if self.focus.uses_selector else None
 
     def set_topk_mode(self, mode: str, steps: int | None = None) -> "FoRNet":
-        """Switch exact/threshold Top-K without retraining (no-op for focus='none')."""
+        """Switch exact/threshold Top-K without retraining (no-op for focus='none').
+
+        ``steps``: rounds of the threshold search (``topk_search_steps``); both modes select
+        the same positions whatever the value.
+        """
         if self.topk is not None:
             self.topk.mode = mode
             if steps is not None:
                 self.topk.steps = steps
-        changes = {"topk_mode": mode} | ({"bisection_steps": steps} if steps is not None else {})
+        changes = {"topk_mode": mode} | ({"topk_search_steps": steps} if steps is not None else {})
         self.config = self.config.replace(**changes)
         return self
 
