@@ -347,6 +347,13 @@ def build_trt(
 # --------------------------------------------------------------------------- verification
 
 
+def _off_k(summary: dict) -> str | None:
+    selection = summary.get("topk_selection")
+    if selection is None:
+        return None
+    return f"{selection['images_over_k'] + selection['images_under_k']} (extra cells {selection['extra_cells']})"
+
+
 def _check(summary: dict, key: str) -> str:
     if key not in summary["checks"]:
         return ""
@@ -379,7 +386,7 @@ def parity(
         ["argmax agreement", s["argmax_agreement"], _check(s, "argmax_agreement")],
         ["Top-K mask agreement", s["mask_agreement"], _check(s, "mask_agreement")],
         ["images with identical mask", s["mask_identical_images"], ""],
-        ["images with superset mask (ties)", s["mask_superset_images"], ""],
+        ["images off k (Top-K cells)", _off_k(s), _check(s, "topk_count")],
         ["agreement mIoU", s["agreement_miou"], ""],
     ])
     console.print(f"{'PASS' if s['passed'] else 'FAIL'}; report {report['report_path']}")

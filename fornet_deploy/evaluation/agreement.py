@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..contract import LOGITS, TOPK_MASK
+from ..model.topk import selection_counts
 from .metrics import agreement
 from .postprocess import predicted_labels
 
@@ -21,21 +22,34 @@ class ImageAgreement:
     mask_agreement: float | None  # fraction of 1/8-scale cells with the same Top-K decision
     mask_count_reference: int | None  # cells selected by the reference
     mask_count_candidate: int | None
+    mask_k: int | None  # cells the Top-K must select (k) on this image
+    mask_extra: int | None  # candidate's cells beyond k (negative: fewer)
 
 
-def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, int]) -> ImageAgreement:
-    """Compare the outputs of two runners for one image (batch of 1), labels at size ``hw``."""
+def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, int],
+                    k: int | None = None) -> ImageAgreement:
+    """Compare the outputs of two runners for one image (batch of 1), labels at size ``hw``.
+
+    ``k``: the number of cells the Top-K must select (``topk_count(ratio, cells)`` for a
+    fixed ratio); default the reference's own count, which the exact Top-K makes exactly k.
+    """
     ref_labels, cand_labels = predicted_labels(reference, hw), predicted_labels(candidate, hw)
     max_abs = mean_abs = None
     if LOGITS in reference and LOGITS in candidate:
         diff = np.abs(reference[LOGITS].astype(np.float32) - candidate[LOGITS].astype(np.float32))
         max_abs, mean_abs = float(diff.max()), float(diff.mean())
-    mask_agree = count_ref = count_cand = None
+    mask_agree = count_ref = count_cand = extra = None
     if TOPK_MASK in reference and TOPK_MASK in candidate:
         ref_mask, cand_mask = reference[TOPK_MASK] > 0.5, candidate[TOPK_MASK] > 0.5
         mask_agree = agreement(ref_mask, cand_mask)
-        count_ref, count_cand = int(ref_mask.sum()), int(cand_mask.sum())
-    return ImageAgreement(name, max_abs, mean_abs, agreement(ref_labels, cand_labels), mask_agree, count_ref, count_cand)
+        count_ref = int(ref_mask.sum())
+        k = count_ref if k is None else k
+        selected = selection_counts(cand_mask, k)[0]
+        count_cand, extra = selected.selected, selected.extra
+    else:
+        k = None
+    return ImageAgreement(name, max_abs, mean_abs, agreement(ref_labels, cand_labels), mask_agree, count_ref,
+                          count_cand, k, extra)
 
 
 def pooled(images: list[ImageAgreement]) -> dict:

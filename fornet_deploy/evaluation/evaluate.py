@@ -15,6 +15,7 @@ from ..contract import TOPK_MASK
 from ..data.transforms import Preprocessing
 from ..errors import OptionError
 from ..io import atomic_write_json
+from ..model.topk import selection_counts, summarize_selection, topk_count
 from ..runtimes.base import Runner
 from ..runtimes.registry import load_runner
 from .examples import Example, dataset_examples
@@ -23,19 +24,39 @@ from .postprocess import label_outputs, predicted_labels, upsampled_mask
 
 
 def evaluate_runner(runner: Runner, examples: Iterable[Example], num_classes: int = 19, boundary_width: int = 3,
-                    progress: Callable[[int, int], None] | None = None) -> dict:
+                    progress: Callable[[int, int], None] | None = None, topk_ratio: float | None = None) -> dict:
     """Metrics (mIoU, per-class IoU, boundary IoU, thin IoU, Top-K coverage) of a runner
-    on labelled examples; ``progress(done, total)`` after each image."""
+    on labelled examples; ``progress(done, total)`` after each image.
+
+    With a Top-K mask, ``topk_selection`` lists per image the selected cells and, for a
+    fixed ``topk_ratio``, k = ceil(ratio * cells) and the cells beyond it.
+    """
     metrics = SegmentationMetrics(num_classes=num_classes, boundary_width=boundary_width)
     total = len(examples) if hasattr(examples, "__len__") else 0
     wanted = label_outputs(runner.output_names(), TOPK_MASK)
+    selection = []
     for i, ex in enumerate(examples):
         outputs = runner(ex.batch, outputs=wanted)
         hw = ex.labels.shape
         metrics.update(predicted_labels(outputs, hw), ex.labels, topk_mask=upsampled_mask(outputs, hw))
+        if TOPK_MASK in outputs:
+            cells = outputs[TOPK_MASK][0].size
+            k = topk_count(topk_ratio, cells) if topk_ratio else 0
+            selection.append((ex.name, selection_counts(outputs[TOPK_MASK], k)[0]))
         if progress:
             progress(i + 1, total)
-    return metrics.result()
+    result = metrics.result()
+    if selection:
+        per_image = [{"name": name, "selected": c.selected, **({"k": c.k, "extra": c.extra} if topk_ratio else {})}
+                     for name, c in selection]
+        summary = summarize_selection([c for _, c in selection]) if topk_ratio else {"images": len(selection)}
+        result["topk_selection"] = {"ratio": topk_ratio, **summary, "per_image": per_image}
+    return result
+
+
+def fixed_topk_ratio(topk: dict) -> float | None:
+    """The bundle's fixed Top-K ratio, None for adaptive K or no selector (manifest ``topk``)."""
+    return float(topk["ratio"]) if topk.get("focus") == "topk" else None
 
 
 def check_boundary_width(width: int) -> None:
@@ -52,7 +73,8 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "or
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     examples = dataset_examples(data, split, pre, limit)
     with load_runner(bundle, runtime, precision, device) as runner:
-        metrics = evaluate_runner(runner, examples, len(bundle.section("classes")), boundary_width, progress)
+        metrics = evaluate_runner(runner, examples, len(bundle.section("classes")), boundary_width, progress,
+                                  fixed_topk_ratio(bundle.section("topk")))
         info = runner.info().to_dict()
     result = {**metrics, "runner": info, "split": split, "data": str(data)}
     if json_out:

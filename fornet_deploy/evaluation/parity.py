@@ -3,7 +3,9 @@
 The reference is the bundle's checkpoint in PyTorch, FP32, with the ``exact`` Top-K (the
 training form). Per image: max / mean absolute logit difference, argmax agreement,
 Top-K mask agreement (how much the export-friendly threshold Top-K and reduced
-precision change *which* regions are selected) and the agreement-mIoU (mIoU of the
+precision change *which* regions are selected), the number of selected cells against k
+(``extra cells``: the Top-K selects exactly k in every artefact, so any extra or missing
+cell fails parity, whatever the precision) and the agreement-mIoU (mIoU of the
 artefact's prediction with the reference prediction as ground truth). Pass thresholds
 depend on the precision; the report is JSON plus diff pictures of the worst images.
 """
@@ -15,13 +17,15 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..bundle import Bundle
-from ..contract import PARITY_DIR
+from ..contract import PARITY_DIR, TOPK_MASK
 from ..data.transforms import Preprocessing
 from ..errors import FornetError
 from ..io import atomic_write_json, write_png
+from ..model.topk import SelectionCount, summarize_selection, topk_count
 from ..runtimes.base import Runner
 from ..runtimes.registry import load_runner
 from .agreement import ImageAgreement, compare_outputs, pooled
+from .evaluate import fixed_topk_ratio
 from .examples import Example, check_limit, dataset_examples, synthetic_examples
 from .metrics import SegmentationMetrics
 from .postprocess import diff_picture, predicted_labels
@@ -59,16 +63,22 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
         "min_image_argmax_agreement": min(values("argmax_agreement")),
         "mask_agreement": agree["mask_agreement"],
         "mask_identical_images": sum(1 for m in masks if m == 1.0),
-        # threshold Top-K selects a superset on ties: more positions than the reference
-        "mask_superset_images": sum(1 for i in images if i.mask_count_candidate is not None
-                                    and i.mask_count_candidate > i.mask_count_reference),
         "agreement_miou": agreement_cm.result()["miou"],
     }
+    counted = [i for i in images if i.mask_k is not None]
+    if counted:
+        candidate = summarize_selection([SelectionCount(i.mask_count_candidate, i.mask_k) for i in counted])
+        reference = summarize_selection([SelectionCount(i.mask_count_reference, i.mask_k) for i in counted])
+        summary["topk_selection"] = {**{k: v for k, v in candidate.items() if k != "images"},
+                                     "reference_images_off_k": reference["images_over_k"] + reference["images_under_k"]}
     checks = {"argmax_agreement": summary["argmax_agreement"] >= thresholds.min_argmax_agreement}
     if thresholds.max_abs_logit is not None and summary["max_abs_logit"] is not None:
         checks["max_abs_logit"] = summary["max_abs_logit"] <= thresholds.max_abs_logit
     if summary["mask_agreement"] is not None:
         checks["mask_agreement"] = summary["mask_agreement"] >= thresholds.min_mask_agreement
+    if counted:  # exactly k cells, in the candidate and in the reference, on every image
+        s = summary["topk_selection"]
+        checks["topk_count"] = s["images_over_k"] == s["images_under_k"] == s["reference_images_off_k"] == 0
     summary["checks"] = checks
     summary["passed"] = all(checks.values())
     return summary
@@ -76,15 +86,20 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
 
 def run_parity(reference: Runner, candidate: Runner, examples: Iterable[Example], thresholds: ParityThresholds,
                out_dir: Path | None = None, pictures: int = 3, num_classes: int = 19,
-               progress: Callable[[int, int], None] | None = None) -> dict:
-    """Compare two runners on the same preprocessed images; returns the report dict."""
+               progress: Callable[[int, int], None] | None = None, topk_ratio: float | None = None) -> dict:
+    """Compare two runners on the same preprocessed images; returns the report dict.
+
+    ``topk_ratio``: the fixed Top-K ratio, so k = ceil(ratio * cells) per image is checked in
+    both runners; None (adaptive K) takes k from the reference, which selects exactly k.
+    """
     images, worst = [], []
     agreement_cm = SegmentationMetrics(num_classes=num_classes, boundary_width=1)
     total = len(examples) if hasattr(examples, "__len__") else 0
     for i, ex in enumerate(examples):
         ref_out, cand_out = reference(ex.batch), candidate(ex.batch)
         hw = ex.image.shape[:2]
-        result = compare_outputs(ex.name, ref_out, cand_out, hw)
+        k = topk_count(topk_ratio, ref_out[TOPK_MASK][0].size) if topk_ratio and TOPK_MASK in ref_out else None
+        result = compare_outputs(ex.name, ref_out, cand_out, hw, k)
         images.append(result)
         agreement_cm.update(predicted_labels(cand_out, hw), predicted_labels(ref_out, hw))
         if out_dir is not None and pictures:
@@ -133,7 +148,8 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             load_runner(bundle, runtime, precision, device) as candidate:
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
-                            num_classes=len(bundle.section("classes")), progress=progress)
+                            num_classes=len(bundle.section("classes")), progress=progress,
+                            topk_ratio=fixed_topk_ratio(bundle.section("topk")))
     report["bundle"] = str(bundle.root)
     atomic_write_json(out_dir / "parity.json", report)
     if json_out is not None:

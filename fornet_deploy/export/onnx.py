@@ -40,6 +40,7 @@ from ..errors import FornetError, OptionError
 from ..io import read_bytes, sha256_bytes
 from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
 from ..model.fornet import FoRNet
+from ..model.topk import SELECTION_RULE, search_schedule
 
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
@@ -231,7 +232,9 @@ def export_bundle(
 
 def _topk_section(model: FoRNet, mode: str) -> dict:
     c = model.config
-    section = {"mode": mode, "focus": c.focus, "ratio": c.topk_ratio, "bisection_steps": c.bisection_steps}
+    section = {"mode": mode, "focus": c.focus, "ratio": c.topk_ratio, "search_steps": c.topk_search_steps,
+               "search_schedule": [list(bits) for bits in search_schedule(c.topk_search_steps)],
+               "scores": "selector logits", "rule": SELECTION_RULE}
     if c.focus == "adaptive":
         section |= {"threshold": c.adaptive_threshold, "min_ratio": c.adaptive_min_ratio, "max_ratio": c.adaptive_max_ratio}
     return section

@@ -115,6 +115,10 @@ TOPK_MODES = ("exact", "threshold")
 SELECTIONS = ("fixed", "adaptive")
 
 RATIO_DENOMINATOR = 1000  # ratios are multiples of 1/1000
+# The selection both modes make, as recorded in a bundle's manifest and ONNX metadata.
+SELECTION_RULE = ("exactly k = ceil(ratio*h*w) positions per image (adaptive: clamp(count(s >= tau))): the k highest "
+                  "selector logits; ties at the k-th value by lowest row-major index; +-inf ordinary extremes; "
+                  "NaN ranks below -inf")
 
 SLOT_BITS = 9  # 512 slots: -inf, 254 negative binades, 2 denormal slots, 254 positive binades, +inf
 MANTISSA_BITS = 23  # 2^23 values per slot

@@ -28,6 +28,7 @@ def test_compare_outputs_counts_superset_masks_and_disagreement():
     result = compare_outputs("x", ref, cand, (2, 2))
     assert result.argmax_agreement == 0.75 and result.mask_agreement == 0.75
     assert (result.mask_count_reference, result.mask_count_candidate) == (1, 2)
+    assert (result.mask_k, result.mask_extra) == (1, 1)  # k: the reference's count by default
     assert result.max_abs_logit == 1.0
     assert THRESHOLDS["fp32"].max_abs_logit == 1e-3
 
@@ -54,3 +55,24 @@ def test_adaptive_k_export_passes_parity_at_two_resolutions(tmp_path, tiny_confi
         counts = {i["mask_count_reference"] for i in report["images"]}
         cells = (h // 8) * (w // 8)
         assert all(0.05 * cells <= c <= 0.5 * cells + 1 for c in counts)  # clamped adaptive count
+
+
+def test_parity_fails_when_an_artefact_selects_other_than_k_cells():
+    """Every artefact's Top-K selects exactly k cells; one more or one fewer fails parity,
+    whatever the precision (the selector and Top-K stay FP32 everywhere)."""
+    from fornet_deploy.evaluation.agreement import compare_outputs
+    from fornet_deploy.evaluation.metrics import SegmentationMetrics
+    from fornet_deploy.evaluation.parity import summarize
+
+    ref_mask = np.zeros((1, 1, 4, 4), np.float32)
+    ref_mask.flat[:4] = 1  # k = ceil(0.25 * 16) = 4
+    logits = np.zeros((1, 2, 32, 32), np.float32)
+    ref = {"logits": logits, "topk_mask": ref_mask}
+    for extra in (0, 1, -1):
+        cand_mask = np.zeros_like(ref_mask)
+        cand_mask.flat[: 4 + extra] = 1
+        image = compare_outputs("x", ref, {"logits": logits, "topk_mask": cand_mask}, (32, 32), k=4)
+        assert (image.mask_k, image.mask_extra) == (4, extra)
+        summary = summarize([image], SegmentationMetrics(num_classes=2, thin_class_ids=()), THRESHOLDS["int8"])
+        assert summary["checks"]["topk_count"] is (extra == 0)
+        assert summary["topk_selection"]["extra_cells"] == max(extra, 0)
