@@ -76,3 +76,13 @@ def test_parity_fails_when_an_artefact_selects_other_than_k_cells():
         summary = summarize([image], SegmentationMetrics(num_classes=2, thin_class_ids=()), THRESHOLDS["int8"])
         assert summary["checks"]["topk_count"] is (extra == 0)
         assert summary["topk_selection"]["extra_cells"] == max(extra, 0)
+
+
+def test_eval_reports_selected_cells_against_k(tiny_bundle, tiny_data):
+    from fornet_deploy.evaluation.evaluate import evaluate_bundle
+    from fornet_deploy.model.topk import topk_count
+
+    selection = evaluate_bundle(tiny_bundle, tiny_data)["topk_selection"]
+    assert selection["images"] == 3 and selection["images_over_k"] == selection["images_under_k"] == 0
+    k = topk_count(selection["ratio"], (128 // 8) * (256 // 8))
+    assert all(image["selected"] == image["k"] == k and image["extra"] == 0 for image in selection["per_image"])
