@@ -24,9 +24,10 @@ from typing import Callable, Sequence
 from ..bundle import Bundle
 from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
 from ..data.transforms import Preprocessing, preprocess
-from ..errors import FornetError, HardwareError, OptionError
+from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import InputSpec, Runner
+from ..runtimes.ort_runner import import_onnxruntime
 from ..runtimes.registry import load_runner, resolve_format
 from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
 from .jetson import detect_board
@@ -93,9 +94,10 @@ def _torch_has_cuda() -> bool:
 
 
 def _ort_providers() -> list[str]:
-    import onnxruntime
-
-    return onnxruntime.get_available_providers()
+    try:
+        return import_onnxruntime("bench").get_available_providers()
+    except MissingDependencyError:  # a TensorRT-only install
+        return []
 
 
 def bench_shape(bundle: Bundle, cfg: BenchConfig) -> tuple[int, int]:

@@ -40,6 +40,7 @@ from ..errors import FornetError, OptionError
 from ..io import read_bytes, sha256_bytes
 from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
 from ..model.fornet import FoRNet
+from ..runtimes.ort_runner import import_onnxruntime
 
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
@@ -189,8 +190,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 def check_runs(path: Path, shape: list[int], what: str) -> None:
     """Load a graph with ONNX Runtime CPU and run it once, so a broken file never lands."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime(f"checking {what}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
