@@ -4,7 +4,9 @@ Two measurements per artefact, made by one timing helper
 (:func:`~fornet_deploy.bench.timing.time_iterations`):
 
 * **compute** -- ``runner(batch)`` then ``runner.synchronize()``: what the runtime costs for
-  a preprocessed batch already in memory;
+  a preprocessed batch already in memory; where the runner measures it with device events
+  (TensorRT), ``device_split`` splits it into input copy (``h2d``), execution (``compute``)
+  and output copies (``d2h``);
 * **end-to-end** -- per frame: decode the encoded image, the one preprocessing function,
   inference, then the train-id labels back at the frame's size and their colour picture:
   what an application sees (:mod:`.frames`).
@@ -34,7 +36,7 @@ from .jetson import detect_board
 from .memory import MemoryProbe
 from .sysinfo import describe_machine
 from .telemetry import BenchEnvironment, jetson_section, telemetry, with_jetson_board
-from .timing import Timed, time_iterations, timing_summary
+from .timing import Timed, device_split_summary, time_iterations, timing_summary
 
 Progress = Callable[..., None]  # progress(done, total, note)
 
@@ -134,10 +136,14 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
         return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
 
     batch = preprocess([decode(f) for f in frames_of(0)], pre)
+    splits: list[dict[str, float]] = []
 
     def compute(_: int) -> None:
         runner(batch)
         runner.synchronize()
+        split = runner.last_timings()  # device events (TensorRT): transfers apart from execution
+        if split is not None:
+            splits.append(split)
 
     def end_to_end(i: int) -> None:
         run_end_to_end(runner, frames_of(i), pre)
@@ -149,6 +155,9 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
             tick = _ticker(progress, offset * cfg.iters, total, stage.replace("_", "-"))
             timings[stage] = time_iterations(step, cfg.iters, cfg.warmup, tick)
     result = {stage: timing_summary(timed, cfg.batch) for stage, timed in timings.items()}
+    device_split = device_split_summary(splits[-cfg.iters:])  # the timed iterations, not the warm-up
+    if device_split is not None:
+        result["device_split"] = device_split
     jetson = jetson_section(sampler, timings, cfg.tegrastats_interval_ms, cfg.batch) if sampler is not None else None
     return result, jetson
 

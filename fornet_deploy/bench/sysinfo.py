@@ -41,7 +41,7 @@ PACKAGES = (
     ("numpy", "numpy"),
     ("opencv", "cv2"),
     ("tensorrt", "tensorrt"),
-    ("pycuda", "pycuda"),
+    ("cuda-python", "cuda.bindings"),
 )
 
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
