@@ -30,7 +30,8 @@ from ..errors import FornetError, HardwareError, MissingDependencyError, OptionE
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import InputSpec, Runner
 from ..runtimes.ort_runner import import_onnxruntime
-from ..runtimes.registry import load_runner, resolve_format
+from ..runtimes.trt.cuda import CudaDevice
+from ..runtimes.registry import load_runner, resolve_format, trt_request
 from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
 from .jetson import detect_board
 from .memory import MemoryProbe
@@ -80,10 +81,10 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
 
 def check_device(device: str, jetson_root: Path = Path("/")) -> None:
     """Raise :class:`HardwareError` when ``device`` is not present on this machine."""
-    if device == "cuda" and not _torch_has_cuda() and "CUDAExecutionProvider" not in _ort_providers():
+    if device == "cuda" and not (_torch_has_cuda() or "CUDAExecutionProvider" in _ort_providers() or _cuda_gpu()):
         raise HardwareError(
-            "--device cuda: no NVIDIA GPU/CUDA here (torch.cuda.is_available() is False "
-            "and onnxruntime has no CUDAExecutionProvider)"
+            "--device cuda: no NVIDIA GPU/CUDA here (torch.cuda.is_available() is False, "
+            "onnxruntime has no CUDAExecutionProvider and cuda-python sees no GPU)"
         )
     if device == "jetson":
         detect_board(jetson_root)
@@ -93,6 +94,15 @@ def _torch_has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _cuda_gpu() -> bool:
+    """A GPU as the TensorRT runner sees it (a TensorRT-only install has no CUDA torch / ORT)."""
+    try:
+        CudaDevice("bench")
+    except FornetError:
+        return False
+    return True
 
 
 def _ort_providers() -> list[str]:
@@ -202,8 +212,9 @@ def run_benchmark(bundle_dir: str | Path, cfg: BenchConfig = BenchConfig(), prog
     # The benchmarked artefact's hash is checked when the runner loads it; hashing every
     # engine of the bundle up front would only add start-up time.
     bundle = Bundle.open(bundle_dir, verify=False)
-    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device)
     shape = bench_shape(bundle, cfg)
+    request = trt_request(shape=(cfg.batch, 3, *shape)) if cfg.runtime == "trt" else None
+    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device, request=request)
     pre = bench_preprocessing(bundle, shape)
     frames, frames_source = load_frames(cfg.images, shape)
     machine = describe_machine(env.jetson_root)
