@@ -15,11 +15,18 @@ Execution-provider options (names present in onnxruntime-gpu 1.18.1 and 1.24.4,
 to TF32 on Ampere and later, which breaks FP32 parity, so it is set to 0 here); TensorRT
 ``device_id``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
 ``trt_timing_cache_enable``.
+
+GPU libraries: the ``[gpu]`` extra installs CUDA and cuDNN as pip packages, which ONNX
+Runtime loads only through ``onnxruntime.preload_dlls()`` (1.21+; its docstring: no need "if
+`import torch` is done before", which holds for a CUDA PyTorch only), so a GPU session
+preloads them first; the TensorRT EP finds libnvinfer once ``import tensorrt`` has loaded it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import contextlib
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +99,16 @@ def select_providers(device: str, available: list[str]) -> list[str]:
     return providers
 
 
+def _load_gpu_libraries(ort, tensorrt: bool) -> None:
+    """CUDA / cuDNN from pip packages, and TensorRT's libraries (module docstring)."""
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints what it could not find
+            ort.preload_dlls()
+    if tensorrt:
+        with contextlib.suppress(ImportError):
+            import tensorrt  # noqa: F401 - loads libnvinfer for the TensorRT EP
+
+
 class OrtRunner(Runner):
     """Runs an ONNX file with ONNX Runtime."""
 
@@ -113,6 +130,8 @@ class OrtRunner(Runner):
         ort = import_onnxruntime("the ONNX Runtime runner")
         model = read_bytes(self.onnx_path, "ONNX file", sha256=self.sha256)
         providers = select_providers(self.device, ort.get_available_providers())
+        if CUDA in providers:
+            _load_gpu_libraries(ort, TENSORRT in providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's warnings off the user's terminal
         if self.threads:
