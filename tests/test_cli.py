@@ -93,7 +93,8 @@ def test_ort_provider_is_for_onnx_runtime_and_needs_its_gpu_build(tiny_bundle):
     wrong = run_cli("parity", "--bundle", str(tiny_bundle), "--runtime", "torch", "--ort-provider", "cuda")
     assert wrong.returncode == ExitCode.USAGE
     assert_one_line_error(wrong, "--ort-provider applies to --runtime ort, not torch")
-    assert run_cli("eval", "--bundle", str(tiny_bundle), "--data", ".", "--ort-provider", "rocm").returncode == ExitCode.USAGE
+    unknown = run_cli("eval", "--bundle", str(tiny_bundle), "--data", ".", "--ort-provider", "rocm")
+    assert unknown.returncode == ExitCode.USAGE
     cuda = run_cli("parity", "--bundle", str(tiny_bundle), "--ort-provider", "cuda", "--num-images", "1")
     assert cuda.returncode == ExitCode.NO_HARDWARE  # the CPU wheel has no CUDA provider
     assert_one_line_error(cuda, "needs CUDAExecutionProvider", ORT_REPAIR)

@@ -30,8 +30,8 @@ from ..errors import FornetError, HardwareError, MissingDependencyError, OptionE
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import InputSpec, Runner
 from ..runtimes.ort_runner import import_onnxruntime
-from ..runtimes.trt.cuda import CudaDevice
 from ..runtimes.registry import load_runner, resolve_format, trt_request
+from ..runtimes.trt.cuda import CudaDevice
 from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
 from .jetson import detect_board
 from .memory import MemoryProbe

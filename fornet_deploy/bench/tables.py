@@ -58,7 +58,8 @@ def matrix_markdown(result: dict) -> str:
     lines = [
         f"FoR-Net {height}x{width}, batch {config['batch']}, `--device {result['device']}` on "
         f"{machine_line(result['machine'])}; {config['iters']} timed iterations after {config['warmup']} "
-        f"warm-up. p50/p90/p99 and img/s: compute only (GPU exec: execute_async_v3 alone, by CUDA events); e2e: decode + preprocess + infer + labels and "
+        f"warm-up. p50/p90/p99 and img/s: compute only (GPU exec: execute_async_v3 alone, by CUDA events); "
+        f"e2e: decode + preprocess + infer + labels and "
         f"colours at frame size. Accuracy: {result['accuracy']['source']}, agreement with "
         f"{result['accuracy']['reference']}.",
         "",

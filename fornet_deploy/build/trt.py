@@ -468,7 +468,9 @@ def _build_into(txn: Transaction, config: BuildConfig, say: Callable[[str], None
 
     gpu = CudaDevice("build-trt")
     started = time.monotonic()
-    calibrator = _calibrator(trt, gpu, bundle, config, plan, batches, source_sha256, say) if plan.use_calibrator else None
+    calibrator = None
+    if plan.use_calibrator:
+        calibrator = _calibrator(trt, gpu, bundle, config, plan, batches, source_sha256, say)
     try:
         engine, input_name, pinned = _build(trt, plan, onnx_path, config.timing_cache, calibrator, say)
     finally:

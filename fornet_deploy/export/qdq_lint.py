@@ -112,7 +112,8 @@ class Graph:
         """A DequantizeLinear of a constant (directly, or behind a Q of a constant)."""
         src = node.input[0]
         p = self.prod(src)
-        return self.is_constant(src) or (p is not None and p.op_type == "QuantizeLinear" and self.is_constant(p.input[0]))
+        behind_q = p is not None and p.op_type == "QuantizeLinear" and self.is_constant(p.input[0])
+        return self.is_constant(src) or behind_q
 
     def reads_activation_dq(self, node, index: int = 0) -> bool:
         p = self.prod(node.input[index]) if len(node.input) > index else None
@@ -214,7 +215,8 @@ def fp32_island_nodes(g: Graph) -> list:
     if not g.has_qdq():
         return []
     down: set[int] = set()
-    stack = [c for n in g.nodes if n.op_type == "DequantizeLinear" and not g.is_weight_dq(n) for c in g.cons(n.output[0])]
+    activation_dqs = [n for n in g.nodes if n.op_type == "DequantizeLinear" and not g.is_weight_dq(n)]
+    stack = [c for n in activation_dqs for c in g.cons(n.output[0])]
     while stack:
         n = stack.pop()
         if id(n) not in down:
@@ -363,5 +365,6 @@ def qdq_counts(model: onnx.ModelProto) -> dict:
         "quantized_convs": len(quantized_convs(g)),
         "standalone_quantize_predicted": len(standalone_quantize_predicted(g)),
         "fp32_compute_nodes_outside_scopes": sum(
-            1 for n in g.nodes if n.op_type not in NON_COMPUTE and not in_fp32_scope(n.name) and g.float32_data_input(n)),
+            1 for n in g.nodes
+            if n.op_type not in NON_COMPUTE and not in_fp32_scope(n.name) and g.float32_data_input(n)),
     }

@@ -24,8 +24,8 @@ preloads them first; the TensorRT EP finds libnvinfer once ``import tensorrt`` h
 
 from __future__ import annotations
 
-import importlib.metadata
 import contextlib
+import importlib.metadata
 import io
 from pathlib import Path
 from typing import Sequence

@@ -637,7 +637,8 @@ def test_calibration_cache_is_keyed_by_tensorrt_version_and_gpu(tmp_path, with_f
     trt = with_fake(fake_tensorrt("10.7.0"), gpu=("Orin", 8, 7))
     messages = []
     build_engine(bundle.root, legacy_int8(batches=images(3)), progress=messages.append)
-    assert trt.calls["calibration_batches"] == 3 and any("different TensorRT version; calibrating" in m for m in messages)
+    assert trt.calls["calibration_batches"] == 3
+    assert any("different TensorRT version; calibrating" in m for m in messages)
     assert json.loads(cache_sidecar_path(cache).read_text())["key"]["tensorrt_version"] == "10.7.0"
 
 

@@ -8,7 +8,6 @@ import types
 
 import numpy as np
 import pytest
-
 from fake_cudart import FakeCudart
 
 from fornet_deploy.calibration import trt_calibrator
@@ -93,8 +92,8 @@ def test_the_cache_header_names_the_calibrator(tmp_path, key):
     assert cache_algorithm(b"image: 3c010a14\n") is None and cache_algorithm(b"") is None
     cache = tmp_path / "c"
     save_calibration_cache(cache, b"TRT-100300-LegacyCalibration\nimage: 3c010a14\n", key)
-    assert stale_cache_reason(cache, key) == (
-        f"calibration cache {cache} was written by the LegacyCalibration calibrator, this build uses EntropyCalibration2")
+    assert stale_cache_reason(cache, key) == (f"calibration cache {cache} was written by the LegacyCalibration "
+                                              "calibrator, this build uses EntropyCalibration2")
     save_calibration_cache(cache, b"garbage", key)
     assert "does not start with a TensorRT header" in stale_cache_reason(cache, key)
 

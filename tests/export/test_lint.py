@@ -77,7 +77,8 @@ def _labels_chain(proto: onnx.ModelProto) -> list[tuple[str, int | None]]:
     ("uint8", [("ArgMax", None), ("Cast", TensorProto.FLOAT16), ("Cast", TensorProto.UINT8)]),
     ("int32", [("ArgMax", None), ("Cast", TensorProto.INT32)]),
 ])
-def test_every_exported_graph_keeps_labels_tensorrt_can_build(tmp_path, tiny_checkpoint, tiny_data, labels_dtype, chain):
+def test_every_exported_graph_keeps_labels_tensorrt_can_build(tmp_path, tiny_checkpoint, tiny_data, labels_dtype,
+                                                              chain):
     """fp32 (simplified by onnxsim), the mixed-FP16 rewrite and both INT8 graphs of calibrate:
     no integer -> UINT8 Cast anywhere, and ONNX Runtime's labels are the argmax of its logits."""
     from fornet_deploy.calibration.qdq import calibrate_bundle

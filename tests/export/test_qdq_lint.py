@@ -14,7 +14,8 @@ from fornet_deploy.export import qdq_lint
 from fornet_deploy.export.lint import lint_file, lint_tensorrt
 
 F, H, U8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.UINT8
-SCALE_ZERO = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+SCALE_ZERO = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+              numpy_helper.from_array(np.array(0, np.int8), "z")]
 
 
 def _model(nodes, inits, out="y", out_type=F, in_type=F, out_shape=None, extra_outputs=()):
@@ -48,8 +49,8 @@ def _checks(model) -> dict[str, tuple[str, int]]:
 
 def test_conv_output_qdq_and_wrapped_relu_are_warnings():
     # x -> Q/DQ -> conv -> Q/DQ -> Relu -> Q/DQ -> conv2: the placement the issue found 29 times
-    nodes = [*_qdq("x"), _conv("x_dq", "w", "c", "conv"), *_qdq("c"), helper.make_node("Relu", ["c_dq"], ["r"], name="relu"),
-             *_qdq("r"), _conv("r_dq", "w2", "y", "conv2")]
+    nodes = [*_qdq("x"), _conv("x_dq", "w", "c", "conv"), *_qdq("c"),
+             helper.make_node("Relu", ["c_dq"], ["r"], name="relu"), *_qdq("r"), _conv("r_dq", "w2", "y", "conv2")]
     assert _checks(_model(nodes, [_w("w"), _w("w2")])) == {
         "qdq-on-conv-output": ("warning", 1), "dq-relu-q": ("warning", 1)}
 
@@ -65,7 +66,8 @@ def test_residual_add_both_inputs_vs_residual_input_only():
             helper.make_node("Add", ["c_dq", "x_dq"], ["y"], name="add")]
     assert _checks(_model(both, [_w("w")])) == {
         "qdq-on-add-both-inputs": ("warning", 1), "qdq-on-conv-output": ("warning", 1)}
-    residual_only = [*_qdq("x"), _conv("x_dq", "w", "c", "conv"), helper.make_node("Add", ["c", "x_dq"], ["y"], name="add")]
+    residual_only = [*_qdq("x"), _conv("x_dq", "w", "c", "conv"),
+                     helper.make_node("Add", ["c", "x_dq"], ["y"], name="add")]
     assert lint_tensorrt(_model(residual_only, [_w("w")])) == []
 
 

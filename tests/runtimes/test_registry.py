@@ -10,7 +10,13 @@ import pytest
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.errors import FornetError
 from fornet_deploy.runtimes import registry
-from fornet_deploy.runtimes.registry import EngineRequest, available_formats, rank_engines, resolve_format, select_engine
+from fornet_deploy.runtimes.registry import (
+    EngineRequest,
+    available_formats,
+    rank_engines,
+    resolve_format,
+    select_engine,
+)
 from fornet_deploy.runtimes.trt import metadata as trt_metadata
 from fornet_deploy.runtimes.trt.runner import TrtRunner
 

@@ -37,7 +37,17 @@ import numpy as np
 from ...errors import FornetError, require
 from ...io import read_bytes, sha256_bytes
 from ..base import InputSpec, Runner, RunnerInfo
-from .cuda import COMPUTE_START, D2H_START, END, H2D_START, CudaDevice, GrowingBuffers, Stream, host_view, make_trt_logger
+from .cuda import (
+    COMPUTE_START,
+    D2H_START,
+    END,
+    H2D_START,
+    CudaDevice,
+    GrowingBuffers,
+    Stream,
+    host_view,
+    make_trt_logger,
+)
 from .metadata import REBUILD_HINT, check_engine_metadata, input_spec_from_profile, read_engine_metadata
 
 
