@@ -28,7 +28,7 @@ fi
 OUT=${OUT:-docs/results/gpu}
 WORK=${WORK:-$(mktemp -d -t fornet-gpu-XXXX)}
 SHAPE=${SHAPE:-1024x2048}
-WEIGHTS=${WEIGHTS:-weights/fornet_synthcity.safetensors}
+WEIGHTS=${WEIGHTS:-fornet_deploy/weights/fornet_synthcity.safetensors}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT/logs"
 : >"$OUT/steps.txt"

@@ -19,7 +19,7 @@ import pytest
 
 from fornet_deploy.build.trt import BuildConfig, build_engine, build_with_calibration_data, trt_major
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.contract import FP32_SCOPES
+from fornet_deploy.contract import FP32_SCOPES, SHIPPED_WEIGHTS
 from fornet_deploy.data.transforms import Preprocessing
 from fornet_deploy.evaluation.examples import dataset_examples
 from fornet_deploy.evaluation.parity import THRESHOLDS, parity_bundle, run_parity
@@ -28,7 +28,6 @@ from fornet_deploy.runtimes.trt.inspect import summarize_layers
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.slow]
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "fornet_synthcity.safetensors"
 SHAPE = (256, 512)
 
 
@@ -40,7 +39,7 @@ def fornet(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("fornet-gpu")
     data, bundle = root / "synthcity", root / "bundle"
     synthcity(data, train=16, val=8, shape=SHAPE, seed=0)
-    export_model(WEIGHTS, bundle, shape=SHAPE, precision="fp16")
+    export_model(SHIPPED_WEIGHTS, bundle, shape=SHAPE, precision="fp16")
     calibrate(bundle, data, num_images=16)
     return bundle, data
 
@@ -97,7 +96,7 @@ def test_legacy_builds_on_tensorrt_10(fornet, precision, tmp_path):
         header = (bundle / "model.int8.calib").read_bytes().split(b"\n", 1)[0]
         assert header.startswith(b"TRT-") and header.endswith(b"-EntropyCalibration2")
     # the legacy engine is one of two of this precision: run that one by name
-    pre = Preprocessing.from_dict(Bundle.open(bundle).manifest["preprocessing"])
+    pre = Preprocessing.from_dict(Bundle.open(bundle).section("preprocessing"))
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             load_runner(bundle, "trt", precision, "cuda", artifact=meta["engine"]) as candidate:
         report = run_parity(reference, candidate, dataset_examples(data, "val", pre, 8), THRESHOLDS[precision])

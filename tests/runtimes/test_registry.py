@@ -70,7 +70,7 @@ def test_dla_core_machine_and_version_constraints():
 
 
 def engine_bundle(tmp_path, engines):
-    bundle = Bundle.create(tmp_path / "bundle")
+    bundle = Bundle.create(tmp_path / "bundle", preprocessing={"mean": [0.5] * 3, "std": [0.25] * 3})
     (bundle.root / "model.onnx").write_bytes(b"onnx")
     bundle.record("model.onnx", kind="onnx", export_shape=EXPORT)
     for name, m in engines.items():
