@@ -276,6 +276,8 @@ def lint(
     if report["findings"]:
         print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
                     [[f["severity"], f["check"], f["node"], f["message"]] for f in report["findings"]])
+    if report["counts"]:
+        console.print("per check: " + ", ".join(f"{check} {count}" for check, count in report["counts"].items()))
     console.print(f"{'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, {report['warnings']} warnings")
     _write_json(json_out, report)
     if not report["passed"]:

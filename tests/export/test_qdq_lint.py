@@ -8,8 +8,10 @@ import json
 
 import numpy as np
 import onnx
+from cli_helpers import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
+from fornet_deploy.errors import ExitCode
 from fornet_deploy.export import qdq_lint
 from fornet_deploy.export.lint import lint_file, lint_tensorrt
 
@@ -116,6 +118,9 @@ def test_report_counts_every_check(tmp_path):
     assert report["counts"] == {"fp32-tail": 2, "int-to-uint8-cast": 1}
     assert report["qdq"]["quantized_convs"] == 1 and report["qdq"]["quantize_linear"] == 1
     assert json.loads(json.dumps(report)) == report
+    result = run_cli("lint", str(path))  # the command prints the counts and fails on the blocker
+    assert result.returncode == ExitCode.CHECK_FAILED
+    assert "per check: fp32-tail 2, int-to-uint8-cast 1" in result.stdout
 
 
 def test_standalone_quantize_prediction():
