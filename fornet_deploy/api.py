@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .bundle import Bundle
-from .contract import FP32_SCOPES, OUTPUT_NAMES, PACKAGE_TARGETS, PRECISIONS, SHIPPED_WEIGHTS, TOPK_FORMS, check_choice
+from .contract import (
+    FP32_SCOPES,
+    ORT_PROVIDERS,
+    OUTPUT_NAMES,
+    PACKAGE_TARGETS,
+    PRECISIONS,
+    SHIPPED_WEIGHTS,
+    TOPK_FORMS,
+    check_choice,
+)
 from .data.transforms import Preprocessing
 from .errors import OptionError
 from .predict import PredictConfig, Prediction, Segmenter
@@ -37,6 +46,13 @@ __all__ = [
     "calibrate", "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
     "predict_files", "run_demo", "synthcity", "train_model",
 ]
+
+
+def _ort_provider(value: str | None, runtime: str) -> None:
+    if value is not None:
+        check_choice(value, ORT_PROVIDERS, "ONNX Runtime provider")
+        if runtime != "ort":
+            raise OptionError(f"--ort-provider applies to --runtime ort, not {runtime}")
 
 
 def _positive(value: int, option: str, least: int = 1) -> None:
@@ -152,36 +168,45 @@ def lint(model: str | Path, target: str = "tensorrt") -> dict:
 
 def parity(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
            data: str | Path | None = None, *, split: str = "val", num_images: int | None = None,
-           out: str | Path | None = None, json_out: str | Path | None = None, progress: Progress | None = None) -> dict:
+           out: str | Path | None = None, json_out: str | Path | None = None, progress: Progress | None = None,
+           ort_provider: str | None = None) -> dict:
     """An artefact against the PyTorch FP32 reference (exact Top-K): the report dict, with
-    ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``."""
+    ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``. ``ort_provider``
+    (cpu, cuda, tensorrt) picks ONNX Runtime's execution provider (default: the device's)."""
     from .evaluation.parity import parity_bundle
 
-    return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress)
+    _ort_provider(ort_provider, runtime)
+    return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress,
+                         ort_provider=ort_provider)
 
 
 def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
              *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
-             json_out: str | Path | None = None, progress: Progress | None = None) -> dict:
-    """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
+             json_out: str | Path | None = None, progress: Progress | None = None,
+             ort_provider: str | None = None) -> dict:
+    """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact
+    (``ort_provider``: as for :func:`parity`)."""
     from .evaluation.evaluate import evaluate_bundle
 
+    _ort_provider(ort_provider, runtime)
     return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
-                           progress)
+                           progress, ort_provider=ort_provider)
 
 
 def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu", *,
               shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, ort_provider: str | None = None) -> dict:
     """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
     ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
-    ``num_images`` images of ``data``)."""
+    ``num_images`` images of ``data``); ``ort_provider``: as for :func:`parity`. TensorRT
+    results add ``device_split``: input copy, execution and output copies by CUDA events."""
     from .bench import BenchConfig, run_benchmark, run_matrix
 
+    _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iters, threads=threads, images=Path(images) if images else None)
+                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
                           progress=progress, json_out=json_out)
@@ -195,6 +220,7 @@ def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | P
     :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``); returns the run's summary."""
     from .predict import predict as run
 
+    _ort_provider(options.get("ort_provider"), runtime)
     cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
     return run(bundle, list(inputs), out, cfg, progress=progress)
 

@@ -27,6 +27,7 @@ from .contract import (
     CALIBRATION_METHODS,
     CALIBRATION_TARGETS,
     DEVICES,
+    ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
@@ -53,6 +54,7 @@ TopkForm = Literal[TOPK_FORMS]
 Method = Literal[CALIBRATION_METHODS]
 Target = Literal[CALIBRATION_TARGETS]
 PackageTarget = Literal[PACKAGE_TARGETS]
+OrtProvider = Literal[ORT_PROVIDERS]
 
 # Options shared by several commands.
 BUNDLE = typer.Option(..., help="deploy bundle folder")
@@ -62,6 +64,8 @@ DEVICE = typer.Option("cpu", help="where to run")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
 SPLIT = typer.Option("val", help="dataset split")
+ORT_PROVIDER = typer.Option(None, help="with --runtime ort: execution provider (cuda: use_tf32=0; tensorrt: engines "
+                                       "cached in BUNDLE/ort_trt_cache) [default: the device's]")
 
 
 def _clicks_exception_base() -> type[Exception]:
@@ -272,6 +276,8 @@ def lint(
     if report["findings"]:
         print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
                     [[f["severity"], f["check"], f["node"], f["message"]] for f in report["findings"]])
+    if report["counts"]:
+        console.print("per check: " + ", ".join(f"{check} {count}" for check, count in report["counts"].items()))
     console.print(f"{'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, {report['warnings']} warnings")
     _write_json(json_out, report)
     if not report["passed"]:
@@ -370,6 +376,7 @@ def parity(
     split: str = SPLIT,
     num_images: Optional[int] = typer.Option(None, min=1, help="at most this many images (default: all; 8 synthetic)"),
     out: Optional[Path] = typer.Option(None, help="report folder (default BUNDLE/parity/RUNTIME-PRECISION)"),
+    ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Compare an artefact with the PyTorch FP32 reference (exit 1 when parity fails)."""
@@ -377,7 +384,7 @@ def parity(
 
     with bar(f"parity {runtime} {precision}") as update:
         report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
-                     json_out=json_out, progress=update)
+                     json_out=json_out, progress=update, ort_provider=ort_provider)
     s = report["summary"]
     print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
         ["images", s["images"], ""],
@@ -404,6 +411,7 @@ def eval_cmd(
     split: str = SPLIT,
     num_images: Optional[int] = NUM_IMAGES,
     boundary_width: int = typer.Option(3, min=1, max=64, help="boundary band half-width in pixels"),
+    ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
     json_out: Optional[Path] = JSON_OUT,
 ):
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
@@ -411,7 +419,7 @@ def eval_cmd(
 
     with bar(f"eval {runtime} {precision}") as update:
         result = evaluate(bundle, data, runtime, precision, device, split=split, num_images=num_images,
-                          boundary_width=boundary_width, json_out=json_out, progress=update)
+                          boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider)
     print_table("per-class IoU", ["class", "IoU", "boundary IoU"],
                 [[c, v, result["boundary_iou_per_class"].get(c)] for c, v in result["iou_per_class"].items()])
     print_table(f"{runtime} {precision} on {split}", ["metric", "value"], [
@@ -438,6 +446,7 @@ def bench(
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
     num_images: int = typer.Option(8, min=1, help="with --matrix: images for the accuracy columns"),
+    ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
@@ -447,7 +456,7 @@ def bench(
     with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
                            iters=iters, threads=threads, images=images, matrix=matrix, data=data,
-                           num_images=num_images, json_out=json_out, progress=update)
+                           num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider)
     columns, rows = bench_rows(result)
     print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
     if json_out:
@@ -470,6 +479,7 @@ def predict(
     video_every: int = typer.Option(1, min=1, help="process every n-th video frame"),
     max_frames: Optional[int] = typer.Option(None, min=1, help="at most this many processed frames per video "
                                                                "or live source (a live source runs until Ctrl-C)"),
+    ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
 ):
     """Segment images, folders, videos and live sources: label maps, colour overlays, and what FoR-Net focused on."""
     from .api import predict_files as run
@@ -477,7 +487,7 @@ def predict(
     with bar("predict") as update:
         summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
                       importance=importance, mask=mask, label_ids=label_ids, video_every=video_every,
-                      max_frames=max_frames)
+                      max_frames=max_frames, ort_provider=ort_provider)
     for note in summary.get("notes", []):
         console.print(note)
     reasons = {"end": "the source ended", "max_frames": "--max-frames"}  # else the signal's name

@@ -76,6 +76,7 @@ TOPK_FORMS = ("threshold", "exact")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 CALIBRATION_TARGETS = ("tensorrt", "cpu")  # symmetric S8S8 Q/DQ for TensorRT | U8S8 for ONNX Runtime on x86
 PACKAGE_TARGETS = ("triton", "deepstream")  # serving stacks `fornet-deploy package` writes for
+ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers (--runtime ort)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ exception. Exit codes (also in the README):
 1     a check failed (parity below its thresholds, lint blockers, a demo check)
 2     usage error: unknown command or option, a value out of range or not a choice
 3     input error: missing or corrupt file, wrong shape, stale or foreign artefact
-4     a missing optional package (the message names the extra to install)
+4     a missing optional package (the message names the extra to install), or installed
+      packages that clash (the message gives the command that repairs the install)
 5     missing hardware (no GPU, no Jetson board, no DLA core)
 130   interrupted (Ctrl-C / SIGTERM); what was written so far is intact
 ====  =======================================================================
@@ -55,11 +56,19 @@ class MissingDependencyError(FornetError):
 
     exit_code = ExitCode.MISSING_PACKAGE
 
-    def __init__(self, package: str, extra: str, purpose: str):
+    def __init__(self, package: str, extra: str, purpose: str, alternative: str | None = None):
+        # ``alternative``: a second extra that also provides the package (never install both)
+        other = f" (or 'fornet-deploy[{alternative}]', never both)" if alternative else ""
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed: "
-            f"pip install 'fornet-deploy[{extra}]'"
+            f"pip install 'fornet-deploy[{extra}]'{other}"
         )
+
+
+class PackageClashError(FornetError):
+    """Installed packages that overwrite each other's files; the message gives the repair."""
+
+    exit_code = ExitCode.MISSING_PACKAGE
 
 
 class HardwareError(FornetError):

@@ -127,6 +127,7 @@ class PredictConfig:
     label_ids: bool = False
     video_every: int = 1  # process every n-th video frame
     max_frames: int | None = None  # at most this many processed frames per video or live source
+    ort_provider: str | None = None  # ONNX Runtime execution provider (cpu | cuda | tensorrt); None follows device
 
     def validate(self) -> None:
         if not 0.0 <= self.overlay_alpha <= 1.0:
@@ -811,8 +812,12 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
     items = collect_inputs(inputs, exclude=out_dir)
     bundle = Bundle.open(bundle_dir, verify=False)  # the runner checks the hash of the artefact it runs
 
+    runner_options = {"ort_device": cfg.ort_provider}
+    if cfg.runtime == "trt" and cfg.shape is not None:
+        runner_options["shape"] = (1, 3, *cfg.shape)  # the engine whose profile takes it
     with stop_signals() as stop, contextlib.ExitStack() as live_sources, \
-            Segmenter.from_bundle(bundle, cfg.runtime, cfg.precision, cfg.device, cfg.shape) as segment:
+            Segmenter.from_bundle(bundle, cfg.runtime, cfg.precision, cfg.device, cfg.shape,
+                                  **runner_options) as segment:
         runner = segment.runner
         sources = [_probe(item, segment, live_sources) for item in items]
         load_seconds = time.perf_counter() - start

@@ -12,13 +12,28 @@ from fornet_deploy.model.checkpoint import save_checkpoint
 from fornet_deploy.model.fornet import FoRNetConfig, build_model
 
 
+def _gpu_visible() -> bool:
+    """A GPU as CUDA PyTorch or cuda-python sees it (GPU machines may run a CPU build of
+    PyTorch: the TensorRT tests need only cuda-python)."""
+    if torch.cuda.is_available():
+        return True
+    from fornet_deploy.errors import FornetError
+    from fornet_deploy.runtimes.trt.cuda import CudaDevice
+
+    try:
+        CudaDevice("the GPU tests")
+    except FornetError:
+        return False
+    return True
+
+
 def _hardware_skip_reasons() -> dict[str, str]:
     import importlib.util
 
     reasons = {}
     if importlib.util.find_spec("tensorrt") is None:
         reasons["tensorrt"] = "TensorRT is not installed (pip install 'fornet-deploy[tensorrt]' on a GPU machine)"
-    if not torch.cuda.is_available():
+    if not _gpu_visible():
         reasons["gpu"] = "no CUDA GPU on this machine"
     if not Path("/etc/nv_tegra_release").exists():
         reasons["jetson"] = "not a Jetson board"

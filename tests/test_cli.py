@@ -86,6 +86,20 @@ def test_usage_and_input_errors_have_their_own_exit_codes(tmp_path, tiny_bundle)
     assert missing_gpu.returncode == ExitCode.NO_HARDWARE, missing_gpu.stderr
 
 
+def test_ort_provider_is_for_onnx_runtime_and_needs_its_gpu_build(tiny_bundle):
+    from fornet_deploy.errors import ExitCode
+    from fornet_deploy.runtimes.ort_runner import ORT_REPAIR
+
+    wrong = run_cli("parity", "--bundle", str(tiny_bundle), "--runtime", "torch", "--ort-provider", "cuda")
+    assert wrong.returncode == ExitCode.USAGE
+    assert_one_line_error(wrong, "--ort-provider applies to --runtime ort, not torch")
+    unknown = run_cli("eval", "--bundle", str(tiny_bundle), "--data", ".", "--ort-provider", "rocm")
+    assert unknown.returncode == ExitCode.USAGE
+    cuda = run_cli("parity", "--bundle", str(tiny_bundle), "--ort-provider", "cuda", "--num-images", "1")
+    assert cuda.returncode == ExitCode.NO_HARDWARE  # the CPU wheel has no CUDA provider
+    assert_one_line_error(cuda, "needs CUDAExecutionProvider", ORT_REPAIR)
+
+
 def test_every_size_option_is_spelled_shape():
     """No --height/--width/--crop/--size anywhere: image sizes are --shape HxW (build-trt's
     profile bounds are --min-shape/--max-shape, HxW too)."""

@@ -17,7 +17,7 @@ from ..evaluation.metrics import SegmentationMetrics
 from ..evaluation.postprocess import label_outputs, predicted_labels
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import Runner
-from ..runtimes.registry import available_formats, load_runner
+from ..runtimes.registry import available_formats, load_runner, trt_request
 from .frames import bench_preprocessing, load_frames
 from .run import BenchConfig, Progress, bench_format, bench_shape, config_dict, validate_config
 from .sysinfo import describe_machine
@@ -99,10 +99,11 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
     validate_config(cfg, env)
     check_limit(accuracy_images)
     bundle = Bundle.open(bundle_dir, verify=False)
-    formats = available_formats(bundle, device)
+    shape = bench_shape(bundle, cfg)
+    request = trt_request(shape=(cfg.batch, 3, *shape)) if device != "cpu" else None
+    formats = available_formats(bundle, device, request)
     if not formats:
         raise FornetError(f"bundle {bundle.root} has no artefact that runs on {device}")
-    shape = bench_shape(bundle, cfg)
     pre = bench_preprocessing(bundle, shape)
     frames, frames_source = load_frames(cfg.images, shape)
     examples, accuracy_source = accuracy_examples(data, accuracy_images, shape, pre)

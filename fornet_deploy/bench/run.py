@@ -4,7 +4,9 @@ Two measurements per artefact, made by one timing helper
 (:func:`~fornet_deploy.bench.timing.time_iterations`):
 
 * **compute** -- ``runner(batch)`` then ``runner.synchronize()``: what the runtime costs for
-  a preprocessed batch already in memory;
+  a preprocessed batch already in memory; where the runner measures it with device events
+  (TensorRT), ``device_split`` splits it into input copy (``h2d``), execution (``compute``)
+  and output copies (``d2h``);
 * **end-to-end** -- per frame: decode the encoded image, the one preprocessing function,
   inference, then the train-id labels back at the frame's size and their colour picture:
   what an application sees (:mod:`.frames`).
@@ -24,16 +26,18 @@ from typing import Callable, Sequence
 from ..bundle import Bundle
 from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
 from ..data.transforms import Preprocessing, preprocess
-from ..errors import FornetError, HardwareError, OptionError
+from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import InputSpec, Runner
-from ..runtimes.registry import load_runner, resolve_format
+from ..runtimes.ort_runner import import_onnxruntime
+from ..runtimes.registry import load_runner, resolve_format, trt_request
+from ..runtimes.trt.cuda import CudaDevice
 from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
 from .jetson import detect_board
 from .memory import MemoryProbe
 from .sysinfo import describe_machine
 from .telemetry import BenchEnvironment, jetson_section, telemetry, with_jetson_board
-from .timing import Timed, time_iterations, timing_summary
+from .timing import Timed, device_split_summary, time_iterations, timing_summary
 
 Progress = Callable[..., None]  # progress(done, total, note)
 
@@ -77,10 +81,10 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
 
 def check_device(device: str, jetson_root: Path = Path("/")) -> None:
     """Raise :class:`HardwareError` when ``device`` is not present on this machine."""
-    if device == "cuda" and not _torch_has_cuda() and "CUDAExecutionProvider" not in _ort_providers():
+    if device == "cuda" and not (_torch_has_cuda() or "CUDAExecutionProvider" in _ort_providers() or _cuda_gpu()):
         raise HardwareError(
-            "--device cuda: no NVIDIA GPU/CUDA here (torch.cuda.is_available() is False "
-            "and onnxruntime has no CUDAExecutionProvider)"
+            "--device cuda: no NVIDIA GPU/CUDA here (torch.cuda.is_available() is False, "
+            "onnxruntime has no CUDAExecutionProvider and cuda-python sees no GPU)"
         )
     if device == "jetson":
         detect_board(jetson_root)
@@ -92,10 +96,20 @@ def _torch_has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _ort_providers() -> list[str]:
-    import onnxruntime
+def _cuda_gpu() -> bool:
+    """A GPU as the TensorRT runner sees it (a TensorRT-only install has no CUDA torch / ORT)."""
+    try:
+        CudaDevice("bench")
+    except FornetError:
+        return False
+    return True
 
-    return onnxruntime.get_available_providers()
+
+def _ort_providers() -> list[str]:
+    try:
+        return import_onnxruntime("bench").get_available_providers()
+    except MissingDependencyError:  # a TensorRT-only install
+        return []
 
 
 def bench_shape(bundle: Bundle, cfg: BenchConfig) -> tuple[int, int]:
@@ -132,10 +146,14 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
         return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
 
     batch = preprocess([decode(f) for f in frames_of(0)], pre)
+    splits: list[dict[str, float]] = []
 
     def compute(_: int) -> None:
         runner(batch)
         runner.synchronize()
+        split = runner.last_timings()  # device events (TensorRT): transfers apart from execution
+        if split is not None:
+            splits.append(split)
 
     def end_to_end(i: int) -> None:
         run_end_to_end(runner, frames_of(i), pre)
@@ -147,6 +165,9 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
             tick = _ticker(progress, offset * cfg.iters, total, stage.replace("_", "-"))
             timings[stage] = time_iterations(step, cfg.iters, cfg.warmup, tick)
     result = {stage: timing_summary(timed, cfg.batch) for stage, timed in timings.items()}
+    device_split = device_split_summary(splits[-cfg.iters:])  # the timed iterations, not the warm-up
+    if device_split is not None:
+        result["device_split"] = device_split
     jetson = jetson_section(sampler, timings, cfg.tegrastats_interval_ms, cfg.batch) if sampler is not None else None
     return result, jetson
 
@@ -191,8 +212,9 @@ def run_benchmark(bundle_dir: str | Path, cfg: BenchConfig = BenchConfig(), prog
     # The benchmarked artefact's hash is checked when the runner loads it; hashing every
     # engine of the bundle up front would only add start-up time.
     bundle = Bundle.open(bundle_dir, verify=False)
-    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device)
     shape = bench_shape(bundle, cfg)
+    request = trt_request(shape=(cfg.batch, 3, *shape)) if cfg.runtime == "trt" else None
+    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device, request=request)
     pre = bench_preprocessing(bundle, shape)
     frames, frames_source = load_frames(cfg.images, shape)
     machine = describe_machine(env.jetson_root)

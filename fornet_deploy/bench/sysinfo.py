@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import HardwareError
+from ..errors import FornetError, HardwareError
+from ..runtimes.ort_runner import import_onnxruntime
 from .jetson import MODEL_PATH, ToolRunner, collect_jetson_info, detect_board
 
 # Environment variables that change CPU timings: OpenMP / BLAS thread pools, and
@@ -40,7 +41,7 @@ PACKAGES = (
     ("numpy", "numpy"),
     ("opencv", "cv2"),
     ("tensorrt", "tensorrt"),
-    ("pycuda", "pycuda"),
+    ("cuda-python", "cuda.bindings"),
 )
 
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
@@ -175,10 +176,9 @@ def package_versions() -> dict[str, str | None]:
 
 def _onnxruntime_providers() -> list[str] | None:
     try:
-        import onnxruntime
-    except Exception:
+        return list(import_onnxruntime("describing the machine").get_available_providers())
+    except FornetError:  # not installed, or both wheels (which bench itself refuses)
         return None
-    return list(onnxruntime.get_available_providers())
 
 
 def _torch_threads() -> int | None:

@@ -28,6 +28,7 @@ MATRIX_COLUMNS: tuple[tuple[str, Callable[[dict], object], Callable], ...] = (
     ("p90 ms", _stat("compute", "p90_ms"), _ms),
     ("p99 ms", _stat("compute", "p99_ms"), _ms),
     ("img/s", _stat("compute", "throughput_ips"), lambda v: f"{v:.1f}"),
+    ("GPU exec p50 ms", lambda r: ((r.get("device_split") or {}).get("compute") or {}).get("p50_ms"), _ms),
     ("speed-up vs torch fp32", lambda r: r.get("speedup_vs_torch_fp32"), lambda v: f"{v:.2f}×"),
     ("e2e p50 ms", _stat("end_to_end", "p50_ms"), _ms),
     ("mIoU", lambda r: r.get("miou"), _percent(1)),
@@ -57,7 +58,8 @@ def matrix_markdown(result: dict) -> str:
     lines = [
         f"FoR-Net {height}x{width}, batch {config['batch']}, `--device {result['device']}` on "
         f"{machine_line(result['machine'])}; {config['iters']} timed iterations after {config['warmup']} "
-        f"warm-up. p50/p90/p99 and img/s: compute only; e2e: decode + preprocess + infer + labels and "
+        f"warm-up. p50/p90/p99 and img/s: compute only (GPU exec: execute_async_v3 alone, by CUDA events); "
+        f"e2e: decode + preprocess + infer + labels and "
         f"colours at frame size. Accuracy: {result['accuracy']['source']}, agreement with "
         f"{result['accuracy']['reference']}.",
         "",
@@ -92,4 +94,7 @@ def bench_rows(result: dict) -> tuple[list[str], list[list]]:
         s = result[stage]
         rows.append([label, s["p50_ms"], s["p90_ms"], s["p99_ms"], s["mean_ms"], s["stdev_ms"], s["min_ms"],
                      s["throughput_ips"]])
+    for part, s in (result.get("device_split") or {}).items():  # device events, inside "compute"
+        rows.append([f"  {part} (device)", s["p50_ms"], s["p90_ms"], s["p99_ms"], s["mean_ms"], s["stdev_ms"],
+                     s["min_ms"], None])
     return list(STAGE_COLUMNS), rows

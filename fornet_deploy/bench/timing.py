@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -63,3 +63,12 @@ def time_iterations(step: Callable[[int], object], iters: int, warmup: int = 0,
 def timing_summary(timed: Timed, batch: int) -> dict:
     stats = latency_stats(timed.seconds)
     return {**stats, "throughput_ips": batch / (stats["mean_ms"] / 1e3)}
+
+
+def device_split_summary(splits: Sequence[Mapping[str, float]]) -> dict | None:
+    """Latency stats per part of the runners' device-event split (``Runner.last_timings()``:
+    ``{"h2d_ms", "compute_ms", "d2h_ms"}`` per run) -> ``{"h2d": stats, "compute": ..., "d2h": ...}``;
+    ``None`` when the runner does not measure it."""
+    if not splits:
+        return None
+    return {key.removesuffix("_ms"): latency_stats([split[key] / 1e3 for split in splits]) for key in splits[0]}

@@ -11,20 +11,36 @@ graph says so. On TensorRT 10.x only, ``legacy_calibrator`` builds from ``model.
 the weak-typing builder flags (FP16, INT8 + an entropy calibrator), and then pins the
 selector / Top-K layers to FP32 itself with ``OBEY_PRECISION_CONSTRAINTS``.
 
-Decisions (which graph, which flags, profile, DLA rules, which layers stay FP32, engine
-name and metadata) are plain functions; the TensorRT calls sit in the small adapter at the
-end of this file and only run inside :func:`build_engine`.
+Every build clears TF32. ``BuilderFlag.TF32`` is "Enabled by default" (``include/NvInfer.h``
+on release/10.3, release/10.16 and main: FP32 inner products "rounding the inputs to 10-bit
+mantissas"), so an FP32 engine would miss the FP32 parity threshold on Ampere / Orin and
+later, and the FP32 selector / Top-K layers of the FP16 and INT8 engines would run in TF32.
+Polygraphy clears it too unless asked (0.53.6 ``backend/trt/config.py``). ``tf32`` is in the
+plan and in the engine's metadata. Builds keep detailed profiling information
+(``ProfilingVerbosity.DETAILED``), so the engine inspector shows every layer's precision and
+formats (reformat layers between INT8 convolutions, :mod:`fornet_deploy.runtimes.trt.inspect`).
+
+Shape: decisions (which graph, which flags, profile, DLA rules, the calibration shape, which
+layers stay FP32, engine name and metadata) are plain functions; the TensorRT calls sit in
+the adapter at the end of this file, split like Polygraphy's loaders
+(``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork``):
+:func:`network_from_onnx`, :func:`create_config`, :func:`engine_bytes`; the runner
+(:mod:`fornet_deploy.runtimes.trt.runner`) only loads and runs. Polygraphy's own loaders are
+not used: its ``CreateConfig`` always puts DLA on core 0 and sets
+``PREFER_PRECISION_CONSTRAINTS`` for DLA, logs through its own logger to stdout, and its
+``EngineBytesFromNetwork`` writes the timing cache in place (not atomically).
 
 TensorRT Python names, read in NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``,
 ``pyGraph.cpp``, ``pyFoundationalTypes.cpp``, ``python/src/parsers/pyOnnx.cpp`` and
 ``include/NvInfer.h`` on ``release/10.3`` (JetPack 6), ``release/10.16`` (newest 10.x) and
-``main`` = ``release/11.1``:
+``main`` = ``release/11.1`` (table with line numbers: docs/research/tensorrt-facts.md §1):
 
 - Same on all three: ``Builder(logger)``, ``create_network(flags)``,
   ``create_builder_config``, ``create_optimization_profile``,
   ``IOptimizationProfile.set_shape(input, min, opt, max)``,
   ``add_optimization_profile``, ``build_serialized_network`` (``None`` on failure),
-  ``num_DLA_cores``; ``IBuilderConfig.set_flag``, ``set_memory_pool_limit`` +
+  ``num_DLA_cores``; ``IBuilderConfig.set_flag`` / ``clear_flag``, ``BuilderFlag.TF32``,
+  ``profiling_verbosity`` + ``ProfilingVerbosity.DETAILED``, ``set_memory_pool_limit`` +
   ``MemoryPoolType.WORKSPACE``, ``create_timing_cache(bytes)``,
   ``set_timing_cache(cache, ignore_mismatch)`` (``False`` on mismatch),
   ``get_timing_cache().serialize()``, ``default_device_type`` + ``DeviceType.DLA``,
@@ -33,20 +49,22 @@ TensorRT Python names, read in NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``,
   ``get_error(i).desc()`` / ``.node_name()``; ``INetworkDefinition.num_inputs`` /
   ``get_input`` / ``num_layers`` / ``get_layer``; ``ILayer.name`` / ``num_inputs`` /
   ``get_input`` / ``num_outputs`` / ``get_output``; ``ITensor.dtype``; ``trt.float32``.
+  (Also present in the 11.4.0.106 bindings wheel.)
 - ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: bit 1 on 10.x (bit 0 is the ignored
   ``EXPLICIT_BATCH``), bit 0 on 11.x where it is deprecated and ignored because every
   network is strongly typed. The mask is computed from the installed enum, and on 11.x the
   flag is not passed at all.
-- Only on 10.x (removed on ``main`` / 11.1): ``BuilderFlag.FP16``, ``INT8``,
-  ``OBEY_PRECISION_CONSTRAINTS``, ``ILayer.precision``, ``ILayer.set_output_type`` (all
-  deprecated since 10.12; the layer settings are rejected by strongly typed networks),
+- Only on 10.x (removed on ``main`` / 11.1 and in the 11.4 wheel): ``BuilderFlag.FP16``,
+  ``INT8``, ``OBEY_PRECISION_CONSTRAINTS``, ``ILayer.precision``, ``ILayer.set_output_type``
+  (all deprecated since 10.12; the layer settings are rejected by strongly typed networks),
   ``IBuilderConfig.int8_calibrator`` and ``set_calibration_profile`` (deprecated since 10.1),
   ``IInt8EntropyCalibrator2`` (``pyInt8.cpp`` is gone on ``main``).
 
-DLA: this builder allows it on TensorRT 10.x only (JetPack 6 ships 10.3; the builder's
-``num_DLA_cores`` tells whether this device has one). NVIDIA's 11.x documentation lists DLA
-as unavailable in 11.0-11.3 and back on Jetson AGX Orin only from 11.4.1 with JetPack 7.2.2;
-the DLA names above still exist on 11.x.
+DLA (:func:`dla_supported`): TensorRT 10.7 was the last 10.x release with DLA ("TensorRT 10.7
+was the last 10.x release that supported DLA"), 11.0-11.3 had none, 11.4.0 only on Windows on
+ARM, and 11.4.1 "supports DLA on NVIDIA Jetson AGX Orin when using NVIDIA JetPack 7.2.2 or
+later" (docs.nvidia.com/deeplearning/tensorrt, "Working with DLA" and the 11.4.1 release
+notes). The builder's ``num_DLA_cores`` says whether this device has the cores.
 """
 
 from __future__ import annotations
@@ -61,7 +79,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..bundle import Bundle, Transaction, transaction
-from ..calibration.trt_calibrator import calibration_cache_key, make_entropy_calibrator, stale_cache_reason
+from ..calibration.trt_calibrator import (
+    calibration_cache_key,
+    make_entropy_calibrator,
+    peek_batches,
+    stale_cache_reason,
+)
 from ..contract import (
     FP32_SCOPES,
     INPUT_CHANNELS,
@@ -75,14 +98,16 @@ from ..contract import (
 )
 from ..errors import FornetError, HardwareError, require
 from ..io import atomic_write_bytes, now_iso, sha256_bytes
-from ..runtimes.trt.cuda import CudaContext, make_trt_logger
+from ..runtimes.trt.cuda import CudaDevice, make_trt_logger
 from ..runtimes.trt.metadata import engine_metadata_path
 
 Shape = tuple[int, int, int, int]
 
 MIN_TRT_MAJOR = 10
 LEGACY_TRT_MAJOR = 10  # the last major with implicit INT8 calibration and weak typing
-DLA_TRT_MAJOR = 10
+# TensorRT releases with DLA (module docstring): 10.0-10.7 (JetPack 6), 11.4.1 on (JetPack 7.2.2).
+DLA_RELEASES = (((10, 0), (10, 7)), ((11, 4, 1), None))
+PROFILING_VERBOSITY = "DETAILED"  # every layer's precision and formats in the engine inspector
 FLOAT_TYPES = {"FLOAT", "HALF", "BF16"}  # TensorRT DataType names
 
 
@@ -152,6 +177,8 @@ class BuildConfig:
     timing_cache: str | Path | None = None  # loaded if present, saved after the build
     dla_core: int | None = None
     legacy_calibrator: bool = False  # TensorRT 10.x: weak typing + builder flags (+ calibrator for int8)
+    # TF32 for FP32 tensors (module docstring): off, or FP32 parity and the FP32 scopes break.
+    tf32: bool = False
     fp32_scopes: tuple[str, ...] = FP32_SCOPES  # legacy mode only
     # Legacy int8 only: NCHW float32 batches preprocessed as at inference, the hash that
     # identifies them (keys the cache), and where the trtexec-compatible cache lives
@@ -182,14 +209,30 @@ class BuildPlan:
     dla_core: int | None
     fp32_scopes: tuple[str, ...]  # layers pinned to FP32 (legacy mode; empty when strongly typed)
     workspace_bytes: int | None
+    tf32: bool  # False: BuilderFlag.TF32 is cleared (TensorRT enables it by default)
+    profiling_verbosity: str  # ProfilingVerbosity member name
 
 
 def trt_major(version: str) -> int:
     """``"10.3.0.30"`` -> 10."""
-    match = re.match(r"\s*(\d+)(\.|\s*$)", version)
+    return trt_version_tuple(version)[0]
+
+
+def trt_version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)``; ``"11.4.1"`` -> ``(11, 4, 1)``."""
+    match = re.match(r"\s*(\d+(?:\.\d+)*)(?:[^\d.]|\s*$)", version)
     if not match:
         raise FornetError(f"cannot read a TensorRT version from {version!r}")
-    return int(match.group(1))
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def dla_supported(version: str) -> bool:
+    """Whether this TensorRT release runs DLA (10.0-10.7, or 11.4.1 and newer)."""
+    parts = trt_version_tuple(version)
+    for low, high in DLA_RELEASES:
+        if parts[: len(low)] >= low and (high is None or parts[: len(high)] <= high):
+            return True
+    return False
 
 
 def source_graph_name(precision: str, legacy: bool) -> str:
@@ -213,11 +256,14 @@ def export_shape(bundle: Bundle) -> Shape | None:
     return tuple(shape) if shape else None
 
 
-def check_dla(dla_core: int, major: int, trt_version: str, precision: str, profile: Profile) -> None:
+def check_dla(dla_core: int, trt_version: str, precision: str, profile: Profile) -> None:
     if dla_core < 0:
         raise FornetError(f"DLA core must be 0 or more, got {dla_core}")
-    if major != DLA_TRT_MAJOR:
-        raise FornetError(f"DLA builds need TensorRT 10.x (JetPack); this machine has TensorRT {trt_version}")
+    if not dla_supported(trt_version):
+        raise FornetError(
+            "DLA builds need TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and newer (JetPack 7.2.2, Jetson AGX Orin); "
+            f"this machine has TensorRT {trt_version}"
+        )
     if precision == "fp32":
         raise FornetError("DLA runs fp16 or int8 only: build with precision fp16 or int8")
     if not profile.static:
@@ -252,7 +298,7 @@ def plan_build(config: BuildConfig, trt_version: str, default_shape: Sequence[in
         if config.fp32_scopes:
             builder_flags.append("OBEY_PRECISION_CONSTRAINTS")
     if config.dla_core is not None:
-        check_dla(config.dla_core, major, trt_version, precision, profile)
+        check_dla(config.dla_core, trt_version, precision, profile)
         builder_flags.append("GPU_FALLBACK")  # DLA cannot run the Top-K threshold ops
     # Strong typing is opt-in on 10.x; TensorRT 11 networks always are, and the flag is deprecated.
     network_flags = ("STRONGLY_TYPED",) if not legacy and major <= LEGACY_TRT_MAJOR else ()
@@ -268,7 +314,29 @@ def plan_build(config: BuildConfig, trt_version: str, default_shape: Sequence[in
         dla_core=config.dla_core,
         fp32_scopes=tuple(config.fp32_scopes) if legacy else (),
         workspace_bytes=config.workspace_mb << 20 if config.workspace_mb else None,
+        tf32=config.tf32,
+        profiling_verbosity=PROFILING_VERBOSITY,
     )
+
+
+def check_calibration_shape(shape: Sequence[int], input_shape: Sequence[int | None] | None, profile: Profile) -> None:
+    """Legacy int8: TensorRT calibrates at the images' preprocessed shape (the calibration
+    profile), which must fit the network's fixed dims and lie inside the engine's profile
+    (a static 512x1024 engine is not calibrated on 1024x2048 Cityscapes images)."""
+    shape = tuple(int(d) for d in shape)
+    if input_shape and any(want is not None and want != got for want, got in zip(input_shape[1:], shape[1:])):
+        raise FornetError(
+            f"calibration images preprocess to {format_shape(shape[1:])} but {ONNX_FP32} takes "
+            f"{format_shape(input_shape[1:])}: calibrate on images of that size, or export at the images' size "
+            "(or with --dynamic)"
+        )
+    low, high = profile.min[1:], profile.max[1:]
+    if not all(lo <= d <= hi for d, lo, hi in zip(shape[1:], low, high)):
+        raise FornetError(
+            f"calibration images preprocess to {format_shape(shape[1:])}, outside the engine's profile "
+            f"{format_shape(low)} to {format_shape(high)}: build for that size (--shape / --max-shape) or "
+            "calibrate on images of the engine's size"
+        )
 
 
 def calibration_reason(cache_path: str | Path, key: dict, have_batches: bool) -> str | None:
@@ -364,6 +432,8 @@ def engine_metadata(
         "dla_core": plan.dla_core,
         "network_flags": list(plan.network_flags),
         "builder_flags": list(plan.builder_flags),
+        "tf32": plan.tf32,
+        "profiling_verbosity": plan.profiling_verbosity,
         "fp32_layers": fp32_layers,
         "built": now_iso(),
         "build_seconds": round(build_seconds, 1),
@@ -376,8 +446,8 @@ def engine_metadata(
 def build_engine(bundle_dir: str | Path, config: BuildConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Build one engine into the bundle; returns its metadata (also in ``<engine>.json``).
 
-    Raises :class:`MissingDependencyError` without TensorRT / PyCUDA, :class:`HardwareError`
-    without a GPU, :class:`FornetError` for anything else a user can fix.
+    Raises :class:`MissingDependencyError` without TensorRT / cuda-python,
+    :class:`HardwareError` without a GPU, :class:`FornetError` for anything else a user can fix.
     """
     with transaction(bundle_dir, "build-trt") as txn:  # the writer lock, held while building
         return _build_into(txn, config, progress or (lambda message: None))
@@ -390,20 +460,23 @@ def _build_into(txn: Transaction, config: BuildConfig, say: Callable[[str], None
     default_shape = export_shape(bundle)
     trt = require("tensorrt", "tensorrt", "build-trt")
     plan = plan_build(config, trt.__version__, default_shape)
+    batches = _calibration_batches(bundle, config, plan)  # checked before any GPU work
     legacy = not plan.strongly_typed
     name = engine_name(plan.precision, plan.profile, default_shape=default_shape, legacy=legacy, dla_core=plan.dla_core)
     onnx_path = bundle.path(source)  # checks its sha256 and lineage against the manifest
     source_sha256 = bundle.artifacts[source]["sha256"]
 
-    with CudaContext("build-trt") as gpu:
-        started = time.monotonic()
-        calibrator = _calibrator(trt, gpu, bundle, config, source_sha256, say) if plan.use_calibrator else None
-        try:
-            engine, input_name, pinned = _build(trt, plan, onnx_path, config.timing_cache, calibrator, say)
-        finally:
-            if calibrator is not None:
-                calibrator.free()
-        seconds = time.monotonic() - started
+    gpu = CudaDevice("build-trt")
+    started = time.monotonic()
+    calibrator = None
+    if plan.use_calibrator:
+        calibrator = _calibrator(trt, gpu, bundle, config, plan, batches, source_sha256, say)
+    try:
+        engine, input_name, pinned = _build(trt, plan, onnx_path, config.timing_cache, calibrator, say)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+    seconds = time.monotonic() - started
 
     meta = engine_metadata(
         plan,
@@ -429,20 +502,50 @@ def _build_into(txn: Transaction, config: BuildConfig, say: Callable[[str], None
     return meta
 
 
-# --- TensorRT adapter -----------------------------------------------------------------
+def _calibration_batches(bundle: Bundle, config: BuildConfig, plan: BuildPlan) -> Iterable[np.ndarray] | None:
+    """Legacy int8: the calibration batches, their shape checked against the network input
+    and the profile; ``None`` when the build takes no images (the cache must then do)."""
+    if not plan.use_calibrator or config.calibration_batches is None:
+        return None
+    first, batches = peek_batches(config.calibration_batches)
+    if first is None:
+        raise FornetError("the calibration set yielded no batches")
+    check_calibration_shape(first.shape, bundle.artifacts.get(ONNX_FP32, {}).get("input_shape"), plan.profile)
+    return batches
 
 
-def _calibrator(trt, gpu: CudaContext, bundle: Bundle, config: BuildConfig, source_sha256: str, say):
+# --- TensorRT adapter: loaders (network, config, engine bytes) ------------------------
+
+
+def _calibrator(trt, gpu: CudaDevice, bundle: Bundle, config: BuildConfig, plan: BuildPlan,
+                batches: Iterable[np.ndarray] | None, source_sha256: str, say):
     cache = Path(config.calibration_cache or bundle.root / TRT_CALIBRATION_CACHE)
-    key = calibration_cache_key(source_sha256, config.calibration_set_hash, bundle.manifest.get("preprocessing"))
-    reason = calibration_reason(cache, key, config.calibration_batches is not None)
+    key = calibration_cache_key(source_sha256, config.calibration_set_hash, bundle.manifest.get("preprocessing"),
+                                tensorrt_version=plan.trt_version, gpu_name=gpu.gpu_name,
+                                compute_capability=gpu.compute_capability)
+    reason = calibration_reason(cache, key, batches is not None)
     say(f"{reason}; calibrating" if reason else f"using calibration cache {cache}")
-    return make_entropy_calibrator(trt, gpu.driver, config.calibration_batches if reason else None, cache, key)
+    return make_entropy_calibrator(trt, gpu, batches if reason else None, cache, key)
 
 
 def _build(trt, plan: BuildPlan, onnx_path: Path, timing_cache: str | Path | None, calibrator, say):
     """Parse, configure and build; returns (serialized engine, input name, FP32-pinned layers)."""
     logger = make_trt_logger(trt)
+    builder, network, parser = network_from_onnx(trt, plan, onnx_path, logger, say)
+    input_name = network.get_input(0).name
+    pinned = _pin_fp32(trt, network, plan.fp32_scopes)
+    if pinned:
+        say(f"keeping {pinned} selector / Top-K layers in FP32")
+    config = create_config(trt, builder, plan, input_name, calibrator, timing_cache)
+    say("building the engine (this can take minutes)")
+    engine = engine_bytes(builder, network, config, logger, calibrator, timing_cache)
+    del parser  # the parser owns the weights memory the network points to, until the build is done
+    return engine, input_name, pinned
+
+
+def network_from_onnx(trt, plan: BuildPlan, onnx_path: Path, logger, say):
+    """``(builder, network, parser)`` for the ONNX file (Polygraphy's ``NetworkFromOnnxPath``);
+    keep the parser alive while the network is built."""
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan.network_flags))
     parser = trt.OnnxParser(network, logger)
@@ -454,14 +557,20 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, timing_cache: str | Path | Non
         )
     if network.num_inputs != 1:
         raise FornetError(f"{onnx_path.name} has {network.num_inputs} inputs, FoR-Net graphs take one image")
-    input_name = network.get_input(0).name
-    pinned = _pin_fp32(trt, network, plan.fp32_scopes)
-    if pinned:
-        say(f"keeping {pinned} selector / Top-K layers in FP32")
+    return builder, network, parser
 
+
+def create_config(trt, builder, plan: BuildPlan, input_name: str, calibrator, timing_cache: str | Path | None):
+    """The ``IBuilderConfig`` the plan describes (Polygraphy's ``CreateConfig``)."""
     config = builder.create_builder_config()
+    # TensorRT turns TF32 on by default (module docstring): clear it unless the plan asks for it.
+    if plan.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, plan.profiling_verbosity)
     if plan.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     profile = builder.create_optimization_profile()
@@ -483,8 +592,12 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, timing_cache: str | Path | Non
         config.int8_calibrator = calibrator
     if timing_cache is not None:
         _attach_timing_cache(config, Path(timing_cache))
+    return config
 
-    say("building the engine (this can take minutes)")
+
+def engine_bytes(builder, network, config, logger, calibrator, timing_cache: str | Path | None) -> bytes:
+    """Build and serialize (Polygraphy's ``EngineBytesFromNetwork``); a calibration error
+    that TensorRT swallowed is raised here, and the timing cache is saved atomically."""
     serialized = builder.build_serialized_network(network, config)
     if calibrator is not None and calibrator.error is not None:
         if isinstance(calibrator.error, FornetError):
@@ -494,7 +607,7 @@ def _build(trt, plan: BuildPlan, onnx_path: Path, timing_cache: str | Path | Non
         raise FornetError(f"TensorRT could not build the engine: {logger.last_error('no details')}")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized), input_name, pinned
+    return bytes(serialized)
 
 
 def _network_flags(trt, names: Sequence[str]) -> int:

@@ -66,13 +66,14 @@ def check_boundary_width(width: int) -> None:
 
 def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32",
                     device: str = "cpu", split: str = "val", limit: int | None = None, boundary_width: int = 3,
-                    json_out: str | Path | None = None, progress=None) -> dict:
-    """The library function behind ``fornet-deploy eval``."""
+                    json_out: str | Path | None = None, progress=None, ort_provider: str | None = None) -> dict:
+    """The library function behind ``fornet-deploy eval``; ``ort_provider`` (cpu, cuda,
+    tensorrt): ONNX Runtime's execution provider (default: the device's)."""
     check_boundary_width(boundary_width)
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     examples = dataset_examples(data, split, pre, limit)
-    with load_runner(bundle, runtime, precision, device) as runner:
+    with load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as runner:
         metrics = evaluate_runner(runner, examples, len(bundle.section("classes")), boundary_width, progress,
                                   fixed_topk_ratio(bundle.section("topk")))
         info = runner.info().to_dict()

@@ -126,12 +126,14 @@ def run_parity(reference: Runner, candidate: Runner, examples: Iterable[Example]
 
 def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
                   data: str | Path | None = None, split: str = "val", limit: int | None = None,
-                  out_dir: str | Path | None = None, json_out: str | Path | None = None, progress=None) -> dict:
+                  out_dir: str | Path | None = None, json_out: str | Path | None = None, progress=None,
+                  ort_provider: str | None = None) -> dict:
     """The library function behind ``fornet-deploy parity``.
 
     Images: the first ``limit`` of ``data``'s split, or ``limit`` (default 8) synthetic
     images at the export size without ``data``. The report goes to ``out_dir/parity.json``
     (default ``BUNDLE/parity/RUNTIME-PRECISION``) with diff pictures, and to ``json_out``.
+    ``ort_provider`` (cpu, cuda, tensorrt): ONNX Runtime's execution provider (default: the device's).
     """
     check_limit(limit)
     bundle = Bundle.open(bundle_dir)
@@ -146,7 +148,7 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
-            load_runner(bundle, runtime, precision, device) as candidate:
+            load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as candidate:
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
                             num_classes=len(bundle.section("classes")), progress=progress,
                             topk_ratio=fixed_topk_ratio(bundle.section("topk")))

@@ -4,11 +4,16 @@ A static look at the graph, so it runs anywhere (no TensorRT needed). Findings a
 ``blocker`` (the TensorRT ONNX parser/builder fails, or the engine would be wrong),
 ``warning`` (works, but slow or needs an option such as an optimization profile) or
 ``info``. Op restrictions follow the onnx-tensorrt operator matrix (docs/operators.md)
-for TensorRT 8.5-10.x; FoR-Net specifics (TopK K limit, FP32 selector) are added.
+for TensorRT 8.5-10.x; FoR-Net specifics (TopK K limit, FP32 selector) are added, and the
+Q/DQ placement and precision rules of :mod:`.qdq_lint` (conv-output Q/DQ, wrapped ReLUs,
+both Add inputs quantized, FP32 islands, an FP32 full-resolution tail: warnings, because
+TensorRT builds the graph but slower; an integer -> UINT8 Cast: a blocker). The report
+counts the findings per check.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from onnx import numpy_helper
 from ..contract import TOPK_SCOPE
 from ..errors import FornetError
 from .onnx import load_onnx
+from .qdq_lint import qdq_counts, rule_hits
 
 # TensorRT's TopK (ITopKLayer) handles K <= 3840 (MAX_TOPK_K in NvInfer.h).
 TRT_MAX_TOPK_K = 3840
@@ -37,6 +43,8 @@ TRT_UNSUPPORTED_OPS = frozenset({
 TRT_DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Loop", "Scan", "If"})
 TRT_RESIZE_TRANSFORMS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Q/DQ placement and precision rules (qdq_lint) that break the build; the rest slow it down.
+BLOCKING_RULES = frozenset({"int-to-uint8-cast"})
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,8 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
                 add("warning", "fp32-selector", name, "the Top-K subgraph reads a quantized importance map, "
                     "which creates ties (exclude it from calibration)")
                 break
+    for hit in rule_hits(model):
+        add("blocker" if hit.rule in BLOCKING_RULES else "warning", hit.rule, hit.node, hit.message)
     return findings
 
 
@@ -157,5 +167,7 @@ def lint_file(path: str | Path, target: str = "tensorrt") -> dict:
         "passed": not blockers,
         "blockers": len(blockers),
         "warnings": sum(1 for f in findings if f.severity == "warning"),
+        "counts": dict(sorted(Counter(f.check for f in findings).items())),
+        "qdq": qdq_counts(model),
         "findings": [asdict(f) for f in findings],
     }

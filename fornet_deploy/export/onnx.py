@@ -41,6 +41,7 @@ from ..io import read_bytes, sha256_bytes
 from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
 from ..model.fornet import FoRNet
 from ..model.topk import SELECTION_RULE, search_schedule
+from ..runtimes.ort_runner import import_onnxruntime
 
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
@@ -85,14 +86,30 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
         self.outputs = outputs
-        self.labels_dtype = torch.uint8 if labels_dtype == "uint8" else torch.int32
+        self.labels_dtype = labels_dtype
 
     def forward(self, image):
         out = self.model.forward_all(image)
         if (IMPORTANCE in self.outputs or TOPK_MASK in self.outputs) and out[IMPORTANCE] is None:
             raise FornetError("this model has no selector (focus='none'): drop importance/topk_mask from --outputs")
-        out[LABELS] = out[LOGITS].argmax(dim=1).to(self.labels_dtype)
+        out[LABELS] = labels_from_logits(out[LOGITS], self.labels_dtype)
         return tuple(out[name] for name in self.outputs)
+
+
+def labels_from_logits(logits: torch.Tensor, dtype: str) -> torch.Tensor:
+    """The in-graph ``labels``: ``ArgMax -> Cast(FLOAT16) -> Cast(UINT8)`` or ``ArgMax -> Cast(INT32)``.
+
+    Never an integer -> UINT8 Cast: TensorRT documents UINT8 conversions only from/to FLOAT
+    and HALF ("kUINT8 conversions are not supported for {kINT8, kINT32, kBOOL}",
+    ``DataType::kUINT8`` in NVIDIA/TensorRT ``include/NvInferRuntimeBase.h`` on release/10.3,
+    release/10.16 and main), and its ONNX parser types ArgMax's output INT64. The detour
+    through FLOAT16 is exact: half precision holds every integer up to 2048, and the class
+    count is far below that (checked in :func:`export_onnx_model`).
+    """
+    indices = logits.argmax(dim=1)
+    if dtype == "int32":
+        return indices.to(torch.int32)
+    return indices.to(torch.float16).to(torch.uint8)
 
 
 def export_onnx_model(model: FoRNet, cfg: ExportConfig) -> onnx.ModelProto:
@@ -174,8 +191,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 def check_runs(path: Path, shape: list[int], what: str) -> None:
     """Load a graph with ONNX Runtime CPU and run it once, so a broken file never lands."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime(f"checking {what}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:

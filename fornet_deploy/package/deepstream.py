@@ -40,6 +40,7 @@ from ..errors import CheckFailed, FornetError, OptionError
 from ..evaluation.examples import Example, dataset_examples, scene_examples
 from ..evaluation.metrics import SegmentationMetrics, agreement
 from ..export.onnx import load_onnx
+from ..runtimes.ort_runner import import_onnxruntime
 from .graph import graph_io
 
 PROBABILITIES = "probabilities"
@@ -170,8 +171,7 @@ class Labeller:
     """Labels (argmax over classes) of an ONNX graph with ONNX Runtime on the CPU."""
 
     def __init__(self, path: Path):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime("checking the DeepStream graph")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

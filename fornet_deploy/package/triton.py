@@ -37,7 +37,7 @@ from ..contract import DEVICES, LABELS, LOGITS, PRECISIONS, check_choice, onnx_g
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError, require
 from ..export.onnx import load_onnx
-from ..runtimes.registry import engines_for
+from ..runtimes.registry import select_engine
 from ..runtimes.trt.metadata import engine_metadata_path, read_engine_metadata
 from .graph import GraphIO, Tensor, graph_io, graph_io_at
 
@@ -222,20 +222,21 @@ def ort_model(bundle: Bundle, options: TritonOptions) -> ModelPlan:
 
 
 def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
-    """The plan model of the bundle's engine of this precision (the default-named one first),
-    or None when the bundle has none or the repository is for the CPU."""
-    engines = engines_for(bundle, options.precision)
-    if not engines or options.device == "cpu":
+    """The plan model of the bundle's engine of this precision (picked by its metadata:
+    a GPU engine, its optimum at the export shape first), or None when the bundle has none
+    or the repository is for the CPU."""
+    name = select_engine(bundle, options.precision) if options.device != "cpu" else None
+    if name is None:
         return None
-    engine = bundle.path(engines[0])
-    meta = read_engine_metadata(engine)  # a missing or incomplete <engine>.json is one clear line
+    engine = bundle.path(name)
+    meta = read_engine_metadata(engine)
     profile = meta["profile"]
     if not meta.get("source_onnx"):
-        raise FornetError(f"{engines[0]}: its metadata names no source ONNX graph; rebuild with `fornet-deploy build-trt`")
+        raise FornetError(f"{name}: its metadata names no source ONNX graph; rebuild with `fornet-deploy build-trt`")
     source = load_onnx(bundle.path(meta["source_onnx"], verify=False))
     declared = graph_io(source)
     if profile["input"] != declared.image.name:
-        raise FornetError(f"{engines[0]}: profile input {profile['input']!r} is not the graph's "
+        raise FornetError(f"{name}: profile input {profile['input']!r} is not the graph's "
                           f"{declared.image.name!r}")
     # The engine fixes what its profile fixes: its tensors are the graph's at the profile
     # bounds. It batches when its batch dimension is dynamic and starts at 1 (Triton sends
@@ -244,7 +245,7 @@ def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
     io = graph_io_at(source, [profile["min"], profile["max"]]) if dynamic else declared
     max_batch_size = profile["max"][0] if io.image.batch_dynamic and profile["min"][0] == 1 else 0
     return ModelPlan(f"fornet_trt_{options.precision}", "tensorrt_plan", engine, "model.plan", io, max_batch_size,
-                     None, True, f"{engines[0]} (TensorRT {meta['tensorrt_version']}, built on {meta['gpu_name']})")
+                     None, True, f"{name} (TensorRT {meta['tensorrt_version']}, built on {meta['gpu_name']})")
 
 
 # --- the repository ---------------------------------------------------------------------

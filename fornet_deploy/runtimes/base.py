@@ -140,6 +140,12 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on CPU backends); used by the benchmark."""
 
+    def last_timings(self) -> dict[str, float] | None:
+        """Device-side split of the last run, ``{"h2d_ms", "compute_ms", "d2h_ms"}`` (input
+        copy, execution, copies of the outputs asked for), for runners that measure it with
+        device events (TensorRT); ``None`` for the others."""
+        return None
+
     # hooks ---------------------------------------------------------------------------
     @abc.abstractmethod
     def input_spec(self) -> InputSpec: ...

@@ -1,16 +1,77 @@
-"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers."""
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+Every module of the package imports ONNX Runtime through :func:`import_onnxruntime`. The
+CPU wheel ``onnxruntime`` and the GPU wheel ``onnxruntime-gpu`` install the same import
+package (the same files under ``site-packages/onnxruntime/``): with both installed, the one
+installed last wins and CUDA silently disappears ("Specified provider
+'CUDAExecutionProvider' is not in available provider names", microsoft/onnxruntime#26996),
+and uninstalling either deletes files of the other (microsoft/onnxruntime#3326). So the two
+are exclusive extras (``[cpu]``, ``[gpu]``) and having both is one line with the repair the
+ONNX Runtime maintainers give (#7748, #3326).
+
+Execution-provider options (names present in onnxruntime-gpu 1.18.1 and 1.24.4,
+``include/onnxruntime/core/providers/tensorrt/tensorrt_provider_options.h``): CUDA
+``device_id``, ``use_tf32`` (default 1: FP32 convolutions and matmuls round their inputs
+to TF32 on Ampere and later, which breaks FP32 parity, so it is set to 0 here); TensorRT
+``device_id``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
+``trt_timing_cache_enable``.
+
+GPU libraries: the ``[gpu]`` extra installs CUDA and cuDNN as pip packages, which ONNX
+Runtime loads only through ``onnxruntime.preload_dlls()`` (1.21+; its docstring: no need "if
+`import torch` is done before", which holds for a CUDA PyTorch only), so a GPU session
+preloads them first; the TensorRT EP finds libnvinfer once ``import tensorrt`` has loaded it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import io
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import FornetError, HardwareError
+from ..errors import FornetError, HardwareError, MissingDependencyError, PackageClashError
 from ..io import read_bytes
 from .base import InputSpec, Runner, RunnerInfo
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# Distributions that install the ``onnxruntime`` import package.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+ORT_REPAIR = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
+def installed_ort_distributions() -> list[str]:
+    """Which of :data:`ORT_DISTRIBUTIONS` are installed (by their distribution metadata)."""
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def check_ort_install(installed: Sequence[str]) -> None:
+    """One line with the repair when both ONNX Runtime wheels are installed."""
+    if len(installed) > 1:
+        raise PackageClashError(
+            f"both {' and '.join(installed)} are installed; they overwrite each other's files and CUDA "
+            f"disappears (microsoft/onnxruntime#26996): {ORT_REPAIR}"
+        )
+
+
+def import_onnxruntime(purpose: str):
+    """The ``onnxruntime`` module, after checking that exactly one ONNX Runtime wheel is
+    installed; a missing one names the ``[cpu]`` and ``[gpu]`` extras."""
+    check_ort_install(installed_ort_distributions())
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "cpu", purpose, alternative="gpu") from None
+    return onnxruntime
 
 
 def select_providers(device: str, available: list[str]) -> list[str]:
@@ -33,9 +94,19 @@ def select_providers(device: str, available: list[str]) -> list[str]:
     if missing:
         raise HardwareError(
             f"ONNX Runtime here has {', '.join(available)}; --device {device} needs {missing[0]} "
-            "(pip install 'fornet-deploy[gpu]' on a machine with an NVIDIA GPU)"
+            f"(on a machine with an NVIDIA GPU: {ORT_REPAIR})"
         )
     return providers
+
+
+def _load_gpu_libraries(ort, tensorrt: bool) -> None:
+    """CUDA / cuDNN from pip packages, and TensorRT's libraries (module docstring)."""
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints what it could not find
+            ort.preload_dlls()
+    if tensorrt:
+        with contextlib.suppress(ImportError):
+            import tensorrt  # noqa: F401 - loads libnvinfer for the TensorRT EP
 
 
 class OrtRunner(Runner):
@@ -56,10 +127,11 @@ class OrtRunner(Runner):
         self._output_names: list[str] = []
 
     def _activate_impl(self) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime("the ONNX Runtime runner")
         model = read_bytes(self.onnx_path, "ONNX file", sha256=self.sha256)
         providers = select_providers(self.device, ort.get_available_providers())
+        if CUDA in providers:
+            _load_gpu_libraries(ort, TENSORRT in providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's warnings off the user's terminal
         if self.threads:
@@ -79,7 +151,9 @@ class OrtRunner(Runner):
             # session builds (minutes), later ones load.
             return {"device_id": str(self.gpu), "trt_engine_cache_enable": "True",
                     "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": "True"}
-        if provider in (TENSORRT, CUDA):
+        if provider == CUDA:
+            return {"device_id": str(self.gpu), "use_tf32": "0"}  # FP32 means FP32 (module docstring)
+        if provider == TENSORRT:
             return {"device_id": str(self.gpu)}
         return {}
 
@@ -100,8 +174,7 @@ class OrtRunner(Runner):
         return dict(zip(names, values))
 
     def info(self) -> RunnerInfo:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime("the ONNX Runtime runner")
         providers = self.session.get_providers() if self.session else []
         device = "cpu" if providers[:1] == [CPU] else providers[0] if providers else self.device
         return RunnerInfo(

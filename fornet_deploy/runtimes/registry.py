@@ -1,48 +1,132 @@
 """Which runner runs which artefact of a bundle, from the one format table in
-:mod:`fornet_deploy.contract` (as Ultralytics' exporter table drives its formats)."""
+:mod:`fornet_deploy.contract` (as Ultralytics' exporter table drives its formats).
+
+TensorRT engines are picked by their metadata (``<engine>.json``), not by their file name:
+the engine of the asked precision whose profile covers the input shape, built for the asked
+DLA core (GPU engines first when none is asked), and, when they are known here, by this
+machine's TensorRT release and GPU (:func:`rank_engines`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from ..bundle import Bundle
-from ..contract import FORMATS, ORT_TRT_CACHE_DIR, Format, formats_for
+from ..contract import FORMATS, ORT_TRT_CACHE_DIR, Format, format_shape, formats_for
 from ..errors import FornetError
 from .base import Runner
 
 ENGINE_KIND = "tensorrt-engine"
 
 
-def engines_for(bundle: Bundle, precision: str) -> list[str]:
-    """TensorRT engines of this precision in the bundle, the default-named one first.
+@dataclass(frozen=True)
+class EngineRequest:
+    """What a run needs of a TensorRT engine; ``None`` fields do not constrain the choice."""
 
-    build-trt names DLA, legacy-calibrator and non-default-shape engines differently, so
-    they are found by their manifest entries; between several, the default name (a static
-    engine at the export shape) wins, then the name order, so the choice is stable.
-    """
+    shape: tuple[int, ...] | None = None  # NCHW the engine will be fed
+    dla_core: int | None = None  # None: any engine, GPU engines first
+    tensorrt_version: str | None = None  # this machine's, when TensorRT is installed
+    gpu_name: str | None = None  # this machine's GPU, when CUDA sees one
+    compute_capability: str | None = None
+
+
+def engines_for(bundle: Bundle, precision: str) -> list[str]:
+    """TensorRT engines of this precision in the bundle's manifest, the default-named one
+    first, then by name (build-trt names DLA, legacy-calibrator and non-default-shape engines
+    differently). Which one runs is :func:`select_engine`'s choice, by metadata."""
     default = formats_for("trt", precision)[0].artifact
     found = [name for name, meta in bundle.artifacts_of(ENGINE_KIND).items() if meta.get("precision") == precision]
     return sorted(found, key=lambda name: (name != default, name))
 
 
-def _present(bundle: Bundle, fmt: Format) -> Format | None:
+def engine_problem(meta: Mapping, request: EngineRequest) -> str | None:
+    """Why an engine (its metadata) cannot serve ``request``; ``None`` if it can."""
+    if request.dla_core is not None and meta.get("dla_core") != request.dla_core:
+        return f"built for {'the GPU' if meta.get('dla_core') is None else 'DLA core ' + str(meta['dla_core'])}"
+    if request.tensorrt_version is not None and meta.get("tensorrt_version") != request.tensorrt_version:
+        return f"built with TensorRT {meta.get('tensorrt_version')}, this machine has {request.tensorrt_version}"
+    built_on = (meta.get("gpu_name"), meta.get("compute_capability"))
+    if request.gpu_name is not None and built_on != (request.gpu_name, request.compute_capability):
+        return f"built on {built_on[0]} ({built_on[1]}), this machine has {request.gpu_name}"
+    profile = meta.get("profile") or {}
+    if request.shape is not None and profile:
+        low, high = profile["min"], profile["max"]
+        if len(low) != len(request.shape) or not all(lo <= d <= hi for d, lo, hi in zip(request.shape, low, high)):
+            return f"profile {format_shape(low)} to {format_shape(high)} does not cover {format_shape(request.shape)}"
+    return None
+
+
+def rank_engines(engines: Mapping[str, Mapping], request: EngineRequest,
+                 default_shape: Sequence[int] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``(usable engine names, best first; {rejected name: reason})``.
+
+    Best: a GPU engine before a DLA one (unless a core is asked for), then an engine whose
+    profile optimum is the shape asked for (else the export shape), then the tightest
+    profile (TensorRT tunes for the optimum; a narrower range wastes less), then the name.
+    """
+    usable, problems = [], {}
+    for name, meta in engines.items():
+        problem = engine_problem(meta, request)
+        if problem is None:
+            usable.append(name)
+        else:
+            problems[name] = problem
+    target = tuple(request.shape or default_shape or ())
+
+    def rank(name: str) -> tuple:
+        meta = engines[name]
+        profile = meta["profile"]
+        span = 1
+        for lo, hi in zip(profile["min"], profile["max"]):
+            span *= hi - lo + 1
+        return (meta.get("dla_core") is not None, tuple(profile["opt"]) != target, span, name)
+
+    return sorted(usable, key=rank), problems
+
+
+def select_engine(bundle: Bundle, precision: str, request: EngineRequest = EngineRequest()) -> str | None:
+    """The bundle's best engine of ``precision`` for ``request``; ``None`` when it has no
+    engine of that precision; one line listing why each was refused when none fits."""
+    from .trt.metadata import read_engine_metadata
+
+    metas, unreadable = {}, {}
+    for name in engines_for(bundle, precision):
+        try:
+            metas[name] = read_engine_metadata(bundle.root / name)
+        except FornetError as exc:
+            unreadable[name] = str(exc)
+    if not metas and not unreadable:
+        return None
+    export = bundle.artifacts.get("model.onnx", {}).get("export_shape")
+    ranked, problems = rank_engines(metas, request, export)
+    if ranked:
+        return ranked[0]
+    reasons = "; ".join(f"{name}: {why}" for name, why in {**problems, **unreadable}.items())
+    raise FornetError(f"bundle {bundle.root} has no usable TensorRT {precision} engine ({reasons}); "
+                      f"build one with `{formats_for('trt', precision)[0].made_by}`")
+
+
+def _present(bundle: Bundle, fmt: Format, request: EngineRequest | None = None) -> Format | None:
     if fmt.runtime == "trt":
-        engines = engines_for(bundle, fmt.precision)
-        return replace(fmt, artifact=engines[0]) if engines else None
+        engine = select_engine(bundle, fmt.precision, request or EngineRequest())
+        return replace(fmt, artifact=engine) if engine else None
     return fmt if bundle.has(fmt.artifact) else None
 
 
-def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str, artifact: str | None = None) -> Format:
+def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str, artifact: str | None = None,
+                   request: EngineRequest | None = None) -> Format:
     """The first format of the table the bundle holds for (runtime, precision, device);
-    ``artifact`` picks a specific file (e.g. one of several engines of one precision)."""
+    ``artifact`` picks a specific file (e.g. one of several engines of one precision), else
+    ``request`` says what a TensorRT engine must fit (:func:`select_engine`)."""
     options = formats_for(runtime, precision, device)
     if artifact is not None:
         if not bundle.has(artifact):
             raise FornetError(f"bundle {bundle.root} has no {artifact}")
         return replace(options[0], artifact=artifact)
     for fmt in options:
-        if (found := _present(bundle, fmt)) is not None:
+        if (found := _present(bundle, fmt, request)) is not None:
             return found
     raise FornetError(
         f"bundle {bundle.root} has no {runtime} {precision} artefact ({options[-1].artifact}); "
@@ -50,14 +134,34 @@ def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str, ar
     )
 
 
-def available_formats(bundle: Bundle, device: str) -> list[Format]:
-    """Every artefact of the bundle that runs on this device (both INT8 variants on a CPU)."""
-    return [found for fmt in FORMATS if device in fmt.devices and (found := _present(bundle, fmt)) is not None]
+def available_formats(bundle: Bundle, device: str, request: EngineRequest | None = None) -> list[Format]:
+    """Every artefact of the bundle that runs on this device (both INT8 variants on a CPU).
+
+    A precision whose engines all fail ``request`` is listed with its first engine, so a
+    benchmark matrix shows why it cannot run rather than leaving it out."""
+    found = []
+    for fmt in (f for f in FORMATS if device in f.devices):
+        try:
+            present = _present(bundle, fmt, request)
+        except FornetError:
+            present = replace(fmt, artifact=engines_for(bundle, fmt.precision)[0])
+        if present is not None:
+            found.append(present)
+    return found
+
+
+def trt_request(gpu: int = 0, shape: Sequence[int] | None = None, dla_core: int | None = None) -> EngineRequest:
+    """An :class:`EngineRequest` with what this machine says about itself (TensorRT release,
+    GPU ``gpu``), each left out when it cannot be read here (no TensorRT, no GPU)."""
+    from .trt.metadata import machine_facts
+
+    return EngineRequest(shape=tuple(shape) if shape is not None else None, dla_core=dla_core, **machine_facts(gpu))
 
 
 def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
                 *, artifact: str | None = None, topk: str = "exact", threads: int | None = None,
-                ort_device: str | None = None, gpu: int = 0) -> Runner:
+                ort_device: str | None = None, gpu: int = 0, shape: Sequence[int] | None = None,
+                dla_core: int | None = None) -> Runner:
     """A runner for one artefact of a bundle, checked against the manifest ``bundle`` holds.
 
     Its sha256 and its lineage (it was made from the artefacts the manifest lists, see
@@ -68,11 +172,13 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
     ``device`` is cpu, cuda or jetson. ``artifact``: a specific file when the bundle has
     several for one precision. ``topk`` (torch): exact or threshold. ``threads``: CPU
     threads (torch / ONNX Runtime). ``ort_device``: ONNX Runtime providers (cpu, cuda,
-    tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index.
+    tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index. TensorRT:
+    ``shape`` (NCHW) and ``dla_core`` pick the engine (:func:`select_engine`).
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle, verify=False)
-    fmt = resolve_format(bundle, runtime, precision, device, artifact)
+    request = trt_request(gpu, shape, dla_core) if runtime == "trt" and artifact is None else None
+    fmt = resolve_format(bundle, runtime, precision, device, artifact, request)
     path = bundle.path(fmt.artifact)  # verifies the sha256 and the lineage
     sha256 = bundle.sha256(fmt.artifact)
     on_gpu = device in ("cuda", "jetson")

@@ -317,3 +317,25 @@ def test_describe_machine_with_a_fake_gpu_and_board(monkeypatch):
 
     plain = describe_machine(jetson_root=ROOTS / "raspberry_pi", run=FakeRun({}))
     assert plain["jetson"] is None and plain["notes"] == []
+
+
+def test_device_split_of_a_runner_that_measures_it(tiny_bundle):
+    """A runner with device events (TensorRT) gets transfers and execution reported apart,
+    over the timed iterations only."""
+    from fornet_deploy.bench.frames import bench_preprocessing
+    from fornet_deploy.bench.run import _measure
+    from fornet_deploy.runtimes.registry import load_runner
+
+    bundle = Bundle.open(tiny_bundle)
+    cfg = BenchConfig(warmup=2, iters=3)
+    frames, _ = load_frames(None, (64, 128))
+    executions = iter(range(100))
+    with load_runner(bundle, "ort", "fp32", "cpu") as runner:
+        runner.last_timings = lambda: {"h2d_ms": 1.0, "compute_ms": float(next(executions)), "d2h_ms": 0.5}
+        result, _ = _measure(runner, cfg, BenchEnvironment(), bench_preprocessing(bundle, (64, 128)), frames, None)
+    split = result["device_split"]
+    assert set(split) == {"h2d", "compute", "d2h"} and split["compute"]["n"] == 3
+    assert split["compute"]["p50_ms"] == 3.0 and split["h2d"]["mean_ms"] == 1.0  # warm-up runs 0, 1 left out
+    _, rows = bench_rows({**result, "config": {}})
+    assert [row[0] for row in rows] == ["compute", "end-to-end", "  h2d (device)", "  compute (device)",
+                                       "  d2h (device)"]

@@ -12,14 +12,16 @@ import types
 
 import numpy as np
 import pytest
+from fake_cudart import FakeCudart
 
-from fornet_deploy.build import trt as trt_build
 from fornet_deploy.build.trt import (
     BuildConfig,
     LayerView,
     Profile,
     build_engine,
     calibration_reason,
+    check_calibration_shape,
+    dla_supported,
     engine_metadata,
     engine_name,
     fp32_pins,
@@ -27,12 +29,14 @@ from fornet_deploy.build.trt import (
     plan_build,
     select_source_graph,
     trt_major,
+    trt_version_tuple,
 )
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.calibration.trt_calibrator import cache_sidecar_path
 from fornet_deploy.contract import FP32_SCOPES as DEFAULT_FP32_SCOPES
 from fornet_deploy.errors import FornetError, HardwareError, MissingDependencyError
 from fornet_deploy.io import sha256_file
+from fornet_deploy.runtimes.trt import cuda as trt_cuda
 from fornet_deploy.runtimes.trt.metadata import check_engine_metadata, read_engine_metadata
 
 EXPORT_SHAPE = (1, 3, 64, 128)
@@ -83,6 +87,17 @@ def test_trt_major(version, major):
 def test_trt_major_rejects_garbage():
     with pytest.raises(FornetError, match="cannot read a TensorRT version"):
         trt_major("ten")
+    assert trt_version_tuple("10.3.0.30") == (10, 3, 0, 30) and trt_version_tuple("11.4.1") == (11, 4, 1)
+    assert trt_version_tuple("10.16.0.72+cuda12.9") == (10, 16, 0, 72)
+
+
+@pytest.mark.parametrize("version, dla", [
+    ("10.0.1", True), ("10.3.0.30", True), ("10.7.0.23", True), ("10.8.0.43", False), ("10.16.1.11", False),
+    ("11.0.0.114", False), ("11.3.0", False), ("11.4.0.106", False), ("11.4.1", True), ("11.5.0", True),
+    ("12.0", True), ("9.2.0", False), ("8.6.1.6", False),
+])
+def test_dla_releases(version, dla):
+    assert dla_supported(version) is dla
 
 
 def make_bundle(tmp_path, *graphs):
@@ -144,6 +159,21 @@ def test_strongly_typed_plan_on_10x(precision):
         ]
 
 
+@pytest.mark.parametrize("version", [TRT_10_3, TRT_10_X, TRT_11])
+@pytest.mark.parametrize("config", [
+    BuildConfig(precision="fp32"), BuildConfig(precision="fp16"), BuildConfig(precision="int8"),
+    BuildConfig(precision="fp16", legacy_calibrator=True),
+    BuildConfig(precision="int8", legacy_calibrator=True, calibration_set_hash="abc"),
+], ids=["fp32", "fp16", "int8", "legacy-fp16", "legacy-int8"])
+def test_every_plan_clears_tf32_and_keeps_layer_details(config, version):
+    if config.legacy_calibrator and version == TRT_11:
+        pytest.skip("no legacy builds on TensorRT 11")
+    plan = plan_build(config, version, EXPORT_SHAPE)
+    assert plan.tf32 is False and "TF32" not in plan.builder_flags
+    assert plan.profiling_verbosity == "DETAILED"
+    assert plan_build(BuildConfig(precision=config.precision, tf32=True), version, EXPORT_SHAPE).tf32 is True
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_strongly_typed_plan_on_11(precision):
     plan = plan_build(BuildConfig(precision=precision), TRT_11, EXPORT_SHAPE)
@@ -194,8 +224,10 @@ def test_dla_rules():
     assert plan_build(legacy, TRT_10_3, EXPORT_SHAPE).builder_flags == (
         "FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK",
     )
-    with pytest.raises(FornetError, match="DLA builds need TensorRT 10.x"):
-        plan_build(BuildConfig(precision="fp16", dla_core=0), TRT_11, EXPORT_SHAPE)
+    for version in (TRT_11, TRT_10_X, "11.4.0.106"):
+        with pytest.raises(FornetError, match=r"DLA builds need TensorRT 10.0-10.7 \(JetPack 6\) or 11.4.1"):
+            plan_build(BuildConfig(precision="fp16", dla_core=0), version, EXPORT_SHAPE)
+    assert plan_build(BuildConfig(precision="fp16", dla_core=0), "11.4.1", EXPORT_SHAPE).dla_core == 0
     with pytest.raises(FornetError, match="DLA runs fp16 or int8 only"):
         plan_build(BuildConfig(precision="fp32", dla_core=0), TRT_10_3, EXPORT_SHAPE)
     with pytest.raises(FornetError, match="DLA needs a static input shape"):
@@ -252,6 +284,7 @@ def test_engine_metadata_is_what_the_runner_checks():
                                "max": list(EXPORT_SHAPE)}
     assert meta["source_onnx"] == "model.fp16.onnx" and meta["source_onnx_sha256"] == "s" * 64
     assert meta["dla_core"] is None and meta["build_seconds"] == 12.3 and meta["built"]
+    assert meta["tf32"] is False and meta["profiling_verbosity"] == "DETAILED"
     check_engine_metadata(json.loads(json.dumps(meta)), TRT_10_3, "Orin", "8.7")
 
 
@@ -261,6 +294,19 @@ def test_calibration_reason(tmp_path):
     assert "no calibration cache" in calibration_reason(cache, key, have_batches=True)
     with pytest.raises(FornetError, match="needs the calibration images"):
         calibration_reason(cache, key, have_batches=False)
+
+
+def test_calibration_shape_must_fit_the_network_and_the_profile():
+    static = Profile((1, 3, 512, 1024), (1, 3, 512, 1024), (1, 3, 512, 1024))
+    check_calibration_shape((1, 3, 512, 1024), [1, 3, 512, 1024], static)
+    check_calibration_shape((4, 3, 512, 1024), [None, 3, None, None], static)  # the batch is TensorRT's business
+    with pytest.raises(FornetError) as err:  # Cityscapes at full size into a 512x1024 export
+        check_calibration_shape((1, 3, 1024, 2048), [1, 3, 512, 1024], static)
+    assert str(err.value).startswith("calibration images preprocess to 3x1024x2048 but model.onnx takes 3x512x1024")
+    with pytest.raises(FornetError, match=r"3x1024x2048, outside the engine's profile 3x512x1024 to 3x512x1024"):
+        check_calibration_shape((1, 3, 1024, 2048), [None, 3, None, None], static)
+    dynamic = Profile((1, 3, 256, 512), (1, 3, 512, 1024), (1, 3, 1024, 2048))
+    check_calibration_shape((1, 3, 1024, 2048), [None, 3, None, None], dynamic)
 
 
 # --- build_engine without TensorRT ----------------------------------------------------
@@ -284,7 +330,7 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
     legacy = version.startswith("10.")
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.calls = calls = {"flags": [], "pinned_precision": [], "pinned_outputs": []}
+    trt.calls = calls = {"flags": [], "cleared": [], "pinned_precision": [], "pinned_outputs": []}
     trt.float32 = "FLOAT"
 
     class ILogger:
@@ -297,12 +343,13 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
     trt.ILogger = ILogger
     creation_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if legacy else {"STRONGLY_TYPED": 0}
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", creation_flags)
-    builder_flags = ["DEBUG", "GPU_FALLBACK", "REFIT"]
+    builder_flags = ["DEBUG", "GPU_FALLBACK", "REFIT", "TF32"]
     if legacy:
         builder_flags += ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE"])
     trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"])
+    trt.ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
 
     def tensor(kind):
         return None if kind == "NONE" else types.SimpleNamespace(dtype=types.SimpleNamespace(name=kind))
@@ -383,6 +430,9 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
         def set_flag(self, flag):
             calls["flags"].append(flag.name)
 
+        def clear_flag(self, flag):
+            calls["cleared"].append(flag.name)
+
         def set_memory_pool_limit(self, pool, size):
             calls["workspace"] = (pool.name, size)
 
@@ -445,39 +495,14 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
     return trt
 
 
-class FakeAllocation:
-    def __init__(self, driver, nbytes):
-        self.driver, self.nbytes = driver, nbytes
-
-    def __int__(self):
-        return 0xD000
-
-    def free(self):
-        self.driver.freed += 1
-
-
-class FakeGpu:
-    """Stands in for runtimes.trt.cuda.CudaContext (PyCUDA + a GPU)."""
-
-    gpu_name, compute_capability = "NVIDIA Test GPU", "8.9"
-
-    def __init__(self, purpose, device=0):
-        self.driver = types.SimpleNamespace(
-            mem_alloc=lambda n: FakeAllocation(self.driver, n), memcpy_htod=lambda ptr, a: None, freed=0
-        )
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
 @pytest.fixture
 def with_fake(monkeypatch):
-    def install(trt):
+    """Install a stand-in TensorRT and a stand-in cuda-python with one GPU (``trt.cudart``)."""
+
+    def install(trt, gpu=("NVIDIA Test GPU", 8, 9)):
+        trt.cudart = FakeCudart(devices=[gpu])
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(trt_build, "CudaContext", FakeGpu)
+        monkeypatch.setattr(trt_cuda, "import_cudart", lambda purpose: trt.cudart)
         return trt
 
     return install
@@ -503,6 +528,8 @@ def test_strongly_typed_build_writes_engine_and_metadata(tmp_path, with_fake, ve
     assert calls["network_flags"] == network_flags  # STRONGLY_TYPED is bit 1 on 10.x; not passed on 11
     assert calls["parsed"] == str(bundle.root / "model.fp16.onnx")
     assert calls["flags"] == [] and calls["pinned_precision"] == calls["pinned_outputs"] == []
+    assert calls["cleared"] == ["TF32"]  # TensorRT's default is TF32 on
+    assert calls["config"].profiling_verbosity == trt.ProfilingVerbosity.DETAILED
     assert calls["workspace"] == ("WORKSPACE", 256 << 20)
     assert calls["config"].profiles == [("image", [1, 3, 64, 128], [1, 3, 64, 128], [2, 3, 128, 256])]
     assert timing.read_bytes() == b"+timings"
@@ -516,6 +543,7 @@ def test_strongly_typed_build_writes_engine_and_metadata(tmp_path, with_fake, ve
     assert on_disk == meta and on_disk["engine_sha256"] == sha256_file(bundle.root / name)
     assert on_disk["source_onnx_sha256"] == sha256_file(bundle.root / "model.fp16.onnx")
     assert on_disk["gpu_name"] == "NVIDIA Test GPU" and on_disk["compute_capability"] == "8.9"
+    assert on_disk["tf32"] is False
     check_engine_metadata(on_disk, version, "NVIDIA Test GPU", "8.9")
     assert any(m.startswith("wrote " + name) for m in messages)
 
@@ -528,7 +556,7 @@ def test_legacy_fp16_pins_the_selector_subgraph(tmp_path, with_fake):
     trt = with_fake(fake_tensorrt(TRT_10_X, layers=SELECTOR_LAYERS))
     meta = build_engine(bundle.root, BuildConfig(precision="fp16", legacy_calibrator=True))
     assert trt.calls["network_flags"] == 0
-    assert trt.calls["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert trt.calls["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and trt.calls["cleared"] == ["TF32"]
     assert trt.calls["pinned_precision"] == [
         ("/focus/selector/Sigmoid", "FLOAT"),
         ("/focus/topk/GreaterOrEqual", "FLOAT"),
@@ -565,6 +593,78 @@ def test_legacy_int8_calibrates_once_then_reuses_the_cache(tmp_path, with_fake):
 
     with pytest.raises(FornetError, match="stale: it was made for a different calibration set"):
         build_engine(bundle.root, BuildConfig(precision="int8", legacy_calibrator=True, calibration_set_hash="set-2"))
+
+
+def test_tf32_on_only_when_asked(tmp_path, with_fake):
+    bundle = make_bundle(tmp_path, "model.onnx")
+    trt = with_fake(fake_tensorrt(TRT_11))
+    meta = build_engine(bundle.root, BuildConfig(precision="fp32", tf32=True))
+    assert trt.calls["flags"] == ["TF32"] and trt.calls["cleared"] == [] and meta["tf32"] is True
+
+
+def legacy_int8(set_hash="set-1", batches=None):
+    return BuildConfig(precision="int8", legacy_calibrator=True, calibration_set_hash=set_hash,
+                       calibration_batches=batches)
+
+
+def images(n=2, shape=(1, 3, 64, 128)):
+    return [np.full(shape, i, np.float32) for i in range(n)]
+
+
+def test_calibration_cache_is_keyed_by_tensorrt_version_and_gpu(tmp_path, with_fake):
+    bundle = make_bundle(tmp_path, "model.onnx")
+    cache = bundle.root / "model.int8.calib"
+    trt = with_fake(fake_tensorrt(TRT_10_3), gpu=("Orin", 8, 7))
+    build_engine(bundle.root, legacy_int8(batches=images()))
+    assert trt.calls["calibration_batches"] == 2
+    key = json.loads(cache_sidecar_path(cache).read_text())["key"]
+    assert (key["tensorrt_version"], key["gpu_name"], key["compute_capability"]) == (TRT_10_3, "Orin", "8.7")
+
+    messages = []
+    trt = with_fake(fake_tensorrt(TRT_10_3), gpu=("Orin", 8, 7))
+    build_engine(bundle.root, legacy_int8(), progress=messages.append)  # same TensorRT, same GPU: the cache
+    assert "calibration_batches" not in trt.calls and f"using calibration cache {cache}" in messages
+
+    # After a JetPack / TensorRT upgrade TensorRT would skip the cache silently and ask for batches.
+    for version, gpu, what in [("10.7.0", ("Orin", 8, 7), "TensorRT version"),
+                               (TRT_10_3, ("Xavier", 7, 2), "GPU, compute capability"),
+                               (TRT_10_3, ("Orin (other board)", 8, 7), "GPU")]:
+        with_fake(fake_tensorrt(version), gpu=gpu)
+        with pytest.raises(FornetError) as err:
+            build_engine(bundle.root, legacy_int8())
+        assert str(err.value) == (f"calibration cache {cache} is stale: it was made for a different {what}; "
+                                  "--legacy-calibrator int8 needs the calibration images to calibrate")
+    trt = with_fake(fake_tensorrt("10.7.0"), gpu=("Orin", 8, 7))
+    messages = []
+    build_engine(bundle.root, legacy_int8(batches=images(3)), progress=messages.append)
+    assert trt.calls["calibration_batches"] == 3
+    assert any("different TensorRT version; calibrating" in m for m in messages)
+    assert json.loads(cache_sidecar_path(cache).read_text())["key"]["tensorrt_version"] == "10.7.0"
+
+
+def test_a_cache_of_another_calibrator_is_not_used(tmp_path, with_fake):
+    from fornet_deploy.calibration.trt_calibrator import calibration_cache_key, save_calibration_cache
+
+    bundle = make_bundle(tmp_path, "model.onnx")
+    cache = bundle.root / "model.int8.calib"
+    key = calibration_cache_key(sha256_file(bundle.root / "model.onnx"), "set-1", bundle.manifest["preprocessing"],
+                                tensorrt_version=TRT_10_3, gpu_name="NVIDIA Test GPU", compute_capability="8.9")
+    save_calibration_cache(cache, b"TRT-100300-MinMaxCalibration\nimage: 3c010a14\n", key)
+    with_fake(fake_tensorrt(TRT_10_3))
+    with pytest.raises(FornetError, match="was written by the MinMaxCalibration calibrator, this build uses "
+                                          "EntropyCalibration2; --legacy-calibrator int8 needs the calibration images"):
+        build_engine(bundle.root, legacy_int8())
+
+
+def test_calibration_images_of_the_wrong_size_fail_before_any_gpu_work(tmp_path, with_fake):
+    bundle = make_bundle(tmp_path, "model.onnx")
+    bundle.record("model.onnx", kind="onnx", input_shape=list(EXPORT_SHAPE), export_shape=list(EXPORT_SHAPE))
+    trt = with_fake(fake_tensorrt(TRT_10_3))
+    with pytest.raises(FornetError, match="calibration images preprocess to 3x128x256 but model.onnx takes 3x64x128"):
+        build_engine(bundle.root, legacy_int8(batches=images(shape=(1, 3, 128, 256))))
+    with pytest.raises(FornetError, match="the calibration set yielded no batches"):
+        build_engine(bundle.root, legacy_int8(batches=iter([])))
+    assert trt.cudart.calls == [] and not list(bundle.root.glob("*.engine*"))
 
 
 def test_calibration_errors_surface_after_the_build(tmp_path, with_fake):

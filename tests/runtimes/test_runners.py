@@ -1,10 +1,24 @@
+import os
+import sys
+
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import FORMATS
-from fornet_deploy.errors import FornetError, HardwareError
-from fornet_deploy.runtimes.ort_runner import CPU, CUDA, TENSORRT, select_providers
+from fornet_deploy.errors import ExitCode, FornetError, HardwareError, MissingDependencyError, PackageClashError
+from fornet_deploy.runtimes.ort_runner import (
+    CPU,
+    CUDA,
+    ORT_REPAIR,
+    TENSORRT,
+    OrtRunner,
+    check_ort_install,
+    import_onnxruntime,
+    installed_ort_distributions,
+    select_providers,
+)
 from fornet_deploy.runtimes.registry import available_formats, load_runner, resolve_format
 
 
@@ -42,8 +56,45 @@ def test_provider_selection():
     assert select_providers("cpu", [CPU]) == [CPU]
     assert select_providers("auto", [TENSORRT, CUDA, CPU]) == [TENSORRT, CUDA, CPU]
     assert select_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
-    with pytest.raises(HardwareError, match=r"fornet-deploy\[gpu\]"):
+    with pytest.raises(HardwareError) as err:
         select_providers("cuda", [CPU])
+    assert str(err.value).endswith(f"needs CUDAExecutionProvider (on a machine with an NVIDIA GPU: {ORT_REPAIR})")
+
+
+def test_cuda_provider_keeps_fp32_fp32(tiny_bundle):
+    runner = OrtRunner(tiny_bundle / "model.onnx", device="cuda", gpu=1)
+    assert runner._provider_options(CUDA) == {"device_id": "1", "use_tf32": "0"}  # ORT's default is TF32 on
+    assert runner._provider_options(CPU) == {}
+
+
+def test_one_onnxruntime_wheel_at_a_time():
+    assert installed_ort_distributions() == ["onnxruntime"]  # this test environment: the [test] extra
+    check_ort_install(["onnxruntime"])
+    check_ort_install(["onnxruntime-gpu"])
+    with pytest.raises(PackageClashError) as err:
+        check_ort_install(["onnxruntime", "onnxruntime-gpu"])
+    assert err.value.exit_code == ExitCode.MISSING_PACKAGE and "\n" not in str(err.value)
+    assert str(err.value).endswith(ORT_REPAIR)
+
+
+def test_missing_onnxruntime_names_both_extras(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependencyError) as err:
+        import_onnxruntime("parity")
+    assert str(err.value) == ("parity needs the Python package 'onnxruntime', which is not installed: "
+                              "pip install 'fornet-deploy[cpu]' (or 'fornet-deploy[gpu]', never both)")
+
+
+def test_both_wheels_installed_is_one_line_at_first_use(tmp_path, tiny_bundle, monkeypatch):
+    # What pip leaves after `pip install onnxruntime-gpu` next to onnxruntime: a second
+    # distribution owning the same import package (its metadata is all the check reads).
+    info = tmp_path / "site" / "onnxruntime_gpu-1.24.4.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.24.4\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    result = run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "1", "--warmup", "0")
+    assert result.returncode == ExitCode.MISSING_PACKAGE
+    assert_one_line_error(result, "both onnxruntime and onnxruntime-gpu are installed", ORT_REPAIR)
 
 
 def test_format_table_resolution(tiny_bundle):

@@ -11,13 +11,13 @@ import types
 
 import numpy as np
 import pytest
+from fake_cudart import FakeCudart
 
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import LABELS, LOGITS
 from fornet_deploy.errors import FornetError, HardwareError, MissingDependencyError
 from fornet_deploy.io import sha256_bytes
 from fornet_deploy.runtimes.trt import cuda as trt_cuda
-from fornet_deploy.runtimes.trt import runner as trt_runner
 from fornet_deploy.runtimes.trt.metadata import check_engine_metadata, engine_metadata_path, read_engine_metadata
 from fornet_deploy.runtimes.trt.runner import TrtRunner
 
@@ -106,54 +106,24 @@ def test_activation_without_tensorrt_names_the_extra(tmp_path, monkeypatch):
         TrtRunner(write_engine(tmp_path)).activate()
 
 
-def test_activation_without_pycuda_names_the_extra(tmp_path, monkeypatch):
+def test_activation_without_cuda_python_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
-    monkeypatch.setitem(sys.modules, "pycuda", None)
-    with pytest.raises(MissingDependencyError, match=r"'pycuda'.*fornet-deploy\[tensorrt\]"):
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(MissingDependencyError, match=r"'cuda-python'.*fornet-deploy\[tensorrt\]"):
         TrtRunner(write_engine(tmp_path)).activate()
 
 
-# --- the runner against a stand-in engine and device memory ---------------------------
-
-
-class Memory:
-    """pycuda.driver stand-in: device memory is a dict address -> bytearray."""
-
-    def __init__(self):
-        self.blocks, self.next, self.freed = {}, 0x1000, []
-        self.Stream = lambda: types.SimpleNamespace(handle=7, synchronize=lambda: None)
-
-    def mem_alloc(self, nbytes):
-        address, self.next = self.next, self.next + nbytes + 0x100
-        self.blocks[address] = bytearray(nbytes)
-        return Allocation(self, address)
-
-    def memcpy_htod_async(self, address, array, stream):
-        data = np.ascontiguousarray(array).tobytes()
-        self.blocks[int(address)][: len(data)] = data
-
-    def memcpy_dtoh_async(self, host, address, stream):
-        host.reshape(-1).view(np.uint8)[:] = np.frombuffer(self.blocks[int(address)][: host.nbytes], np.uint8)
-
-
-class Allocation:
-    def __init__(self, memory, address):
-        self.memory, self.address = memory, address
-
-    def __int__(self):
-        return self.address
-
-    def free(self):
-        self.memory.freed.append(self.address)
-        del self.memory.blocks[self.address]
+# --- the runner against a stand-in engine and CUDA ------------------------------------
 
 
 def fake_tensorrt(version="10.3.0", deserialize_ok=True):
-    """Engine with an FP16 input, FP16 logits = 2 * image[:, :2] and int64 labels = argmax."""
+    """Engine with an FP16 input, FP16 logits = 2 * image[:, :2] and int64 labels = argmax,
+    computed from the device memory of the installed FakeCudart (``trt.cudart``)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.events = []
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    trt.LayerInformationFormat = enum.IntEnum("LayerInformationFormat", ["ONELINE", "JSON"])
     trt.nptype = lambda dtype: dtype
 
     class ILogger:
@@ -163,8 +133,8 @@ def fake_tensorrt(version="10.3.0", deserialize_ok=True):
             pass
 
     class Context:
-        def __init__(self, memory):
-            self.memory, self.addresses, self.shape = memory, {}, None
+        def __init__(self):
+            self.addresses, self.shape = {}, None
 
         def set_input_shape(self, name, shape):
             self.shape = tuple(shape)
@@ -179,23 +149,26 @@ def fake_tensorrt(version="10.3.0", deserialize_ok=True):
             return True
 
         def execute_async_v3(self, stream_handle):
-            assert stream_handle == 7
-            blocks = self.memory.blocks
+            memory = trt.cudart.device_memory
+            assert stream_handle in trt.cudart.streams
+            trt.events.append("execute")
             count = int(np.prod(self.shape))
-            image = np.frombuffer(blocks[self.addresses["image"]][: count * 2], np.float16).reshape(self.shape)
+            image = np.frombuffer(memory[self.addresses["image"]][: count * 2], np.float16).reshape(self.shape)
             logits = (2 * image[:, :2]).astype(np.float16)
             labels = logits.argmax(1).astype(np.int64)
             for name, value in ((LOGITS, logits), (LABELS, labels)):
-                blocks[self.addresses[name]][: value.nbytes] = value.tobytes()
+                memory[self.addresses[name]][: value.nbytes] = value.tobytes()
             return True
+
+    class Inspector:
+        def get_engine_information(self, format):
+            assert format == trt.LayerInformationFormat.JSON
+            return json.dumps({"Layers": [{"Name": "conv", "LayerType": "CaskConvolution"}]})
 
     class Engine:
         num_io_tensors = 3
         _io = {"image": (trt.TensorIOMode.INPUT, np.float16), LOGITS: (trt.TensorIOMode.OUTPUT, np.float16),
                LABELS: (trt.TensorIOMode.OUTPUT, np.int64)}
-
-        def __init__(self, memory):
-            self.memory = memory
 
         def get_tensor_name(self, i):
             return list(self._io)[i]
@@ -207,45 +180,33 @@ def fake_tensorrt(version="10.3.0", deserialize_ok=True):
             return self._io[name][1]
 
         def create_execution_context(self):
-            return Context(self.memory)
+            return Context()
+
+        def create_engine_inspector(self):
+            return Inspector()
 
     class Runtime:
         def __init__(self, logger):
             self.logger = logger
 
         def deserialize_cuda_engine(self, data):
-            trt.events.append(("deserialize", bytes(data), getattr(self, "DLA_core", None)))
+            trt.events.append(("deserialize", bytes(data), getattr(self, "DLA_core", None), trt.cudart.current))
             if not deserialize_ok:
                 self.logger.log(ILogger.Severity.ERROR, "plan was built for another platform")
                 return None
-            return Engine(trt.memory)
+            return Engine()
 
     trt.ILogger, trt.Runtime = ILogger, Runtime
     return trt
 
 
-class FakeGpu:
-    gpu_name, compute_capability = "Orin", "8.7"
-
-    def __init__(self, purpose, device=0):
-        self.driver = sys.modules["tensorrt"].memory
-        self.events = sys.modules["tensorrt"].events
-
-    def __enter__(self):
-        self.events.append("push")
-        return self
-
-    def __exit__(self, *exc):
-        self.events.append("pop")
-
-
 @pytest.fixture
 def fake(monkeypatch):
-    def install(**kwargs):
+    def install(devices=(("Orin", 8, 7),), **kwargs):
         trt = fake_tensorrt(**kwargs)
-        trt.memory = Memory()
+        trt.cudart = FakeCudart(devices=devices)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(trt_runner, "CudaContext", FakeGpu)
+        monkeypatch.setattr(trt_cuda, "import_cudart", lambda purpose: trt.cudart)
         return trt
 
     return install
@@ -253,7 +214,9 @@ def fake(monkeypatch):
 
 def test_inference_over_two_shapes(tmp_path, fake):
     trt = fake()
+    cudart = trt.cudart
     with TrtRunner(write_engine(tmp_path)) as runner:
+        assert runner.last_timings() is None
         for shape in [(1, 3, 64, 128), (2, 3, 128, 128), (1, 3, 64, 64)]:
             batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             out = runner(batch)
@@ -264,29 +227,64 @@ def test_inference_over_two_shapes(tmp_path, fake):
             assert out[LABELS].dtype == np.int64
             np.testing.assert_array_equal(out[LABELS], expected.argmax(1))
             assert runner.last_inference_time is not None
+            # four events a run: input copy, execute, output copies (0.25 ms per step in the stand-in)
+            assert runner.last_timings() == {"h2d_ms": 0.25, "compute_ms": 0.25, "d2h_ms": 0.25}
         runner.synchronize()
-        grown = len(trt.memory.freed)
-        assert grown == 3  # each tensor grew once for the larger shape, then was reused
+        # pinned host and device buffers: one per tensor, grown once for the larger shape
+        assert cudart.calls.count("cudaMallocHost") == cudart.calls.count("cudaMalloc") == 6
+        assert cudart.calls.count("cudaFreeHost") == cudart.calls.count("cudaFree") == 3
         with pytest.raises(FornetError, match="TensorRT rejected input shape"):
             runner(np.zeros((1, 3, 64, 256), np.float32))
         with pytest.raises(FornetError, match="above the artefact's maximum"):
             runner(np.zeros((1, 3, 64, 512), np.float32))
-    assert trt.events[0] == "push" and trt.events[-1] == "pop"
-    assert trt.events[1] == ("deserialize", ENGINE_BYTES, None)
-    assert not trt.memory.blocks  # everything freed on deactivate
+    assert trt.events[0] == ("deserialize", ENGINE_BYTES, None, 0)
+    assert cudart.leaks() == {"device": 0, "host": 0, "streams": 0, "events": 0}  # all freed on deactivate
+
+
+def test_outputs_are_copied_only_when_asked(tmp_path, fake):
+    trt = fake()
+    cudart = trt.cudart
+    batch = np.ones((1, 3, 64, 128), np.float32)
+    with TrtRunner(write_engine(tmp_path)) as runner:
+        full = runner(batch)
+        cudart.calls.clear()
+        labels = runner(batch, outputs=(LABELS,))
+        assert set(labels) == {LABELS} and np.array_equal(labels[LABELS], full[LABELS])
+        assert cudart.calls.count("cudaMemcpyAsync(DeviceToHost)") == 1  # not the logits
+        assert cudart.calls.count("cudaMemcpyAsync(HostToDevice)") == 1
+        # results are fresh arrays: the next run reuses the pinned buffers underneath
+        kept = runner(batch)[LOGITS]
+        runner(np.zeros_like(batch))
+        np.testing.assert_array_equal(kept, full[LOGITS])
+        assert runner.engine_information()["Layers"][0]["LayerType"] == "CaskConvolution"
+
+
+def test_the_gpu_index_reaches_cuda(tmp_path, fake):
+    trt = fake(devices=(("Other GPU", 9, 0), ("Orin", 8, 7)))
+    with TrtRunner(write_engine(tmp_path), device=1) as runner:
+        runner(np.ones((1, 3, 64, 128), np.float32))
+        assert runner.info().to_dict()["gpu_index"] == 1
+    assert trt.events[0][-1] == 1  # deserialized with GPU 1 current
+    assert set(c for c in trt.cudart.calls if c.startswith("cudaSetDevice")) == {"cudaSetDevice(1)"}
+    with pytest.raises(HardwareError, match="asked for GPU 2, this machine has 2"):
+        TrtRunner(write_engine(tmp_path), device=2).activate()
 
 
 def test_checks_run_before_deserializing(tmp_path, fake):
     trt = fake(version="11.4.0")
     with pytest.raises(FornetError, match="built with TensorRT 10.3.0, this machine has 11.4.0"):
         TrtRunner(write_engine(tmp_path)).activate()
-    assert trt.events == ["push", "pop"]
+    assert trt.events == []
+
+    trt = fake(devices=(("NVIDIA A100-SXM4-80GB", 8, 0),))
+    with pytest.raises(FornetError, match="built on Orin .* this machine has NVIDIA A100-SXM4-80GB"):
+        TrtRunner(write_engine(tmp_path)).activate()
 
     trt = fake()
     replaced = write_engine(tmp_path, data=b"an engine trtexec wrote over ours")
     with pytest.raises(FornetError, match="does not match its metadata file"):
         TrtRunner(replaced).activate()
-    assert trt.events == ["push", "pop"]
+    assert trt.events == [] and trt.cudart.leaks() == {"device": 0, "host": 0, "streams": 0, "events": 0}
 
 
 def test_failed_deserialization_and_dla(tmp_path, fake):
@@ -294,29 +292,15 @@ def test_failed_deserialization_and_dla(tmp_path, fake):
     runner = TrtRunner(write_engine(tmp_path, meta={**META, "dla_core": 1}))
     with pytest.raises(FornetError, match="could not load model.fp16.engine: plan was built for another platform"):
         runner.activate()
-    assert trt.events == ["push", ("deserialize", ENGINE_BYTES, 1), "pop"] and not runner.is_active
+    assert trt.events == [("deserialize", ENGINE_BYTES, 1, 0)] and not runner.is_active
 
 
 def test_engine_inputs_must_match_the_metadata(tmp_path, fake):
-    fake()
+    trt = fake()
     meta = {**META, "profile": {**META["profile"], "input": "pixels"}}
     with pytest.raises(FornetError, match=r"has inputs \['image'\], its metadata says 'pixels'"):
         TrtRunner(write_engine(tmp_path, meta=meta)).activate()
-
-
-def test_cuda_context_without_a_gpu(monkeypatch):
-    def driver_error():
-        raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
-
-    driver = types.ModuleType("pycuda.driver")
-    driver.Error = RuntimeError
-    driver.init = driver_error
-    package = types.ModuleType("pycuda")
-    package.driver = driver
-    monkeypatch.setitem(sys.modules, "pycuda", package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    with pytest.raises(HardwareError, match="needs an NVIDIA GPU; CUDA reports: cuInit failed"):
-        trt_cuda.CudaContext("build-trt")
+    assert trt.cudart.leaks()["streams"] == 0
 
 
 # --- real TensorRT (deselected by default) --------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from ...errors import FornetError
 from ...io import read_json
 from ..base import InputSpec
+from .cuda import CudaDevice
 
 REBUILD_HINT = "rebuild with `fornet-deploy build-trt`"
 # Metadata keys the runner needs before it may deserialize an engine.
@@ -71,3 +72,21 @@ def input_spec_from_profile(name: str, profile: dict) -> InputSpec:
     return InputSpec(name=name, shape=shape, min_shape=low, max_shape=high)
 
 
+
+
+def machine_facts(gpu: int = 0) -> dict[str, str]:
+    """This machine's ``tensorrt_version`` and GPU ``gpu_name`` / ``compute_capability`` (as
+    the engine metadata spells them), each left out when it cannot be read here: no
+    TensorRT, no cuda-python, no GPU. Engine selection relies only on what is known."""
+    facts = {}
+    try:
+        import tensorrt
+
+        facts["tensorrt_version"] = tensorrt.__version__
+    except (ImportError, OSError):  # not installed, or its libraries missing
+        pass
+    try:
+        device = CudaDevice("engine selection", gpu)
+    except FornetError:
+        return facts
+    return {**facts, "gpu_name": device.gpu_name, "compute_capability": device.compute_capability}
