@@ -124,3 +124,10 @@ def print_graph() -> None:
 
 if __name__ == "__main__":  # python tests/test_architecture.py
     print_graph()
+
+
+def test_the_documented_graph_is_the_graph(capsys):
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = doc[doc.index("```\n 0 _version") + 4:]
+    print_graph()
+    assert block[: block.index("```")] == capsys.readouterr().out, "regenerate docs/architecture.md's graph"
