@@ -8,7 +8,7 @@ TensorRT 11 builds strongly typed networks only, so FP16 has to be in the ONNX g
 * the selector / Top-K threshold subgraph (any node whose name contains one of
   :data:`~fornet_deploy.contract.FP32_SCOPES`) stays float32: a half-precision
   importance map (10-bit mantissa) creates ties and changes which regions are selected,
-  and the bisection counts ``ReduceSum(s >= t)`` over up to 32768 positions, past the
+  and the Top-K search counts ``ReduceSum(s >= t)`` over up to 32768 positions, past the
   2048 up to which float16 holds every integer;
 * ops in :data:`FP32_OPS` stay float32 wherever they are (see there for why);
 * Casts are inserted only where a float tensor crosses between the two regions.
@@ -21,7 +21,7 @@ Converter choice. Three candidates were tried on a real export (ONNX 1.23, ORT 1
 * ONNX Runtime's fork of it (``onnxruntime.transformers.float16``) appends its Casts at the
   end of the node list (the ONNX checker rejects the unsorted graph) and, worse, puts an
   FP32 -> FP16 -> FP32 round trip on every edge *between* two blocked nodes: the Top-K
-  bisection would run on half-precision values after all.
+  search would run on half-precision values after all.
 * NVIDIA ModelOpt AutoCast (``modelopt.onnx.autocast``) is NVIDIA's answer for TensorRT
   11, but its ``[onnx]`` extra pins onnx and installs onnxruntime-gpu, which shadows the
   CPU onnxruntime this toolkit depends on.
@@ -57,7 +57,7 @@ FP16_MAX = float(np.finfo(np.float16).max)
 # GlobalAveragePool is a mean, so this does not grow with the resolution), and keeping
 # Resize, GlobalAveragePool or ArgMax in FP32 changed argmax agreement by < 0.001 %
 # (99.997 % with none). What can overflow or round badly in FP16 is inside the scopes:
-# the bisection's ReduceSum counts (up to 32768 at 1024x2048; float16 holds integers
+# the Top-K search's ReduceSum counts (up to 32768 at 1024x2048; float16 holds integers
 # exactly only up to 2048) and the selector's Sigmoid, whose ties would change the mask.
 FP32_OPS: frozenset[str] = frozenset()
 

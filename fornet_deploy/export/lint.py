@@ -128,7 +128,7 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
         for tensor in node.input:
             producer = producers.get(tensor)
             if producer is not None and producer.op_type == "DequantizeLinear" and tensor not in constants:
-                add("warning", "fp32-selector", name, "the Top-K subgraph reads a quantized importance map, "
+                add("warning", "fp32-selector", name, "the Top-K subgraph reads quantized selector scores, "
                     "which creates ties (exclude it from calibration)")
                 break
     for hit in rule_hits(model):

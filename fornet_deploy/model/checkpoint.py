@@ -112,7 +112,7 @@ def load_checkpoint(
     ``expected``: a config the caller needs; any architectural difference is an error that
     names the differing fields. ``sha256``: the hash the file must have (a bundle's
     manifest entry), checked on the bytes that are loaded. ``runtime``: runtime fields to
-    override (``topk_mode``, ``bisection_steps``).
+    override (``topk_mode``, ``topk_search_steps``).
     """
     data = read_bytes(path, "checkpoint", MAX_FILE_BYTES, sha256)
     return load_checkpoint_bytes(data, path, expected, **runtime)
