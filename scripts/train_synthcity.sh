@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces fornet_deploy/weights/fornet_synthcity.safetensors and the SynthCity training numbers in
-# docs/benchmarks.md: a CPU-only run sized for <= 15 minutes on a 2-core machine.
+# Trains the SynthCity model behind fornet_deploy/weights/fornet_synthcity.safetensors and the training
+# numbers in docs/benchmarks.md: a CPU-only run sized for <= 15 minutes on a 2-core machine. The shipped
+# weights came from this script at commit 1ba2b04; today's selector target differs slightly (section 1).
 set -euo pipefail
 DATA=${DATA:-runs/synthcity}
 OUT=${OUT:-runs/train_synthcity}
