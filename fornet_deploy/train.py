@@ -328,7 +328,10 @@ def _step(run: _Run, iteration: int) -> float:
         if cfg.selector_loss_weight > 0 and outputs[IMPORTANCE] is not None:
             target = hard_region_target(labels, model.output_stride // 4, cfg.hard_region_width)
             target = F.interpolate(target, size=outputs[IMPORTANCE].shape[-2:], mode="nearest")
-            selector_loss = F.binary_cross_entropy(outputs[IMPORTANCE].float(), target)
+            # autocast refuses BCE on probabilities (found on the first real GPU); FP32 outside
+            # it computes exactly what the CPU path computes
+            with torch.autocast(run.device.type, enabled=False):
+                selector_loss = F.binary_cross_entropy(outputs[IMPORTANCE].float(), target)
             loss = loss + cfg.selector_loss_weight * selector_loss
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()

@@ -221,8 +221,9 @@ def _count_k(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     numel = torch._shape_as_tensor(scores)[1:].prod()
     scaled = numel * ratio_numerator(ratio) + (RATIO_DENOMINATOR - 1)
     k = torch.div(scaled, RATIO_DENOMINATOR, rounding_mode="trunc")  # non-negative: trunc == floor (one Div)
-    # clamp in float: TensorRT's Clip takes float types only
-    return torch.clamp(k.to(torch.float32), min=1.0).reshape((1,) * scores.ndim)
+    # clamp in float: TensorRT's Clip takes float types only. The shape tensor lives on the CPU
+    # whatever the map's device: move k to the map (a no-op, and no node, in the CPU export).
+    return torch.clamp(k.to(torch.float32), min=1.0).reshape((1,) * scores.ndim).to(scores.device)
 
 
 def _count_at_least(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:

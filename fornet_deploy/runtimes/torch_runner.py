@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,32 @@ def torch_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def _ieee_fp32_convolutions(enabled: bool):
+    """cuDNN convolutions in full FP32 inside the block, the caller's setting restored after.
+    PyTorch >= 2.9 has a per-backend setting (``cudnn.conv.fp32_precision``) and refuses to mix
+    it with the legacy ``cudnn.allow_tf32``; older versions have only the latter."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    holder, name = (cudnn.conv, "fp32_precision") if hasattr(getattr(cudnn, "conv", None), "fp32_precision") \
+        else (cudnn, "allow_tf32")
+    previous = getattr(holder, name)
+    setattr(holder, name, "ieee" if name == "fp32_precision" else False)
+    try:
+        yield
+    finally:
+        setattr(holder, name, previous)
+
+
 class TorchRunner(Runner):
     """Runs a FoR-Net checkpoint in PyTorch eager mode.
 
     ``topk``: "exact" (the reference) or "threshold" (to isolate export effects).
-    ``precision``: "fp32", or "fp16" on CUDA (autocast; the Top-K stays FP32).
+    ``precision``: "fp32", or "fp16" on CUDA (autocast; the Top-K stays FP32). FP32 on CUDA
+    means FP32: cuDNN's TF32 convolutions (PyTorch's default on Ampere and later) are off
+    while the runner infers, as TensorRT's FP32 engines and ORT's CUDA provider are built here.
     ``threads``: PyTorch's intra-op CPU threads while the runner is active (a process-wide
     setting, restored on deactivation).
     """
@@ -70,7 +92,8 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         x = torch.from_numpy(batch).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"), \
+                _ieee_fp32_convolutions(self.device.type == "cuda" and self.precision == "fp32"):
             out = self.model.forward_all(x)
         # Labels as the exported graph computes them (ArgMax over the FP32 logits).
         tensors = {LOGITS: out[LOGITS].float(), LABELS: out[LOGITS].argmax(1).to(torch.uint8)}

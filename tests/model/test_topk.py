@@ -415,3 +415,20 @@ def test_selection_counts_per_image():
     assert [c.k for c in selection_counts(torch.from_numpy(mask), torch.tensor([4, 8, 3]))] == [4, 8, 3]
     summary = summarize_selection(counts)
     assert summary == {"images": 3, "extra_cells": 4, "max_extra_pct": 100.0, "images_over_k": 1, "images_under_k": 1}
+
+
+@pytest.mark.parametrize("selection", ["fixed", "adaptive"])
+@pytest.mark.parametrize("mode", ["threshold", "exact"])
+def test_every_tensor_follows_the_map_to_its_device(mode, selection):
+    """k is computed from the map's shape tensor, which PyTorch keeps on the CPU; on a CUDA map
+    that mixed devices (found on the first real GPU). The meta device stands in for CUDA here:
+    any CPU tensor mixed into the computation fails the same way."""
+    from fornet_deploy.model.checkpoint import load_checkpoint
+    from fornet_deploy.contract import SHIPPED_WEIGHTS
+
+    mask = TopK(mode=mode, selection=selection)(torch.randn(2, 1, 16, 32, device="meta"))
+    assert mask.device.type == "meta" and mask.shape == (2, 1, 16, 32)
+    model = load_checkpoint(SHIPPED_WEIGHTS)[0].eval().set_topk_mode(mode).to("meta")
+    with torch.inference_mode():
+        out = model.forward_all(torch.zeros(1, 3, 64, 128, device="meta"))
+    assert all(t is None or t.device.type == "meta" for t in out.values())

@@ -115,3 +115,31 @@ def test_cuda_requests_fail_cleanly_without_a_gpu(tiny_bundle):
         pytest.skip("machine has a GPU")
     with pytest.raises(HardwareError):
         load_runner(tiny_bundle, "torch", "fp32", "cuda").activate()
+
+
+def test_torch_fp32_on_cuda_turns_cudnn_tf32_off_and_restores_it():
+    import torch
+
+    from fornet_deploy.runtimes.torch_runner import _ieee_fp32_convolutions
+
+    cudnn = torch.backends.cudnn
+    new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
+    read = (lambda: cudnn.conv.fp32_precision) if new_api else (lambda: cudnn.allow_tf32)
+    before = read()
+    with _ieee_fp32_convolutions(True):
+        assert read() in ("ieee", False)
+    assert read() == before
+    with _ieee_fp32_convolutions(False):
+        assert read() == before
+
+
+@pytest.mark.gpu
+def test_torch_fp32_on_cuda_is_the_cpu_reference(tiny_bundle):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    batch = np.random.default_rng(0).standard_normal((1, 3, 128, 256), dtype=np.float32)
+    with load_runner(tiny_bundle, "torch", "fp32", device="cpu") as cpu, \
+            load_runner(tiny_bundle, "torch", "fp32", device="cuda") as gpu:
+        reference, candidate = cpu.infer(batch), gpu.infer(batch)
+    assert np.abs(reference["logits"] - candidate["logits"]).max() < 1e-3

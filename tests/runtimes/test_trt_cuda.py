@@ -92,3 +92,37 @@ def test_stream_copies_and_times_a_run(cudart):
     assert [stream.elapsed_ms(H2D_START, COMPUTE_START), stream.elapsed_ms(H2D_START, END)] == [0.25, 0.75]
     stream.close()
     assert cudart.leaks()["streams"] == cudart.leaks()["events"] == 0
+
+
+@pytest.mark.gpu
+def test_real_gpu_buffers_stream_and_events():
+    """The same round trip on a real GPU through the real cuda-python bindings: pinned host
+    memory, device buffers, copies both ways on one non-blocking stream, event timings."""
+    rt = pytest.importorskip("cuda.bindings.runtime")
+    error, count = rt.cudaGetDeviceCount()
+    if error != rt.cudaError_t.cudaSuccess or count == 0:
+        pytest.skip("no CUDA device")
+    gpu = CudaDevice("test")
+    assert gpu.gpu_name and gpu.compute_capability.count(".") == 1
+    stream = Stream(gpu)
+    shape, nbytes = (1, 19, 512, 1024), 19 * 512 * 1024 * 4
+    pinned = [gpu.malloc_host(nbytes), gpu.malloc_host(nbytes)]
+    host = cuda.host_view(pinned[0], np.float32, shape)
+    host[:] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    buffers = GrowingBuffers(gpu.malloc, gpu.free)
+    device = buffers.get("logits", nbytes)
+    back = cuda.host_view(pinned[1], np.float32, shape)
+    stream.record(H2D_START)
+    stream.copy_in(device, host)
+    stream.record(COMPUTE_START)
+    stream.record(D2H_START)
+    stream.copy_out(back, device)
+    stream.record(END)
+    stream.wait()
+    np.testing.assert_array_equal(back, host)
+    upload, total = stream.elapsed_ms(H2D_START, COMPUTE_START), stream.elapsed_ms(H2D_START, END)
+    assert 0 < upload < total < 1000
+    stream.close()
+    buffers.release()
+    for pointer in pinned:
+        gpu.free_host(pointer)
