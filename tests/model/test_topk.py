@@ -423,8 +423,8 @@ def test_every_tensor_follows_the_map_to_its_device(mode, selection):
     """k is computed from the map's shape tensor, which PyTorch keeps on the CPU; on a CUDA map
     that mixed devices (found on the first real GPU). The meta device stands in for CUDA here:
     any CPU tensor mixed into the computation fails the same way."""
-    from fornet_deploy.model.checkpoint import load_checkpoint
     from fornet_deploy.contract import SHIPPED_WEIGHTS
+    from fornet_deploy.model.checkpoint import load_checkpoint
 
     mask = TopK(mode=mode, selection=selection)(torch.randn(2, 1, 16, 32, device="meta"))
     assert mask.device.type == "meta" and mask.shape == (2, 1, 16, 32)
