@@ -22,12 +22,14 @@ from typing import Callable, Sequence
 
 from .bundle import Bundle
 from .contract import (
+    DEFAULT_TAIL,
     FP32_SCOPES,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
     SHIPPED_WEIGHTS,
+    TAILS,
     TOPK_FORMS,
     check_choice,
 )
@@ -96,9 +98,12 @@ def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_s
 
 def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
            precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
-           outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8") -> dict[str, dict]:
-    """Checkpoint -> ``model.onnx`` in a deploy bundle (plus ``model.fp16.onnx`` with
-    ``precision="fp16"``); returns the manifest entries written, by file name."""
+           outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8",
+           tail: str = DEFAULT_TAIL) -> dict[str, dict]:
+    """Checkpoint -> ``model.onnx`` in a deploy bundle, plus ``model.cpu.onnx`` (the graph
+    ONNX Runtime runs on a CPU: labels by the cheap ``tail``, refine / nearest; none with
+    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; returns the manifest
+    entries written, by file name."""
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
 
@@ -106,10 +111,11 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
         raise OptionError(f"export writes precision fp32 or fp16, not {precision!r} "
                           "(INT8 comes from `fornet-deploy calibrate`)")
     check_choice(topk, TOPK_FORMS, "Top-K form")
+    check_choice(tail, TAILS, "tail")
     _positive(batch, "--batch")
     cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
-                       outputs=tuple(outputs), labels_dtype=labels_dtype)
-    entries = {"model.onnx": export_bundle(checkpoint, out, cfg)}
+                       outputs=tuple(outputs), labels_dtype=labels_dtype, tail=tail)
+    entries = export_bundle(checkpoint, out, cfg)
     if precision == "fp16":
         entries["model.fp16.onnx"] = convert_fp16(out)
     return entries

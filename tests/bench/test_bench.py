@@ -143,7 +143,7 @@ def test_run_benchmark_reports_everything_json_ready(tiny_bundle, tmp_path):
 
     assert {"created", "bundle", "config", "frames", "runtime", "precision", "artifact", "runner",
             "compute", "end_to_end", "memory", "machine"} <= set(result)
-    assert (result["runtime"], result["precision"], result["artifact"]) == ("ort", "fp32", "model.onnx")
+    assert (result["runtime"], result["precision"], result["artifact"]) == ("ort", "fp32", "model.cpu.onnx")
     assert result["config"]["shape"] == [128, 256]  # the bundle's export shape
     assert "synthetic" in result["frames"]
     for stage in ("compute", "end_to_end"):
