@@ -203,16 +203,20 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
               shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
-              progress: Progress | None = None, ort_provider: str | None = None) -> dict:
+              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False) -> dict:
     """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
     ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
     ``num_images`` images of ``data``); ``ort_provider``: as for :func:`parity`. TensorRT
-    results add ``device_split``: input copy, execution and output copies by CUDA events."""
+    results add ``device_split``: input copy, execution and output copies by CUDA events.
+    Every result row records ``machine_load`` (how much of the CPUs other processes took
+    while it was timed; ``busy`` above 10 %); ``profile`` adds ONNX Runtime's profiler
+    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
 
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider)
+                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
+                      profile=profile)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
                           progress=progress, json_out=json_out)

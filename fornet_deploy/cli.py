@@ -456,18 +456,25 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
     num_images: int = typer.Option(8, min=1, help="with --matrix: images for the accuracy columns"),
     ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
+    profile: bool = typer.Option(False, "--profile", help="also ONNX Runtime's profiler breakdown by op type and by "
+                                                          "scope (backbone, neck, focus, selector, Top-K, head, tail)"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
     from .api import benchmark
-    from .bench.tables import bench_rows, machine_line
+    from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
 
     with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
                            iters=iters, threads=threads, images=images, matrix=matrix, data=data,
-                           num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider)
+                           num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider,
+                           profile=profile)
     columns, rows = bench_rows(result)
     print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
+    for title, columns, rows in profile_tables(result):
+        print_table(title, columns, rows)
+    if (busy := busy_line(result)) is not None:
+        console.print(busy)
     if json_out:
         console.print(f"JSON written to {json_out}")
 
