@@ -151,22 +151,21 @@ class _Builder:
         return self.op("Slice", data, self.const(starts), self.const(ends), self.const(axes))
 
 
-def _labels_out(b: _Builder, labels_u8: str, labels_type: int) -> None:
-    """(N, 1, H, W) uint8 -> the ``labels`` output (N, H, W) in the export's dtype."""
+def _labels_op(b: _Builder, labels_type: int, op_type: str, *inputs: str, **attrs) -> None:
+    """The op that makes the (N, H, W) uint8 labels, writing the ``labels`` output itself
+    (no copy), or through a Cast to the export's other labels dtype."""
     if labels_type == TensorProto.UINT8:
-        b.op("Squeeze", labels_u8, b.const([1]), output=LABELS)
-        return
-    squeezed = b.op("Squeeze", labels_u8, b.const([1]))
-    b.op("Cast", squeezed, output=LABELS, to=labels_type)
+        b.op(op_type, *inputs, output=LABELS, **attrs)
+    else:
+        b.op("Cast", b.op(op_type, *inputs, **attrs), output=LABELS, to=labels_type)
 
 
 def _nearest(b: _Builder, coarse: str, labels_type: int) -> None:
     nhwc = b.op("Transpose", coarse, perm=[0, 2, 3, 1])
     quarter = b.op("ArgMax", nhwc, base="argmax_quarter", axis=3, keepdims=0)  # (N, h, w)
-    small = b.op("Cast", b.op("Unsqueeze", quarter, b.const([1])), to=TensorProto.UINT8)
-    full = b.op("Resize", small, "", b.const([1, 1, 4, 4], np.float32), base="nearest_x4", mode="nearest",
-                coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor")
-    _labels_out(b, full, labels_type)
+    _labels_op(b, labels_type, "Resize", b.op("Cast", quarter, to=TensorProto.UINT8), "",
+               b.const([1, 4, 4], np.float32), base="nearest_x4", mode="nearest",
+               coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor")  # (N, 4h, 4w)
 
 
 def _refine(b: _Builder, coarse: str, labels_type: int) -> None:
@@ -220,9 +219,8 @@ def _refine(b: _Builder, coarse: str, labels_type: int) -> None:
                       b.const([4]), axis=0)
     view = b.op("Reshape", tiles, view_shape)
     view = b.op("ScatterND", view, where, updates, base="write_refined")
-    tiles = b.op("Reshape", view, b.op("Shape", tiles))
-    labels = b.slice(tiles, [2, 2], [-2, -2], [2, 3])  # (N, 1, 4h, 4w)
-    _labels_out(b, labels, labels_type)
+    tiles = b.op("Reshape", view, b.op("Gather", b.op("Shape", tiles), b.const([0, 2, 3]), axis=0))  # (N, 4h+4, 4w+4)
+    _labels_op(b, labels_type, "Slice", tiles, *(b.const(v) for v in ([2, 2], [-2, -2], [1, 2])))  # (N, 4h, 4w)
 
 
 _BUILDERS = {"refine": _refine, "nearest": _nearest}
