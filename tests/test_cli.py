@@ -133,7 +133,8 @@ def test_export_tail_and_bench_profile(tmp_path, tiny_checkpoint):
                      "--tail", "nearest")
     assert result.returncode == 0, result.stderr
     assert "model.cpu.onnx" in result.stdout
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"]["model.cpu.onnx"]["tail"] == "nearest"
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["artifacts"]["model.cpu.onnx"]["tail"] == "nearest"
     result = run_cli("bench", "--bundle", str(tmp_path / "b"), "--iters", "2", "--warmup", "1", "--threads", "1",
                      "--profile", "--json", str(tmp_path / "bench.json"))
     assert result.returncode == 0, result.stderr

@@ -148,7 +148,8 @@ def profile_tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
     tables = []
     for row in _profiled(result):
         profile = row["profile"]
-        scopes = [[_scope_label(scope), v["ms"], f"{100 * v['share']:.1f} %"] for scope, v in profile["by_scope"].items()]
+        scopes = [[_scope_label(scope), v["ms"], f"{100 * v['share']:.1f} %"]
+                  for scope, v in profile["by_scope"].items()]
         scopes.append([f"all ({profile['runs']} runs)", profile["kernel_ms"], "100 %"])
         ops = [[op, v["ms"], f"{100 * v['share']:.1f} %"] for op, v in list(profile["by_op"].items())[:TOP_OPS]]
         tables.append((f"{row['artifact']} by scope", ["scope", "ms", "share"], scopes))

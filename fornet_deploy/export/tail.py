@@ -96,7 +96,8 @@ def find_tail(graph: onnx.GraphProto) -> Tail:
     resize = producer.get(argmax.input[0]) if argmax is not None and argmax.op_type == "ArgMax" else None
     if resize is None or resize.op_type != "Resize" or _attr(argmax, "axis", 0) != 1:
         raise FornetError("the labels output is not Resize -> ArgMax(axis=1) -> Cast: not a FoR-Net export")
-    if _attr(resize, "mode", b"nearest") != b"linear" or _attr(resize, "coordinate_transformation_mode") != b"half_pixel":
+    if (_attr(resize, "mode", b"nearest") != b"linear"
+            or _attr(resize, "coordinate_transformation_mode") != b"half_pixel"):
         raise FornetError("the tail's Resize is not bilinear with half_pixel coordinates")
     tail = [resize, argmax, *chain]
     inside = {out for n in tail for out in n.output} - {LABELS, LOGITS}
@@ -192,8 +193,10 @@ def _refine(b: _Builder, coarse: str, labels_type: int) -> None:
     last_row = b.op("Sub", b.scalar(dims, 1), b.const(1))
     last_col = b.op("Sub", b.scalar(dims, 2), b.const(1))
     zero = b.const(0)
-    rows = b.op("Clip", b.op("Add", b.op("Unsqueeze", t, b.const([0])), b.const([[-1], [-1], [0], [0]])), zero, last_row)
-    cols = b.op("Clip", b.op("Add", b.op("Unsqueeze", u, b.const([0])), b.const([[-1], [0], [-1], [0]])), zero, last_col)
+    rows = b.op("Clip", b.op("Add", b.op("Unsqueeze", t, b.const([0])), b.const([[-1], [-1], [0], [0]])),
+                zero, last_row)
+    cols = b.op("Clip", b.op("Add", b.op("Unsqueeze", u, b.const([0])), b.const([[-1], [0], [-1], [0]])),
+                zero, last_col)
     images = b.op("Expand", b.op("Unsqueeze", n, b.const([0])), b.op("Shape", rows))
     index = b.op("Concat", *(b.op("Unsqueeze", x, b.const([2])) for x in (images, rows, cols)), axis=2)  # (4, M, 3)
     values = b.op("GatherND", nhwc, index, base="gather_corners")  # (4, M, C)

@@ -132,7 +132,8 @@ def test_refine_at_a_real_resolution(runs):
     two classes at a pixel or so."""
     rng = np.random.default_rng(7)
     coarse = rng.normal(size=(1, 19, 16, 32)).astype(np.float32)
-    coarse = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3) + rng.normal(0, 0.3, (1, 19, 128, 256)).astype(np.float32)
+    noise = rng.normal(0, 0.3, (1, 19, 128, 256)).astype(np.float32)
+    coarse = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3) + noise
     assert_refine_is_full(runs, coarse)
 
 
