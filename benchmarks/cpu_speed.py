@@ -25,6 +25,13 @@ PyTorch included), each variant loaded once and kept:
 artefact first, e.g. ``model.int8.qdq.onnx:tail=refine``), ``outputs`` (``+``-joined output
 names to keep, the others dropped from the graph).
 
+After the timing, in the same process: the tail's share of each ONNX Runtime graph's kernel
+time (``bench.profile``, ONNX Runtime's profiler, ``--profile-runs`` runs of the first
+image) and the mIoU / boundary IoU of ``torch``, ``ort_fp32`` and ``ort_int8`` on the first
+``--eval-images`` images of the val split (``evaluation.evaluate_runner``, what
+``fornet-deploy eval`` runs). The closing table holds every target of issue 15 against its
+number: met, NOT MET, or busy (no quiet round: measured on a busy machine, not a result).
+
 Timing: rounds; in each, every variant runs 2 untimed calls then ``--block`` timed calls
 (the images cycle, the same sequence for every variant), inside a ``LoadProbe`` (the CPU
 share other processes took meanwhile). Per variant: median / p10 / p90 ms and CPU ms per
@@ -46,11 +53,13 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from fornet_deploy.bench.load import LoadProbe, load_summary
+from fornet_deploy.bench.load import LoadProbe, load_summary, loadavg
+from fornet_deploy.bench.profile import profile_runner
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import ONNX_FP32, ONNX_INT8_CPU
 from fornet_deploy.data.transforms import Preprocessing
+from fornet_deploy.evaluation.evaluate import evaluate_runner
 from fornet_deploy.evaluation.examples import dataset_examples
 from fornet_deploy.export.tail import cpu_graph
 from fornet_deploy.io import atomic_write_json, now_iso
@@ -65,6 +74,11 @@ RATIOS = (
     ("ort_fp32 vs ort_fp32_full", "ort_fp32", "ort_fp32_full"),
     ("ort_int8 vs ort_fp32_full", "ort_int8", "ort_fp32_full"),
 )
+# The issue's targets: speed-ups (ratio label -> minimum), mIoU drop and tail share maxima.
+SPEEDUP_TARGETS = {RATIOS[0][0]: 4.0, RATIOS[1][0]: 1.8}
+MIOU_DROP_MAX_PTS = 0.3
+TAIL_SHARE_MAX = 0.10
+ORT_GRAPHS = {"ort_fp32_full": ("fp32", ONNX_FP32), "ort_fp32": ("fp32", None), "ort_int8": ("int8", ONNX_INT8_CPU)}
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 
@@ -104,6 +118,60 @@ def ort_variant(bundle: Bundle, artefact: str, options: dict[str, str], threads:
     return lambda batch: session.run(None, {name: batch})
 
 
+def tail_shares(bundle: Bundle, graphs: list[str], threads: int, batch: np.ndarray, runs: int) -> dict:
+    """The profiler's breakdown of each ONNX Runtime graph, with the tail's time and share."""
+    shares = {}
+    for name in graphs:
+        precision, artefact = ORT_GRAPHS[name]
+        with LoadProbe() as probe:
+            profile = profile_runner(lambda folder: load_runner(bundle, "ort", precision, "cpu", artifact=artefact,
+                                                                threads=threads, profile_dir=folder),
+                                     batch, runs, warmup=3)
+        tail = profile["by_scope"].get("tail", {"ms": 0.0, "share": 0.0})
+        shares[name] = {"kernel_ms": profile["kernel_ms"], "tail_ms": tail["ms"], "tail_share": tail["share"],
+                        "by_scope": profile["by_scope"], "machine_load": probe.result()}
+        print(f"profile {name:14s} kernel {profile['kernel_ms']:7.2f} ms, tail {tail['ms']:6.2f} ms "
+              f"({100 * tail['share']:.1f} %)", flush=True)
+    return shares
+
+
+def accuracies(runners: dict, examples, classes: int) -> dict:
+    """mIoU and boundary IoU of each runner on the same labelled images."""
+    result = {}
+    for name, runner in runners.items():
+        metrics = evaluate_runner(runner, examples, num_classes=classes)
+        result[name] = {"miou": metrics["miou"], "boundary_iou": metrics["boundary_iou"],
+                        "images": metrics["num_images"]}
+        print(f"eval {name:14s} mIoU {100 * metrics['miou']:.2f}  boundary IoU {100 * metrics['boundary_iou']:.2f} "
+              f"({metrics['num_images']} images)", flush=True)
+    return result
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue 15's targets against the measured numbers (``status``: met / NOT MET / busy / missing)."""
+    rows = []
+    for label, minimum in SPEEDUP_TARGETS.items():
+        ratio = report["ratios"].get(label)
+        if ratio is None:
+            rows.append({"target": label, "status": "missing"})
+        elif ratio["busy"]:
+            rows.append({"target": label, "value": None, "status": "busy"})
+        else:
+            rows.append({"target": label, "value": ratio["median"],
+                         "status": "met" if ratio["median"] >= minimum else "NOT MET"})
+    acc = report.get("accuracy", {})
+    if "ort_fp32" in acc and "ort_int8" in acc:
+        drop = 100 * (acc["ort_fp32"]["miou"] - acc["ort_int8"]["miou"])
+        rows.append({"target": f"ort_int8 mIoU drop vs ort_fp32 (points, target <= {MIOU_DROP_MAX_PTS})",
+                     "value": drop, "status": "met" if drop <= MIOU_DROP_MAX_PTS else "NOT MET"})
+    for name, row in report.get("tail", {}).items():
+        if name == "ort_fp32_full":
+            continue  # the reference tail, which the CPU graphs replace
+        rows.append({"target": f"{name} tail share (target <= {100 * TAIL_SHARE_MAX:.0f} %)",
+                     "value": row["tail_share"], "status": "met" if row["tail_share"] <= TAIL_SHARE_MAX else "NOT MET"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
@@ -112,6 +180,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--block", type=int, default=5)
+    parser.add_argument("--eval-images", type=int, default=50, help="val images for the mIoU (0: skip)")
+    parser.add_argument("--profile-runs", type=int, default=10, help="profiled runs for the tail share (0: skip)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=ARTEFACT[:key=value...]")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -126,8 +196,9 @@ def main() -> None:
         runners["ort_int8"] = load_runner(bundle, "ort", "int8", "cpu", artifact=ONNX_INT8_CPU, threads=args.threads)
     artefacts = {name: runner.activate().info().artifact for name, runner in runners.items()}
     calls: dict[str, Callable] = dict(runners)
-    report = {"created": now_iso(), "bundle": str(args.bundle), "images": len(batches), "shape": list(batches[0].shape),
-              "threads": args.threads, "rounds": args.rounds, "block": args.block, "variants": {}}
+    report = {"created": now_iso(), "loadavg_start": loadavg(), "bundle": str(args.bundle), "images": len(batches),
+              "shape": list(batches[0].shape), "threads": args.threads, "rounds": args.rounds, "block": args.block,
+              "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.variant:
             name, artefact, options = parse_variant(text)
@@ -152,6 +223,14 @@ def main() -> None:
                     wall[name] += times
                     blocks[name].append(statistics.median(times))
                     loads[name].append(probe.result())
+        if args.profile_runs:
+            report["tail"] = tail_shares(bundle, [n for n in ORT_GRAPHS if n in runners], args.threads, batches[0],
+                                         args.profile_runs)
+        if args.eval_images:
+            examples = dataset_examples(args.data, "val", pre, args.eval_images)
+            classes = len(bundle.section("classes"))
+            report["accuracy"] = accuracies({n: runners[n] for n in ("torch", "ort_fp32", "ort_int8") if n in runners},
+                                            examples, classes)
     for runner in runners.values():
         runner.deactivate()
 
@@ -184,7 +263,16 @@ def main() -> None:
         print(f"{label:42s} {statistics.median(quiet):.2f}x (range {min(quiet):.2f}-{max(quiet):.2f} over "
               f"{len(quiet)} quiet rounds of {args.rounds}; CPU time {cpu_ratio:.2f}x)")
     report["machine_load"] = whole.result()
+    report["loadavg_end"] = loadavg()
     report["machine"] = describe_machine()
+    report["targets"] = targets(report)
+    load = report["machine_load"]
+    print(f"load average at the start {report['loadavg_start']}, at the end {report['loadavg_end']}; while timing, "
+          f"other processes took {100 * (load['foreign_share'] or 0):.0f} % of the {load['cpus']} CPUs")
+    for row in report["targets"]:
+        value = row.get("value")
+        shown = "-" if value is None else (f"{100 * value:.1f} %" if "share" in row["target"] else f"{value:.2f}")
+        print(f"{row['target']:58s} {shown:>9s}  {row['status']}")
     if args.json:
         atomic_write_json(args.json, report)
 
