@@ -22,12 +22,14 @@ from typing import Callable, Sequence
 
 from .bundle import Bundle
 from .contract import (
+    DEFAULT_TAIL,
     FP32_SCOPES,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
     SHIPPED_WEIGHTS,
+    TAILS,
     TOPK_FORMS,
     check_choice,
 )
@@ -96,9 +98,12 @@ def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_s
 
 def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
            precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
-           outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8") -> dict[str, dict]:
-    """Checkpoint -> ``model.onnx`` in a deploy bundle (plus ``model.fp16.onnx`` with
-    ``precision="fp16"``); returns the manifest entries written, by file name."""
+           outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8",
+           tail: str = DEFAULT_TAIL) -> dict[str, dict]:
+    """Checkpoint -> ``model.onnx`` in a deploy bundle, plus ``model.cpu.onnx`` (the graph
+    ONNX Runtime runs on a CPU: labels by the cheap ``tail``, refine / nearest; none with
+    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; returns the manifest
+    entries written, by file name."""
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
 
@@ -106,10 +111,11 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
         raise OptionError(f"export writes precision fp32 or fp16, not {precision!r} "
                           "(INT8 comes from `fornet-deploy calibrate`)")
     check_choice(topk, TOPK_FORMS, "Top-K form")
+    check_choice(tail, TAILS, "tail")
     _positive(batch, "--batch")
     cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
-                       outputs=tuple(outputs), labels_dtype=labels_dtype)
-    entries = {"model.onnx": export_bundle(checkpoint, out, cfg)}
+                       outputs=tuple(outputs), labels_dtype=labels_dtype, tail=tail)
+    entries = export_bundle(checkpoint, out, cfg)
     if precision == "fp16":
         entries["model.fp16.onnx"] = convert_fp16(out)
     return entries
@@ -197,16 +203,20 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
               shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
-              progress: Progress | None = None, ort_provider: str | None = None) -> dict:
+              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False) -> dict:
     """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
     ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
     ``num_images`` images of ``data``); ``ort_provider``: as for :func:`parity`. TensorRT
-    results add ``device_split``: input copy, execution and output copies by CUDA events."""
+    results add ``device_split``: input copy, execution and output copies by CUDA events.
+    Every result row records ``machine_load`` (how much of the CPUs other processes took
+    while it was timed; ``busy`` above 10 %); ``profile`` adds ONNX Runtime's profiler
+    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
 
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider)
+                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
+                      profile=profile)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
                           progress=progress, json_out=json_out)

@@ -26,12 +26,15 @@ from ._version import __version__
 from .contract import (
     CALIBRATION_METHODS,
     CALIBRATION_TARGETS,
+    DEFAULT_TAIL,
     DEVICES,
+    EXPORT_OUTPUTS,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
     RUNTIMES,
+    TAILS,
     TOPK_FORMS,
     parse_hw,
 )
@@ -55,6 +58,7 @@ Method = Literal[CALIBRATION_METHODS]
 Target = Literal[CALIBRATION_TARGETS]
 PackageTarget = Literal[PACKAGE_TARGETS]
 OrtProvider = Literal[ORT_PROVIDERS]
+Tail = Literal[TAILS]
 
 # Options shared by several commands.
 BUNDLE = typer.Option(..., help="deploy bundle folder")
@@ -248,8 +252,11 @@ def export(
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
     topk: TopkForm = typer.Option("threshold", help="threshold (export-friendly) or exact (torch.topk)"),
     opset: int = typer.Option(17, min=13, max=21),
-    outputs: str = typer.Option(",".join(OUTPUT_NAMES), help="comma-separated outputs"),
+    outputs: str = typer.Option(",".join(OUTPUT_NAMES), help=f"comma-separated outputs, of {','.join(EXPORT_OUTPUTS)}"),
     labels_dtype: Literal["uint8", "int32"] = typer.Option("uint8", help="dtype of the in-graph ArgMax output"),
+    tail: Tail = typer.Option(DEFAULT_TAIL, help="labels of the CPU graphs (model.cpu.onnx, later the CPU INT8 graph): "
+                                                 "refine = the full-resolution labels without the full-resolution "
+                                                 "logits; nearest = the 1/4-scale argmax x4; full = no CPU graph"),
     precision: Literal["fp32", "fp16"] = typer.Option("fp32", help="fp16 also writes model.fp16.onnx"),
     json_out: Optional[Path] = JSON_OUT,
 ):
@@ -257,7 +264,8 @@ def export(
     from .api import export_model as run
 
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
-                  opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype)
+                  opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
+                  tail=tail)
     print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"],
                 [[name, e["precision"], e["sha256"][:12], e["bytes"]] for name, e in entries.items()])
     _write_json(json_out, entries)
@@ -386,10 +394,11 @@ def parity(
         report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
                      json_out=json_out, progress=update, ort_provider=ort_provider)
     s = report["summary"]
+    which = f" ({', '.join(s['logits_compared'])})" if s["logits_compared"] else ""
     print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
         ["images", s["images"], ""],
-        ["max |logit diff|", s["max_abs_logit"], _check(s, "max_abs_logit")],
-        ["mean |logit diff|", s["mean_abs_logit"], ""],
+        [f"max |logit diff|{which}", s["max_abs_logit"], _check(s, "max_abs_logit")],
+        [f"mean |logit diff|{which}", s["mean_abs_logit"], ""],
         ["argmax agreement", s["argmax_agreement"], _check(s, "argmax_agreement")],
         ["Top-K mask agreement", s["mask_agreement"], _check(s, "mask_agreement")],
         ["images with identical mask", s["mask_identical_images"], ""],
@@ -447,18 +456,25 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
     num_images: int = typer.Option(8, min=1, help="with --matrix: images for the accuracy columns"),
     ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
+    profile: bool = typer.Option(False, "--profile", help="also ONNX Runtime's profiler breakdown by op type and by "
+                                                          "scope (backbone, neck, focus, selector, Top-K, head, tail)"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
     from .api import benchmark
-    from .bench.tables import bench_rows, machine_line
+    from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
 
     with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
                            iters=iters, threads=threads, images=images, matrix=matrix, data=data,
-                           num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider)
+                           num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider,
+                           profile=profile)
     columns, rows = bench_rows(result)
     print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
+    for title, columns, rows in profile_tables(result):
+        print_table(title, columns, rows)
+    if (busy := busy_line(result)) is not None:
+        console.print(busy)
     if json_out:
         console.print(f"JSON written to {json_out}")
 

@@ -33,6 +33,11 @@ LABELS = "labels"  # N x H x W, train ids (in-graph ArgMax)
 IMPORTANCE = "importance"  # N x 1 x H/8 x W/8 float32 in (0, 1)
 TOPK_MASK = "topk_mask"  # N x 1 x H/8 x W/8 float32 in {0, 1}
 OUTPUT_NAMES = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
+# The head's logits before the final x4 upsample: what a CPU graph (``model.cpu.onnx``,
+# ``model.int8.cpu.onnx``) outputs where its source gives ``logits``, so parity still has
+# logits to compare without the graph computing the full-resolution ones.
+COARSE_LOGITS = "coarse_logits"  # N x C x H/4 x W/4 float32
+EXPORT_OUTPUTS = (*OUTPUT_NAMES, COARSE_LOGITS)  # what `export --outputs` may name
 INPUT_CHANNELS = 3
 
 # H and W of every input must be multiples of this (five stride-2 stages to 1/32).
@@ -50,12 +55,17 @@ MAX_BATCH = 1024
 # converter, the quantizer and TensorRT.
 SELECTOR_SCOPE, TOPK_SCOPE = "/focus/selector/", "/focus/topk/"
 FP32_SCOPES = (SELECTOR_SCOPE, TOPK_SCOPE)
+FOCUS_SCOPE = "/focus/"  # the selector, the Top-K and the branches they gate
+# Nodes of a CPU graph's cheap tail (export/tail.py); the export's own tail (Resize, ArgMax,
+# Casts) has root-level names ("/Resize"): it belongs to no module.
+TAIL_SCOPE = "/tail/"
 
 # --- bundle artefacts -----------------------------------------------------------------
 
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.safetensors"
 ONNX_FP32 = "model.onnx"
+ONNX_CPU = "model.cpu.onnx"  # FP32 with the CPU tail: what ONNX Runtime runs on a CPU
 ONNX_FP16 = "model.fp16.onnx"
 ONNX_INT8_QDQ = "model.int8.qdq.onnx"  # symmetric S8S8 Q/DQ: what TensorRT consumes
 ONNX_INT8_CPU = "model.int8.cpu.onnx"  # U8S8 Q/DQ: fast on ONNX Runtime for x86
@@ -75,6 +85,11 @@ DEVICES = ("cpu", "cuda", "jetson")
 TOPK_FORMS = ("threshold", "exact")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 CALIBRATION_TARGETS = ("tensorrt", "cpu")  # symmetric S8S8 Q/DQ for TensorRT | U8S8 for ONNX Runtime on x86
+# How the CPU graphs compute labels from the 1/4-scale logits (export/tail.py): refine (the
+# labels of the full-resolution tail, cheaply), nearest (the 1/4-scale argmax, x4), full (the
+# full-resolution Resize + ArgMax that model.onnx and every TensorRT-bound graph keep).
+TAILS = ("refine", "full", "nearest")
+DEFAULT_TAIL = "refine"
 PACKAGE_TARGETS = ("triton", "deepstream")  # serving stacks `fornet-deploy package` writes for
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers (--runtime ort)
 
@@ -100,6 +115,8 @@ class Format:
 FORMATS: tuple[Format, ...] = (
     Format("torch", "fp32", CHECKPOINT, CHECKPOINT, ("cpu", "cuda", "jetson"), "fornet-deploy export", "reference"),
     Format("torch", "fp16", CHECKPOINT, CHECKPOINT, ("cuda", "jetson"), "fornet-deploy export", "autocast"),
+    # On a CPU, ONNX Runtime runs the graph with the cheap tail when the bundle has one.
+    Format("ort", "fp32", ONNX_CPU, ONNX_FP32, ("cpu",), "fornet-deploy export", "CPU tail"),
     Format("ort", "fp32", ONNX_FP32, CHECKPOINT, ("cpu", "cuda", "jetson"), "fornet-deploy export"),
     Format("ort", "fp16", ONNX_FP16, ONNX_FP32, ("cpu", "cuda", "jetson"), "fornet-deploy export --precision fp16"),
     # x86 CPUs run U8S8 (unsigned activations) faster than the symmetric S8S8 graph.

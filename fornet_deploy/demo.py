@@ -158,6 +158,8 @@ def render_report(results: Path, pictures: Path) -> str:
         p = read_json(path, "parity report")
         s = p["summary"]
         max_abs = "-" if s["max_abs_logit"] is None else f"{s['max_abs_logit']:.2e}"
+        if s["logits_compared"] == ["coarse_logits"]:  # a CPU graph: the logits before the x4 upsample
+            max_abs += " (1/4 scale)"
         lines.append(f"| ort {p['candidate']['precision']} ({p['candidate']['artifact']}) | {max_abs} | {_pct(s['argmax_agreement'])} | "
                      f"{_pct(s['mask_agreement'])} | {_pct(s['agreement_miou'])} | {'yes' if s['passed'] else 'NO'} |")
     lines += ["", "## Benchmark matrix (CPU)", "", matrix_table(matrix), "",

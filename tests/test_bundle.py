@@ -23,7 +23,7 @@ from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import JOURNAL, LOCK, STAGING_PREFIX, Bundle, transaction
 from fornet_deploy.calibration.qdq import calibrate_bundle
-from fornet_deploy.contract import CHECKPOINT, MANIFEST, ONNX_FP16, ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ
+from fornet_deploy.contract import CHECKPOINT, MANIFEST, ONNX_CPU, ONNX_FP16, ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ
 from fornet_deploy.errors import FornetError
 from fornet_deploy.export.fp16 import convert_fp16
 from fornet_deploy.export.onnx import ExportConfig, export_bundle
@@ -132,7 +132,7 @@ def test_reexport_removes_what_the_old_model_made(tmp_path, bundle, other_checkp
     result = run_cli("export", "--checkpoint", str(other_checkpoint), "--out", str(bundle), "--shape", SHAPE)
     assert result.returncode == 0, result.stderr
     after = assert_consistent(bundle)
-    assert set(after) == {CHECKPOINT, ONNX_FP32} and after[ONNX_FP32] != before[ONNX_FP32]
+    assert set(after) == {CHECKPOINT, ONNX_FP32, ONNX_CPU} and after[ONNX_FP32] != before[ONNX_FP32]
     image = next((tiny_data / "leftImg8bit" / "val").rglob("*.png"))
     for precision, command in (("int8", "fornet-deploy calibrate"), ("fp16", "fornet-deploy export --precision fp16")):
         result = run_cli("predict", str(image), "--bundle", str(bundle), "--out", str(tmp_path / "out"),
@@ -309,7 +309,7 @@ def test_export_killed_at_every_step_of_its_commit(tmp_path, bundle, other_check
     run side by side): the bundle is the old one or the new one, whole, and a commit cut
     short after its journal is finished by the next command that opens the bundle."""
     old = hashes(bundle)
-    roots = {rename: tmp_path / f"kill{rename}" for rename in range(1, 7)}  # 5 renames, then one that runs through
+    roots = {rename: tmp_path / f"kill{rename}" for rename in range(1, 8)}  # 6 renames, then one that runs through
     fresh = {2: tmp_path / "fresh" / "bundle"}  # into a fresh folder, killed before the commit point
     procs = {}
     for rename, root in [*roots.items(), *((-r, f) for r, f in fresh.items())]:
@@ -324,10 +324,11 @@ def test_export_killed_at_every_step_of_its_commit(tmp_path, bundle, other_check
     with pytest.raises(FornetError, match="has no manifest.json: no export into it has finished"):
         Bundle.open(fresh[2])  # no bare manifest
     killed = [rename for rename, code in codes.items() if code == -signal.SIGKILL]
-    assert killed == list(range(1, len(killed) + 1)) and len(killed) >= 5, codes  # staged manifest, journal, 3 renames
+    # staged manifest, journal, 4 renames (checkpoint, model.onnx, model.cpu.onnx, manifest)
+    assert killed == list(range(1, len(killed) + 1)) and len(killed) >= 6, codes
     assert all(code == 0 for rename, code in codes.items() if rename not in killed), codes
     new = assert_consistent(roots[len(killed) + 1])  # ran to its end
-    assert new != old and set(new) == {CHECKPOINT, ONNX_FP32}
+    assert new != old and set(new) == {CHECKPOINT, ONNX_FP32, ONNX_CPU}
     journaled = [rename for rename in killed if list(roots[rename].glob(f"{STAGING_PREFIX}*/{JOURNAL}"))]
     states = {rename: assert_consistent(roots[rename]) for rename in killed}
     assert journaled and all(states[rename] == (new if rename in journaled else old) for rename in killed), states

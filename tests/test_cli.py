@@ -119,3 +119,26 @@ def test_every_size_option_is_spelled_shape():
                     assert opt in ("--shape", "--min-shape", "--max-shape"), f"{name} {opt}"
     for name in ("export", "bench", "predict", "train", "synthcity", "info", "build-trt"):
         assert any("--shape" in getattr(p, "opts", []) for p in group.commands[name].params), name
+
+
+def test_export_tail_and_bench_profile(tmp_path, tiny_checkpoint):
+    import json
+
+    from fornet_deploy.errors import ExitCode
+
+    wrong = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--tail", "bicubic")
+    assert wrong.returncode == ExitCode.USAGE
+    assert_one_line_error(wrong, "'bicubic' is not one of 'refine', 'full', 'nearest'")
+    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--shape", "64x128",
+                     "--tail", "nearest")
+    assert result.returncode == 0, result.stderr
+    assert "model.cpu.onnx" in result.stdout
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["artifacts"]["model.cpu.onnx"]["tail"] == "nearest"
+    result = run_cli("bench", "--bundle", str(tmp_path / "b"), "--iters", "2", "--warmup", "1", "--threads", "1",
+                     "--profile", "--json", str(tmp_path / "bench.json"))
+    assert result.returncode == 0, result.stderr
+    assert "model.cpu.onnx by scope" in result.stdout and "model.cpu.onnx by op type" in result.stdout
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert "tail" in bench["profile"]["by_scope"] and "machine_load" in bench
+    assert ("measured on a busy machine" in result.stdout) == bool(bench["machine_load"]["busy"])

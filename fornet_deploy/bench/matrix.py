@@ -89,7 +89,8 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
     """Every (runtime, precision) the bundle can run on ``device``, measured in one process.
 
     Rows hold the compute and end-to-end latencies, the speed-up over PyTorch FP32 (ratio of
-    mean compute latencies, both measured here), mIoU on ``accuracy_images`` val images of
+    mean compute latencies, both measured here; ``speedup_busy`` when either was measured
+    while other processes took more than 10 % of the CPUs), mIoU on ``accuracy_images`` val images of
     ``data`` and argmax / Top-K mask agreement with the PyTorch FP32 reference on the same
     images (synthetic scenes without ``data``). An artefact that cannot start here (no GPU
     provider, an engine for another GPU) becomes a skipped row with its reason.
@@ -125,6 +126,8 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
     for row in rows:
         if row["status"] == "ok":
             row["speedup_vs_torch_fp32"] = base["compute"]["mean_ms"] / row["compute"]["mean_ms"] if base else None
+            # A ratio is a result only when neither timing shared the CPUs (tables print "busy machine").
+            row["speedup_busy"] = bool(base) and bool(row["machine_load"]["busy"] or base["machine_load"]["busy"])
 
     result = {
         "created": now_iso(), "bundle": str(bundle.root), "device": device, "config": config_dict(cfg, shape),

@@ -12,9 +12,11 @@ Two measurements per artefact, made by one timing helper
   what an application sees (:mod:`.frames`).
 
 Each is reported as p50/p90/p99/mean/stdev/min/max in ms with a throughput in images/s,
-next to the process's peak memory (:mod:`.memory`) and, on ``--device jetson``, the board,
-power mode, clocks, loads, power and energy per frame (:mod:`.telemetry`). Every artefact
-of a bundle at once: :mod:`.matrix`.
+next to the process's peak memory (:mod:`.memory`), how busy the machine was while each was
+timed (``machine_load``: load averages and the CPU share other processes took, :mod:`.load`)
+and, on ``--device jetson``, the board, power mode, clocks, loads, power and energy per frame
+(:mod:`.telemetry`). ``--profile`` adds ONNX Runtime's profiler breakdown by op type and by
+scope (:mod:`.profile`). Every artefact of a bundle at once: :mod:`.matrix`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from ..runtimes.registry import load_runner, resolve_format, trt_request
 from ..runtimes.trt.cuda import CudaDevice
 from .frames import Frame, bench_preprocessing, decode, load_frames, run_end_to_end
 from .jetson import detect_board
+from .load import LoadProbe, load_summary
 from .memory import MemoryProbe
+from .profile import profile_runner
 from .sysinfo import describe_machine
 from .telemetry import BenchEnvironment, jetson_section, telemetry, with_jetson_board
 from .timing import Timed, device_split_summary, time_iterations, timing_summary
@@ -61,6 +65,8 @@ class BenchConfig:
     tegrastats_interval_ms: int = 100
     # ONNX Runtime provider choice (cpu | cuda | tensorrt | auto); None follows --device.
     ort_device: str | None = None
+    # After the timing, the same iterations in a profiled ONNX Runtime session (bench/profile.py).
+    profile: bool = False
 
 
 def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()) -> None:
@@ -139,13 +145,18 @@ def _ticker(progress: Progress | None, offset: int, total: int, note: str) -> Ca
     return lambda done: progress(offset + done, total, note)
 
 
+def compute_batch(frames: Sequence[Frame], batch: int, pre: Preprocessing):
+    """The preprocessed batch the compute-only loop (and the profiler) feed: the first frames."""
+    return preprocess([decode(frames[j % len(frames)]) for j in range(batch)], pre)
+
+
 def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Preprocessing, frames: Sequence[Frame],
              progress: Progress | None) -> tuple[dict, dict | None]:
     """Compute-only and end-to-end timings (and tegrastats on a Jetson) of an active runner."""
     def frames_of(i: int) -> list[Frame]:
         return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
 
-    batch = preprocess([decode(f) for f in frames_of(0)], pre)
+    batch = compute_batch(frames, cfg.batch, pre)
     splits: list[dict[str, float]] = []
 
     def compute(_: int) -> None:
@@ -160,11 +171,15 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
 
     total = 2 * cfg.iters
     timings: dict[str, Timed] = {}
+    loads: dict[str, dict] = {}
     with telemetry(cfg.device, cfg.tegrastats_interval_ms, env) as sampler:
         for offset, (stage, step) in enumerate((("compute", compute), ("end_to_end", end_to_end))):
             tick = _ticker(progress, offset * cfg.iters, total, stage.replace("_", "-"))
-            timings[stage] = time_iterations(step, cfg.iters, cfg.warmup, tick)
+            with LoadProbe() as probe:
+                timings[stage] = time_iterations(step, cfg.iters, cfg.warmup, tick)
+            loads[stage] = probe.result()
     result = {stage: timing_summary(timed, cfg.batch) for stage, timed in timings.items()}
+    result["machine_load"] = {**load_summary(loads.values()), **loads}
     device_split = device_split_summary(splits[-cfg.iters:])  # the timed iterations, not the warm-up
     if device_split is not None:
         result["device_split"] = device_split
@@ -191,7 +206,25 @@ def bench_format(bundle: Bundle, fmt: Format, cfg: BenchConfig, env: BenchEnviro
             row["jetson"] = jetson
         if also is not None:
             row.update(also(runner))
+    if cfg.profile:
+        row["profile"] = _profile(bundle, fmt, cfg, pre, frames)
     return row
+
+
+def _profile(bundle: Bundle, fmt: Format, cfg: BenchConfig, pre: Preprocessing, frames: Sequence[Frame]) -> dict:
+    """ONNX Runtime's profiler breakdown of the artefact, in a session of its own (after the
+    timing, which never runs with the profiler); other runtimes say why there is none."""
+    if fmt.runtime != "ort":
+        return {"note": "the profiler breakdown is ONNX Runtime's (--runtime ort)"}
+    batch = compute_batch(frames, cfg.batch, pre)
+
+    def runner(folder: Path) -> Runner:
+        return load_runner(bundle, fmt.runtime, fmt.precision, cfg.device, artifact=fmt.artifact,
+                           threads=cfg.threads, ort_device=cfg.ort_device, profile_dir=folder)
+
+    with LoadProbe() as probe:
+        result = profile_runner(runner, batch, cfg.iters, cfg.warmup)
+    return {**result, "machine_load": probe.result()}
 
 
 def config_dict(cfg: BenchConfig, shape: tuple[int, int]) -> dict:

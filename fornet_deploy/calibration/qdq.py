@@ -60,6 +60,7 @@ from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
 from ..export.fp16 import fp32_scope_nodes
 from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
+from ..export.tail import calibrated_graph
 from .calibset import CalibrationSet
 
 METHODS = CALIBRATION_METHODS
@@ -249,6 +250,7 @@ def _finish(path: Path, source: onnx.ModelProto, target: str, method: str, key: 
         raise FornetError(f"the quantizer changed the opset from {_opset(source)} to {_opset(proto)}")
     if target == "tensorrt" and quantized_op_types(proto):
         raise FornetError(f"the TensorRT Q/DQ graph holds integer ops {sorted(quantized_op_types(proto))}")
+    proto = calibrated_graph(proto, target, read_metadata(source))  # issue 15: the CPU tail (export/tail.py)
     embed_metadata(proto, {**read_metadata(source), "precision": "int8", "int8": {"target": target, "method": method,
                                                                                      "calibration_key": key}})
     onnx.save(proto, str(path))

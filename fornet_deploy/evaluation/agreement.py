@@ -7,17 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract import LOGITS, TOPK_MASK
+from ..contract import TOPK_MASK
 from ..model.topk import selection_counts
 from .metrics import agreement
-from .postprocess import predicted_labels
+from .postprocess import compared_logits, predicted_labels
 
 
 @dataclass
 class ImageAgreement:
     name: str
-    max_abs_logit: float | None  # None when either side has no logits
+    max_abs_logit: float | None  # None when the two sides have no logits in common
     mean_abs_logit: float | None
+    logits_compared: str | None  # logits (full resolution) or coarse_logits (1/4 scale, a CPU graph)
     argmax_agreement: float  # fraction of pixels with the same label
     mask_agreement: float | None  # fraction of 1/8-scale cells with the same Top-K decision
     mask_count_reference: int | None  # cells selected by the reference
@@ -35,8 +36,9 @@ def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, 
     """
     ref_labels, cand_labels = predicted_labels(reference, hw), predicted_labels(candidate, hw)
     max_abs = mean_abs = None
-    if LOGITS in reference and LOGITS in candidate:
-        diff = np.abs(reference[LOGITS].astype(np.float32) - candidate[LOGITS].astype(np.float32))
+    compared = compared_logits(reference, candidate)
+    if compared is not None:
+        diff = np.abs(reference[compared].astype(np.float32) - candidate[compared].astype(np.float32))
         max_abs, mean_abs = float(diff.max()), float(diff.mean())
     mask_agree = count_ref = count_cand = extra = None
     if TOPK_MASK in reference and TOPK_MASK in candidate:
@@ -48,8 +50,8 @@ def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, 
         count_cand, extra = selected.selected, selected.extra
     else:
         k = None
-    return ImageAgreement(name, max_abs, mean_abs, agreement(ref_labels, cand_labels), mask_agree, count_ref,
-                          count_cand, k, extra)
+    return ImageAgreement(name, max_abs, mean_abs, compared, agreement(ref_labels, cand_labels), mask_agree,
+                          count_ref, count_cand, k, extra)
 
 
 def pooled(images: list[ImageAgreement]) -> dict:

@@ -1,7 +1,9 @@
 """``fornet-deploy parity``: a deployed artefact against the PyTorch FP32 reference.
 
 The reference is the bundle's checkpoint in PyTorch, FP32, with the ``exact`` Top-K (the
-training form). Per image: max / mean absolute logit difference, argmax agreement,
+training form). Per image: max / mean absolute logit difference (of the full-resolution
+``logits``, or for a CPU graph, which does not compute those, of the 1/4-scale
+``coarse_logits`` its labels are made from: ``logits_compared``), argmax agreement,
 Top-K mask agreement (how much the export-friendly threshold Top-K and reduced
 precision change *which* regions are selected), the number of selected cells against k
 (``extra cells``: the Top-K selects exactly k in every artefact, so any extra or missing
@@ -58,6 +60,7 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
     summary = {
         "images": len(images),
         "max_abs_logit": max(max_abs) if max_abs else None,
+        "logits_compared": sorted(set(values("logits_compared"))),
         "mean_abs_logit": sum(values("mean_abs_logit")) / len(max_abs) if max_abs else None,
         "argmax_agreement": agree["argmax_agreement"],
         "min_image_argmax_agreement": min(values("argmax_agreement")),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..contract import IMPORTANCE, LABELS, LOGITS, TOPK_MASK
+from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
 from ..data.cityscapes import colorize
 
 HEATMAP = cv2.COLORMAP_INFERNO
@@ -26,6 +26,13 @@ def label_outputs(available: tuple[str, ...], *extra: str) -> tuple[str, ...]:
     """The outputs to ask a runner for to get labels: ``labels`` when the artefact has it
     (never the full-resolution logits then), else ``logits``; plus ``extra`` names."""
     return (LABELS if LABELS in available else LOGITS, *extra)
+
+
+def compared_logits(reference: dict, candidate: dict) -> str | None:
+    """Which logits two runners' outputs share: the full-resolution ``logits``, else the
+    1/4-scale ``coarse_logits`` (a CPU graph computes no full-resolution logits,
+    export/tail.py), else ``None``."""
+    return next((name for name in (LOGITS, COARSE_LOGITS) if name in reference and name in candidate), None)
 
 
 def predicted_labels(outputs: dict[str, np.ndarray], hw: tuple[int, int], index: int = 0) -> np.ndarray:
@@ -91,8 +98,9 @@ def diff_picture(image: np.ndarray, reference: dict, candidate: dict) -> np.ndar
     disagree = image // 3
     disagree[ref != cand] = (255, 0, 0)
     panels = [label_overlay(image, ref), label_overlay(image, cand), disagree]
-    if LOGITS in reference and LOGITS in candidate:
-        diff = np.abs(reference[LOGITS][0] - candidate[LOGITS][0]).max(0)
+    compared = compared_logits(reference, candidate)
+    if compared is not None:
+        diff = np.abs(reference[compared][0] - candidate[compared][0]).max(0)
         scaled = np.clip(diff / max(float(diff.max()), 1e-12) * 255, 0, 255).astype(np.uint8)
         heat = cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
         panels.append(heat)

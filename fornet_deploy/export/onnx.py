@@ -5,6 +5,12 @@ default: no TopK/Sort/NonZero/Loop in the graph), trace with the TorchScript exp
 run the ONNX checker and shape inference, simplify (onnxsim), embed the metadata a
 deployment needs (classes, palette, preprocessing, Top-K mode/ratio), and write
 ``model.onnx`` + ``checkpoint.safetensors`` + ``manifest.json`` atomically.
+
+``model.onnx`` is the reference graph every other artefact is made from (FP16, INT8, engines)
+and keeps the full-resolution tail (Resize of the logits x4, ArgMax). Unless ``--tail full``,
+the export also writes ``model.cpu.onnx``, what ONNX Runtime runs on a CPU: the same network
+with the cheap tail of :mod:`.tail` and its channel Concats folded into the convolutions
+after them (:mod:`.rewrite`).
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from torch import nn
 from ..bundle import transaction
 from ..contract import (
     CHECKPOINT,
+    COARSE_LOGITS,
+    DEFAULT_TAIL,
+    EXPORT_OUTPUTS,
     IMPORTANCE,
     INPUT_NAME,
     LABELS,
     LOGITS,
+    ONNX_CPU,
     ONNX_FP32,
-    OUTPUT_NAMES,
+    TAILS,
     TOPK_FORMS,
     TOPK_MASK,
     check_batch,
@@ -42,6 +52,8 @@ from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
 from ..model.fornet import FoRNet
 from ..model.topk import SELECTION_RULE, search_schedule
 from ..runtimes.ort_runner import import_onnxruntime
+from .rewrite import fold_concats
+from .tail import cpu_graph
 
 DEFAULT_OUTPUTS = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # Ops whose presence defeats the purpose of the threshold Top-K (TensorRT limits,
@@ -60,6 +72,15 @@ class ExportConfig:
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     labels_dtype: str = "uint8"  # in-graph ArgMax output: "uint8" | "int32"
     simplify: bool = True
+    # How model.cpu.onnx (and the CPU INT8 graph calibrated later) compute labels (export/tail.py);
+    # "full": no CPU graph, ONNX Runtime runs model.onnx on a CPU too.
+    tail: str = DEFAULT_TAIL
+
+    @property
+    def cpu_tail(self) -> str:
+        """The tail the CPU graphs get: ``tail``, or ``full`` when ``labels`` is not exported
+        (the tail computes labels; without them there is nothing to make cheaper)."""
+        return self.tail if LABELS in self.outputs else "full"
 
     def validate(self) -> None:
         """Every option in its range (one :class:`OptionError` line) before any work."""
@@ -68,9 +89,11 @@ class ExportConfig:
                 raise OptionError(f"export {name} must be an integer, got {value!r}")
         check_stride(self.height, self.width)
         check_batch(self.batch)
-        unknown = [o for o in self.outputs if o not in OUTPUT_NAMES]
+        unknown = [o for o in self.outputs if o not in EXPORT_OUTPUTS]
         if unknown or not self.outputs:
-            raise OptionError(f"--outputs: unknown {unknown}; choose from {','.join(OUTPUT_NAMES)}")
+            raise OptionError(f"--outputs: unknown {unknown}; choose from {','.join(EXPORT_OUTPUTS)}")
+        if self.tail not in TAILS:
+            raise OptionError(f"--tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
         if self.topk not in TOPK_FORMS:
             raise OptionError(f"--topk must be threshold or exact, got {self.topk!r}")
         if self.labels_dtype not in ("uint8", "int32"):
@@ -143,6 +166,8 @@ def _dynamic_axes(outputs: tuple[str, ...]) -> dict:
             axes[name] = {0: "batch", 1: "height", 2: "width"}
         elif name == LOGITS:
             axes[name] = {0: "batch", 2: "height", 3: "width"}
+        elif name == COARSE_LOGITS:
+            axes[name] = {0: "batch", 2: "height_4", 3: "width_4"}
         else:  # 1/8-scale maps
             axes[name] = {0: "batch", 2: "height_8", 3: "width_8"}
     return axes
@@ -206,12 +231,13 @@ def export_bundle(
     out: str | Path,
     cfg: ExportConfig = ExportConfig(),
     preprocessing: Preprocessing = Preprocessing(),
-) -> dict:
-    """The library function behind ``fornet-deploy export``; returns the manifest entry.
+) -> dict[str, dict]:
+    """The library function behind ``fornet-deploy export``; returns the manifest entries
+    written, by artefact name (``model.onnx``, and ``model.cpu.onnx`` unless the tail is full).
 
     The checkpoint is read once: the bytes the model is built from are the bytes copied
-    into the bundle. Checkpoint, ``model.onnx`` and manifest are committed together; the
-    commit removes the artefacts made from a previous, different ``model.onnx``
+    into the bundle. Checkpoint, graphs and manifest are committed together; the commit
+    removes the artefacts made from a previous, different ``model.onnx``
     (:mod:`fornet_deploy.bundle`).
     """
     cfg.validate()
@@ -227,23 +253,40 @@ def export_bundle(
         "palette": [list(c) for c in PALETTE[: model.config.num_classes]],
         "preprocessing": preprocessing.to_dict(),
         "topk": _topk_section(model, cfg.topk),
-        "export": {**asdict(cfg), "outputs": list(cfg.outputs), "torch": torch.__version__, "onnx": onnx.__version__},
+        "export": {**asdict(cfg), "outputs": list(cfg.outputs), "cpu_tail": cfg.cpu_tail, "torch": torch.__version__,
+                   "onnx": onnx.__version__},
         "checkpoint_info": info,
     }
-    embed_metadata(proto, {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")})
+    # The CPU tail is part of what model.onnx stands for: the calibrated CPU graph made from it
+    # later reads it here, and another tail makes another model.onnx (its derived graphs stale).
+    metadata = {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")}
+    embed_metadata(proto, {**metadata, "cpu_tail": cfg.cpu_tail})
+    cpu, folded = fold_concats(cpu_graph(proto, cfg.cpu_tail)) if cfg.cpu_tail != "full" else (None, [])
+    input_shape = [None, 3, None, None] if cfg.dynamic else [cfg.batch, 3, cfg.height, cfg.width]
+    export_shape = [cfg.batch, 3, cfg.height, cfg.width]
+    shapes = {"opset": cfg.opset, "topk": cfg.topk, "input_shape": input_shape, "export_shape": export_shape,
+              "dynamic": cfg.dynamic}
 
     with transaction(out, "export", create=True) as txn:
         txn.update(**sections)
         txn.path(CHECKPOINT).write_bytes(data)
         txn.record(CHECKPOINT, kind="checkpoint")
         onnx.save(proto, str(txn.path(ONNX_FP32)))
-        return txn.record(
-            ONNX_FP32, kind="onnx", precision="fp32", source=CHECKPOINT, source_sha256=sha256_bytes(data),
-            opset=cfg.opset, topk=cfg.topk,
-            input_shape=[None, 3, None, None] if cfg.dynamic else [cfg.batch, 3, cfg.height, cfg.width],
-            export_shape=[cfg.batch, 3, cfg.height, cfg.width], dynamic=cfg.dynamic, outputs=list(cfg.outputs),
-            ops=sorted(ops),
+        entries = {ONNX_FP32: txn.record(
+            ONNX_FP32, kind="onnx", precision="fp32", source=CHECKPOINT, source_sha256=sha256_bytes(data), **shapes,
+            outputs=list(cfg.outputs), tail="full", ops=sorted(ops),
+        )}
+        if cpu is None:
+            txn.remove(ONNX_CPU)  # an earlier export's: ONNX Runtime runs model.onnx on a CPU now
+            return entries
+        onnx.save(cpu, str(txn.path(ONNX_CPU)))
+        check_runs(txn.path(ONNX_CPU), export_shape, f"the CPU graph ({cfg.cpu_tail} tail)")
+        entries[ONNX_CPU] = txn.record(
+            ONNX_CPU, kind="onnx", precision="fp32", source=ONNX_FP32, source_sha256=entries[ONNX_FP32]["sha256"],
+            **shapes, outputs=[o.name for o in cpu.graph.output], tail=cfg.cpu_tail, folded_concats=folded,
+            ops=sorted(graph_op_types(cpu)),
         )
+        return entries
 
 
 def _topk_section(model: FoRNet, mode: str) -> dict:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_stride
+from ..contract import COARSE_LOGITS, IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_stride
 from ..errors import FornetError, OptionError
 from .topk import DEFAULT_STEPS, RATIO_DENOMINATOR, TopK, ratio_numerator, search_schedule
 
@@ -332,7 +332,8 @@ class Head(nn.Module):
 
 class FoRNet(nn.Module):
     """FoR-Net. ``forward(x)`` -> logits (N, C, H, W); ``forward_all`` also returns the
-    importance map and Top-K mask (1/8 scale)."""
+    head's logits before the x4 upsample (``coarse_logits``, 1/4 scale), the importance map
+    and the Top-K mask (1/8 scale)."""
 
     output_stride = STRIDE
 
@@ -359,9 +360,9 @@ class FoRNet(nn.Module):
         self.check_input(x)
         x4, features = self.forward_features(x)
         focused, importance, mask = self.focus(features)
-        logits = self.head(focused, x4)
-        logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
-        return {LOGITS: logits, IMPORTANCE: importance, TOPK_MASK: mask}
+        coarse = self.head(focused, x4)
+        logits = F.interpolate(coarse, scale_factor=4.0, mode="bilinear", align_corners=False)
+        return {LOGITS: logits, COARSE_LOGITS: coarse, IMPORTANCE: importance, TOPK_MASK: mask}
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
         """Logits, or with ``return_all`` the dict of :meth:`forward_all` (a keyword rather

@@ -110,11 +110,23 @@ def _load_gpu_libraries(ort, tensorrt: bool) -> None:
 
 
 class OrtRunner(Runner):
-    """Runs an ONNX file with ONNX Runtime."""
+    """Runs an ONNX file with ONNX Runtime.
+
+    Session settings (measured at 512x1024 on a 2-core x86 VM, docs/benchmarks.md):
+    ``ORT_ENABLE_ALL`` graph optimisations, because the NCHWc layout transformer that only
+    that level runs is worth 1.37x on FP32 convolutions; intra-op threads = ``threads`` or
+    ONNX Runtime's default (one per physical core: 1 -> 2 threads is 1.6-1.7x); sequential
+    execution (the parallel mode with 2 inter-op threads was 2x slower); spinning worker
+    threads (ONNX Runtime's default: 10 % lower latency than without, at the price of busy
+    cores between runs).
+    """
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | Path | None = None, gpu: int = 0, sha256: str | None = None):
-        """``sha256``: the hash the file must have, checked on the bytes the session loads."""
+                 cache_dir: str | Path | None = None, gpu: int = 0, sha256: str | None = None,
+                 profile_dir: str | Path | None = None):
+        """``sha256``: the hash the file must have, checked on the bytes the session loads.
+        ``profile_dir``: run with ONNX Runtime's profiler on, writing the trace
+        (:meth:`end_profiling`) and the optimised graph (``optimized_model_path``) there."""
         super().__init__(f"ort-{precision}")
         self.sha256 = sha256
         self.onnx_path = Path(onnx_path)
@@ -123,8 +135,14 @@ class OrtRunner(Runner):
         self.threads = threads
         self.cache_dir = cache_dir
         self.gpu = gpu
+        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         self.session = None
         self._output_names: list[str] = []
+
+    @property
+    def optimized_model_path(self) -> Path | None:
+        """The graph as ONNX Runtime optimised it (written when profiling)."""
+        return self.profile_dir / "optimized.onnx" if self.profile_dir is not None else None
 
     def _activate_impl(self) -> None:
         ort = import_onnxruntime("the ONNX Runtime runner")
@@ -134,8 +152,13 @@ class OrtRunner(Runner):
             _load_gpu_libraries(ort, TENSORRT in providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's warnings off the user's terminal
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # (class docstring)
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if self.profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(self.profile_dir / "ort_profile")
+            options.optimized_model_filepath = str(self.optimized_model_path)
         provider_options = [self._provider_options(p) for p in providers]
         if TENSORRT in providers and self.cache_dir:
             Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
@@ -159,6 +182,12 @@ class OrtRunner(Runner):
 
     def _deactivate_impl(self) -> None:
         self.session = None  # frees the session's memory and thread pool
+
+    def end_profiling(self) -> Path:
+        """Stop the profiler (a runner made with ``profile_dir``); the trace file's path."""
+        if self.session is None or self.profile_dir is None:
+            raise FornetError("end_profiling needs an active runner made with profile_dir")
+        return Path(self.session.end_profiling())
 
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._output_names)

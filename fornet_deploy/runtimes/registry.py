@@ -161,7 +161,7 @@ def trt_request(gpu: int = 0, shape: Sequence[int] | None = None, dla_core: int 
 def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
                 *, artifact: str | None = None, topk: str = "exact", threads: int | None = None,
                 ort_device: str | None = None, gpu: int = 0, shape: Sequence[int] | None = None,
-                dla_core: int | None = None) -> Runner:
+                dla_core: int | None = None, profile_dir: str | Path | None = None) -> Runner:
     """A runner for one artefact of a bundle, checked against the manifest ``bundle`` holds.
 
     Its sha256 and its lineage (it was made from the artefacts the manifest lists, see
@@ -174,6 +174,8 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
     threads (torch / ONNX Runtime). ``ort_device``: ONNX Runtime providers (cpu, cuda,
     tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index. TensorRT:
     ``shape`` (NCHW) and ``dla_core`` pick the engine (:func:`select_engine`).
+    ``profile_dir`` (ONNX Runtime): profile every run into that folder
+    (:meth:`~fornet_deploy.runtimes.ort_runner.OrtRunner.end_profiling`).
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle, verify=False)
@@ -194,7 +196,7 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
         # its weights: one folder per graph hash keeps a re-exported model off old engines.
         return OrtRunner(path, device=ort_device or ("cuda" if on_gpu else "cpu"), precision=precision,
                          threads=threads, cache_dir=bundle.root / ORT_TRT_CACHE_DIR / sha256[:16], gpu=gpu,
-                         sha256=sha256)
+                         sha256=sha256, profile_dir=profile_dir)
     from .trt.runner import TrtRunner
 
     return TrtRunner(path, device=gpu, sha256=sha256)

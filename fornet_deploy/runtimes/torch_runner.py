@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import IMPORTANCE, LABELS, LOGITS, STRIDE, TOPK_MASK
+from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, STRIDE, TOPK_MASK
 from ..errors import HardwareError
 from ..model.checkpoint import load_checkpoint
 from ..model.fornet import FoRNet
@@ -84,7 +84,8 @@ class TorchRunner(Runner):
 
     def output_names(self) -> tuple[str, ...]:
         has_selector = self.model is not None and self.model.topk is not None
-        return (LOGITS, LABELS, IMPORTANCE, TOPK_MASK) if has_selector else (LOGITS, LABELS)
+        always = (LOGITS, COARSE_LOGITS, LABELS)
+        return (*always, IMPORTANCE, TOPK_MASK) if has_selector else always
 
     def input_spec(self) -> InputSpec:
         return InputSpec(stride=STRIDE)
@@ -96,7 +97,8 @@ class TorchRunner(Runner):
                 _ieee_fp32_convolutions(self.device.type == "cuda" and self.precision == "fp32"):
             out = self.model.forward_all(x)
         # Labels as the exported graph computes them (ArgMax over the FP32 logits).
-        tensors = {LOGITS: out[LOGITS].float(), LABELS: out[LOGITS].argmax(1).to(torch.uint8)}
+        tensors = {LOGITS: out[LOGITS].float(), COARSE_LOGITS: out[COARSE_LOGITS].float(),
+                   LABELS: out[LOGITS].argmax(1).to(torch.uint8)}
         if out[IMPORTANCE] is not None:
             tensors |= {IMPORTANCE: out[IMPORTANCE].float(), TOPK_MASK: out[TOPK_MASK].float()}
         wanted = tensors if outputs is None else [name for name in outputs if name in tensors]

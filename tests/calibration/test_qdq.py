@@ -91,8 +91,10 @@ def test_cpu_graph_is_u8s8_and_runs(calibrated, tiny_data):
                if n.op_type == "Conv" and n.input[1] in producers}
     assert activations == {np.dtype(np.uint8)} and weights == {np.dtype(np.int8)}
     session = ort.InferenceSession(str(bundle / ONNX_INT8_CPU), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {"image": np.zeros((1, 3, 128, 256), np.float32)})
-    assert outputs[0].shape == (1, 19, 128, 256)
+    outputs = dict(zip([o.name for o in session.get_outputs()],
+                       session.run(None, {"image": np.zeros((1, 3, 128, 256), np.float32)})))
+    # the CPU tail (export/tail.py): logits at 1/4 scale, labels at full resolution
+    assert outputs["coarse_logits"].shape == (1, 19, 32, 64) and outputs["labels"].shape == (1, 128, 256)
     assert cpu["calibration"]["num_images"] == NUM and cpu["precision"] == "int8" and cpu["target"] == "cpu"
 
 

@@ -25,12 +25,16 @@ from fornet_deploy.runtimes.registry import available_formats, load_runner, reso
 def test_ort_matches_torch_on_the_same_batch(tiny_bundle):
     x = np.random.default_rng(0).normal(size=(1, 3, 128, 256)).astype(np.float32)
     with load_runner(tiny_bundle, "torch", "fp32", "cpu", topk="threshold") as torch_runner, \
-            load_runner(tiny_bundle, "ort", "fp32", "cpu") as ort_runner:
-        a, b = torch_runner(x), ort_runner(x)
+            load_runner(tiny_bundle, "ort", "fp32", "cpu", artifact="model.onnx") as ort_runner, \
+            load_runner(tiny_bundle, "ort", "fp32", "cpu") as cpu_runner:
+        a, b, c = torch_runner(x), ort_runner(x), cpu_runner(x)
     assert np.abs(a["logits"] - b["logits"]).max() < 1e-3
-    assert np.array_equal(a["topk_mask"], b["topk_mask"])
+    assert np.abs(a["coarse_logits"] - c["coarse_logits"]).max() < 1e-3
+    assert np.array_equal(a["topk_mask"], b["topk_mask"]) and np.array_equal(a["topk_mask"], c["topk_mask"])
+    assert np.array_equal(b["labels"], c["labels"])
     assert ort_runner.last_inference_time > 0
     assert b.keys() == {"logits", "labels", "importance", "topk_mask"}
+    assert c.keys() == {"coarse_logits", "labels", "importance", "topk_mask"}  # no full-resolution logits
 
 
 @pytest.mark.parametrize("runtime", ["torch", "ort"])
@@ -99,12 +103,14 @@ def test_both_wheels_installed_is_one_line_at_first_use(tmp_path, tiny_bundle, m
 
 def test_format_table_resolution(tiny_bundle):
     bundle = Bundle.open(tiny_bundle)
-    assert resolve_format(bundle, "ort", "fp32", "cpu").artifact == "model.onnx"
+    assert resolve_format(bundle, "ort", "fp32", "cpu").artifact == "model.cpu.onnx"  # the CPU tail's graph
+    assert resolve_format(bundle, "ort", "fp32", "cuda").artifact == "model.onnx"
     with pytest.raises(FornetError, match="fornet-deploy calibrate"):
         resolve_format(bundle, "ort", "int8", "cpu")
     with pytest.raises(FornetError, match="does not run on cpu"):
         resolve_format(bundle, "trt", "fp16", "cpu")
-    assert [(f.runtime, f.precision) for f in available_formats(bundle, "cpu")] == [("torch", "fp32"), ("ort", "fp32")]
+    assert [(f.runtime, f.precision, f.artifact) for f in available_formats(bundle, "cpu")] == [
+        ("torch", "fp32", "checkpoint.safetensors"), ("ort", "fp32", "model.cpu.onnx"), ("ort", "fp32", "model.onnx")]
     assert len({(f.runtime, f.precision, f.artifact) for f in FORMATS}) == len(FORMATS)
 
 
