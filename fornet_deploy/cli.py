@@ -305,7 +305,8 @@ def calibrate(
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
                     percentile=percentile, progress=update)
     ranges = entry["calibration"]["ranges"]
-    how = "cached in the bundle" if ranges["cached"] else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}"
+    how = ("cached in the bundle" if ranges["cached"]
+           else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}")
     print_table(f"INT8 ({target}) from {entry['source']}", ["field", "value"], [
         ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
         ["calibration key", entry["calibration"]["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],

@@ -107,7 +107,8 @@ FORMATS: tuple[Format, ...] = (
     # x86 CPUs run U8S8 (unsigned activations) faster than the symmetric S8S8 graph.
     Format("ort", "int8", ONNX_INT8_CPU, ONNX_FP32, ("cpu",), "fornet-deploy calibrate --target cpu", "U8S8"),
     # INT8 convolutions, FP16 elsewhere, the selector / Top-K FP32: what a strongly typed TensorRT engine runs.
-    Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP16, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate", "S8 Q/DQ on FP16"),
+    Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP16, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate",
+           "S8 Q/DQ on FP16"),
     Format("trt", "fp32", "model.fp32.engine", ONNX_FP32, ("cuda", "jetson"), "fornet-deploy build-trt --fp32"),
     Format("trt", "fp16", "model.fp16.engine", ONNX_FP16, ("cuda", "jetson"), "fornet-deploy build-trt --fp16"),
     Format("trt", "int8", "model.int8.engine", ONNX_INT8_QDQ, ("cuda", "jetson"), "fornet-deploy build-trt --int8"),

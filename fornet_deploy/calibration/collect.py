@@ -299,7 +299,8 @@ def onnxruntime_ranges(model: str | Path, images: np.ndarray, op_types: Sequence
             input_name = calibrator.infer_session.get_inputs()[0].name
             for first in range(0, count, chunk):
                 feeds = iter([{input_name: np.array(images[i : i + 1])} for i in range(first, first + chunk)])
-                reader = type("Reader", (calibrate.CalibrationDataReader,), {"get_next": lambda self: next(feeds, None)})
+                get_next = {"get_next": lambda self: next(feeds, None)}
+                reader = type("Reader", (calibrate.CalibrationDataReader,), get_next)
                 calibrator.collect_data(reader())
             if method != "minmax":
                 histograms = calibrator.collector.histogram_dict

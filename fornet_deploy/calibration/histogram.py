@@ -152,7 +152,8 @@ class Histogram:
         self.threshold = threshold
         self.coarsened += 1
 
-    def _histogram(self, arrays: Sequence[np.ndarray], bins: int, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _histogram(self, arrays: Sequence[np.ndarray], bins: int,
+                   threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Summed ``np.histogram`` of the arrays over ``[-threshold, threshold]``.
 
         A range too narrow for ``bins`` float32 edges (a tensor whose values all lie within a

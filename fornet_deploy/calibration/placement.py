@@ -44,7 +44,7 @@ from typing import Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import FornetError
 from ..export.fp16 import in_fp32_scope

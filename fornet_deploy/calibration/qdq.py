@@ -119,7 +119,8 @@ def quantized_op_types(proto: onnx.ModelProto) -> set[str]:
 # --- the CPU graph: ONNX Runtime's quantizer on given ranges ----------------------------------
 
 
-def quantize_cpu(source: Path, output: Path, ranges: Ranges, method: str, exclude: list[str], route: str = "auto") -> None:
+def quantize_cpu(source: Path, output: Path, ranges: Ranges, method: str, exclude: list[str],
+                 route: str = "auto") -> None:
     """The U8S8 Q/DQ graph of ``source`` with ONNX Runtime's QDQ quantizer, which reads
     ``ranges`` (tensor -> (low, high)) instead of calibrating.
 

@@ -27,7 +27,8 @@ from fornet_deploy.errors import FornetError, OptionError
 
 @pytest.fixture(scope="module")
 def images(tiny_data, tmp_path_factory) -> np.ndarray:
-    return CalibrationSet.select(tiny_data, Preprocessing(), num=6).arrays(tmp_path_factory.mktemp("cache"), "0" * 64)[0]
+    selected = CalibrationSet.select(tiny_data, Preprocessing(), num=6)
+    return selected.arrays(tmp_path_factory.mktemp("cache"), "0" * 64)[0]
 
 
 @pytest.fixture

@@ -233,7 +233,8 @@ def test_the_calibrate_command_end_to_end(tiny_bundle, tiny_data, tmp_path):
     common = ["--bundle", str(bundle), "--data", str(tiny_data), "--num-images", "2", "--method", "minmax"]
     first = run_cli("calibrate", *common, "--json", str(tmp_path / "trt.json"))
     assert first.returncode == 0, first.stderr
-    assert "from model.fp16.onnx" in first.stdout and "collected in" in first.stdout and "quantized convs" in first.stdout
+    assert "from model.fp16.onnx" in first.stdout and "collected in" in first.stdout
+    assert "quantized convs" in first.stdout
     entry = json.loads((tmp_path / "trt.json").read_text())
     assert entry == Bundle.open(bundle).artifacts[ONNX_INT8_QDQ]
     second = run_cli("calibrate", *common, "--target", "cpu")
