@@ -22,9 +22,10 @@ from fornet_deploy.data.transforms import Preprocessing
 calibrate.print = lambda *a, **k: None  # its collectors print progress lines
 bundle, data, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
 b = Bundle.open(bundle, verify=False)
+cache = tempfile.TemporaryDirectory(prefix="calib_replay.")  # the images, removed at exit
 needed = set(needed_tensors(onnx.load(f"{bundle}/model.onnx"))[0])
 images, _ = CalibrationSet.select(data, Preprocessing.from_dict(b.manifest["preprocessing"]), num=num).arrays(
-    tempfile.mkdtemp(prefix="why."), "w" * 64)
+    cache.name, "w" * 64)
 with tempfile.TemporaryDirectory() as tmp:
     cal = calibrate.create_calibrator(Path(f"{bundle}/model.onnx"), list(QUANTIZED_OPS),
                                       augmented_model_path=f"{tmp}/a.onnx",
