@@ -4,20 +4,24 @@
         [--num-images 64] [--seed 0] [--runs 50] [--warmup 5] [--json results.json]
 
 Works on a copy of the bundle (the given one is not touched): writes ``model.fp16.onnx``
-and, per calibration method, both INT8 targets, then for every variant on the val split
+and, per calibration method, both INT8 targets (``tensorrt`` first: it measures the ranges,
+``cpu`` reuses them from the bundle; ``calibration`` in the JSON has both times), then for
+every variant on the val split
 
 * segmentation metrics (mIoU, boundary IoU, thin IoU) and their drop vs FP32, in points;
 * agreement with FP32 on the same preprocessed images: argmax (``labels``) and Top-K mask,
   through ``evaluation.agreement`` (the comparison ``parity`` makes) -- one inference per
   image feeds both, the FP32 outputs are computed once;
-* CPU latency of FP32, FP16, INT8-cpu (U8S8) and INT8-qdq (S8S8) in one process, one
+* CPU latency of FP32, FP16, INT8-cpu (U8S8) and INT8-tensorrt in one process, one
   session at a time: warm-up, then ``--runs`` timed runs; the median and its ratio to FP32
   are reported.
 
 ONNX Runtime's CPU provider has few FP16 kernels: it runs the FP16 graph as FP32
 arithmetic on tensors rounded to FP16 between ops (the same numbers at every graph
 optimisation level), a close stand-in for GPU FP16 with FP32 accumulation, not a GPU
-measurement; the same goes for its latency row.
+measurement; the same goes for its latency row, and for the INT8 TensorRT graph (INT8
+convolutions in the FP16 graph), which it runs as dequantize + emulated FP16: its accuracy
+is TensorRT's to within the kernels' rounding, its CPU latency means nothing for TensorRT.
 
 Prints a Markdown table and the JSON (also written to ``--json``) to stdout, and checks the
 targets: FP16 argmax and mask agreement >= 99.9 %, INT8 mIoU drop <= 1.0 point and boundary

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from .bundle import Bundle
 from .contract import (
+    CALIBRATION_PERCENTILE,
     DEFAULT_TAIL,
     FP32_SCOPES,
     ORT_PROVIDERS,
@@ -122,14 +123,18 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
 
 
 def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, method: str = "entropy",
-              target: str = "tensorrt", seed: int = 0, progress: Progress | None = None) -> dict:
+              target: str = "tensorrt", seed: int = 0, percentile: float = CALIBRATION_PERCENTILE,
+              progress: Progress | None = None) -> dict:
     """INT8 Q/DQ graph calibrated on a deterministic, class-balanced selection of ``data``'s
-    train images (selector / Top-K kept FP32); returns its manifest entry."""
+    train images (selector / Top-K kept FP32); returns its manifest entry. ``tensorrt``
+    builds on ``model.fp16.onnx`` (made first when missing); the activation ranges are
+    measured once per image set, method and percentile and cached in the bundle for both
+    targets; ``progress(done, total)`` counts the images of a measurement."""
     from .calibration.qdq import calibrate_bundle
 
     _positive(num_images, "--num-images")
     return calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
-                            progress=progress)
+                            progress=progress, percentile=percentile)
 
 
 def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[int, int] | None = None,

@@ -25,6 +25,7 @@ from rich.table import Table
 from ._version import __version__
 from .contract import (
     CALIBRATION_METHODS,
+    CALIBRATION_PERCENTILE,
     CALIBRATION_TARGETS,
     DEFAULT_TAIL,
     DEVICES,
@@ -298,19 +299,27 @@ def calibrate(
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout); images from its train split"),
     num_images: int = typer.Option(64, min=1, help="calibration images"),
     method: Method = typer.Option("entropy", help="calibration method"),
-    target: Target = typer.Option("tensorrt", help="tensorrt: symmetric S8S8 Q/DQ; cpu: U8S8 for ONNX Runtime on x86"),
+    target: Target = typer.Option("tensorrt", help="tensorrt: INT8 Q/DQ on the FP16 graph, placed for TensorRT; "
+                                                   "cpu: U8S8 for ONNX Runtime on x86"),
     seed: int = typer.Option(0, min=0, help="seed of the calibration-image selection"),
+    percentile: float = typer.Option(CALIBRATION_PERCENTILE, help="--method percentile: the share of values kept"),
     json_out: Optional[Path] = JSON_OUT,
 ):
-    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32)."""
+    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32);
+    the ranges are measured once per image set and method and shared by both targets."""
     from .api import calibrate as run
 
     with bar(f"calibrate {method} -> {target}") as update:
-        entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed, progress=update)
-    print_table(f"INT8 ({target})", ["field", "value"], [
+        entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
+                    percentile=percentile, progress=update)
+    ranges = entry["calibration"]["ranges"]
+    how = ("cached in the bundle" if ranges["cached"]
+           else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}")
+    print_table(f"INT8 ({target}) from {entry['source']}", ["field", "value"], [
         ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
-        ["calibration key", entry["calibration"]["key"][:16]], ["nodes kept FP32", len(entry["excluded_nodes"])],
-        ["sha256", entry["sha256"][:12]],
+        ["calibration key", entry["calibration"]["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],
+        *([["quantized convs", entry["placement"]["quantized_convs"]]] if "placement" in entry else []),
+        ["nodes kept FP32", len(entry["excluded_nodes"])], ["sha256", entry["sha256"][:12]],
     ])
     _write_json(json_out, entry)
 

@@ -67,7 +67,7 @@ CHECKPOINT = "checkpoint.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_CPU = "model.cpu.onnx"  # FP32 with the CPU tail: what ONNX Runtime runs on a CPU
 ONNX_FP16 = "model.fp16.onnx"
-ONNX_INT8_QDQ = "model.int8.qdq.onnx"  # symmetric S8S8 Q/DQ: what TensorRT consumes
+ONNX_INT8_QDQ = "model.int8.qdq.onnx"  # symmetric INT8 Q/DQ on the FP16 graph: what TensorRT consumes
 ONNX_INT8_CPU = "model.int8.cpu.onnx"  # U8S8 Q/DQ: fast on ONNX Runtime for x86
 CALIBRATION_DIR = "calibration"  # cached calibration tensors
 TRT_CALIBRATION_CACHE = "model.int8.calib"  # TensorRT 10.x entropy-calibrator cache
@@ -84,7 +84,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda", "jetson")
 TOPK_FORMS = ("threshold", "exact")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
-CALIBRATION_TARGETS = ("tensorrt", "cpu")  # symmetric S8S8 Q/DQ for TensorRT | U8S8 for ONNX Runtime on x86
+CALIBRATION_PERCENTILE = 99.999  # --method percentile: the share of values a range keeps
+# symmetric INT8 Q/DQ on the FP16 graph for TensorRT | U8S8 on the FP32 graph for ONNX Runtime on x86
+CALIBRATION_TARGETS = ("tensorrt", "cpu")
 # How the CPU graphs compute labels from the 1/4-scale logits (export/tail.py): refine (the
 # labels of the full-resolution tail, cheaply), nearest (the 1/4-scale argmax, x4), full (the
 # full-resolution Resize + ArgMax that model.onnx and every TensorRT-bound graph keep).
@@ -121,7 +123,9 @@ FORMATS: tuple[Format, ...] = (
     Format("ort", "fp16", ONNX_FP16, ONNX_FP32, ("cpu", "cuda", "jetson"), "fornet-deploy export --precision fp16"),
     # x86 CPUs run U8S8 (unsigned activations) faster than the symmetric S8S8 graph.
     Format("ort", "int8", ONNX_INT8_CPU, ONNX_FP32, ("cpu",), "fornet-deploy calibrate --target cpu", "U8S8"),
-    Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP32, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate", "S8S8 Q/DQ"),
+    # INT8 convolutions, FP16 elsewhere, the selector / Top-K FP32: what a strongly typed TensorRT engine runs.
+    Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP16, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate",
+           "S8 Q/DQ on FP16"),
     Format("trt", "fp32", "model.fp32.engine", ONNX_FP32, ("cuda", "jetson"), "fornet-deploy build-trt --fp32"),
     Format("trt", "fp16", "model.fp16.engine", ONNX_FP16, ("cuda", "jetson"), "fornet-deploy build-trt --fp16"),
     Format("trt", "int8", "model.int8.engine", ONNX_INT8_QDQ, ("cuda", "jetson"), "fornet-deploy build-trt --int8"),

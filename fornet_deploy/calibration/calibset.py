@@ -16,12 +16,18 @@ Selection (:func:`select_calibration_images`)
 Identity (:meth:`CalibrationSet.key`)
     sha256 over the model's sha256, every selected image file's sha256, the preprocessing
     parameters and the selection parameters. The INT8 artefacts record it, and the cached
-    tensors ``calibration/calib_<key[:16]>.npz`` are found by it, so changing the model, an
-    image or the preprocessing makes a new key and the tensors are computed again.
+    tensors ``calibration/calib_<key[:16]>.npy`` are found by it, so changing the model, an
+    image or the preprocessing makes a new key and the tensors are computed again (the range
+    caches of :mod:`.qdq`, ``calib_<key[:16]>.<method>.ranges.json``, go with them).
+
+Memory (:meth:`CalibrationSet.arrays`)
+    The tensors are written image by image into the ``.npy`` file and read back memory-mapped,
+    so RAM holds a few images, not the set: 128 images at 1024x2048 are 3.2 GB of float32.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +46,7 @@ from ..io import atomic_path, atomic_write_json, read_image, read_json, sha256_f
 
 SELECTION_VERSION = 1  # bump when the selection algorithm changes: the key changes with it
 MIN_CLASS_PIXELS = 16  # fewer pixels than this is label noise at a class edge, not presence
-_ARRAY = "images"
+DECODE_THREADS = 4  # images decoded ahead of the one being written
 
 
 def _classes_present(sample: Sample) -> frozenset[int]:
@@ -103,20 +109,41 @@ class CalibrationSet:
         return len(self.samples)
 
     def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
-        """NCHW float32 batches through :func:`~fornet_deploy.data.transforms.preprocess`."""
-        for start in range(0, len(self.samples), batch_size):
-            images = [read_image(s.image) for s in self.samples[start : start + batch_size]]
-            yield preprocess(images, self.preprocessing)
+        """NCHW float32 batches through :func:`~fornet_deploy.data.transforms.preprocess`;
+        a few images are decoded ahead in threads (cv2 decodes outside the GIL)."""
+        def load(sample: Sample) -> np.ndarray:
+            return preprocess([read_image(sample.image)], self.preprocessing)
 
-    def _stack(self) -> np.ndarray:
-        batches = list(self.batches())
-        shapes = sorted({b.shape[1:] for b in batches})
-        if len(shapes) > 1:
-            raise FornetError(
-                f"calibration images preprocess to different sizes {shapes}: "
-                "use a preprocessing with resize='fixed' for this dataset"
-            )
-        return np.concatenate(batches)
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            ahead = collections.deque(pool.submit(load, s) for s in self.samples[:DECODE_THREADS])
+            following = len(ahead)
+            batch: list[np.ndarray] = []
+            while ahead:
+                batch.append(ahead.popleft().result())
+                if following < len(self.samples):
+                    ahead.append(pool.submit(load, self.samples[following]))
+                    following += 1
+                if len(batch) == batch_size or not ahead:
+                    yield np.concatenate(batch)
+                    batch = []
+
+    def _write(self, path: Path) -> tuple[int, ...]:
+        """Preprocess every image into the ``.npy`` file at ``path``, one at a time."""
+        out = None
+        for index, image in enumerate(self.batches()):
+            if out is None:
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                shape=(len(self.samples), *image.shape[1:]))
+            elif image.shape[1:] != out.shape[1:]:
+                raise FornetError(
+                    f"calibration images preprocess to different sizes {sorted({out.shape[1:], image.shape[1:]})}: "
+                    "use a preprocessing with resize='fixed' for this dataset"
+                )
+            out[index] = image[0]
+        out.flush()
+        shape = out.shape
+        del out  # unmap before the file is renamed and hashed
+        return shape
 
     def describe(self) -> dict:
         """What the key is made of (also the cache's JSON sidecar)."""
@@ -131,38 +158,37 @@ class CalibrationSet:
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def arrays(self, bundle_dir: str | Path, model_sha256: str) -> tuple[np.ndarray, str]:
-        """All images as one N x 3 x H x W float32 array and the key, cached in the bundle.
+        """All images as one N x 3 x H x W float32 array (memory-mapped, read-only) and the
+        key, cached in the bundle.
 
-        A cache file is used only when its sidecar holds the same key and the npz's sha256;
+        A cache file is used only when its sidecar holds the same key and the file's sha256;
         otherwise the tensors are computed again and stale ``calib_*`` files are removed.
         """
         description = self.describe()
         key = self.key(model_sha256, description)
         folder = Path(bundle_dir) / CALIBRATION_DIR
-        npz, sidecar = folder / f"calib_{key[:16]}.npz", folder / f"calib_{key[:16]}.json"
-        cached = _load_cache(npz, sidecar, key)
+        npy, sidecar = folder / f"calib_{key[:16]}.npy", folder / f"calib_{key[:16]}.json"
+        cached = _load_cache(npy, sidecar, key)
         if cached is not None:
             return cached, key
-        images = self._stack()
         _remove_stale(folder)
-        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{_ARRAY: images})  # a file object: savez would append ".npz" to a name
-        atomic_write_json(sidecar, {"key": key, "model_sha256": model_sha256, "npz_sha256": sha256_file(npz),
-                                    "shape": list(images.shape), **description})
-        return images, key
+        with atomic_path(npy) as tmp:
+            shape = self._write(tmp)
+        atomic_write_json(sidecar, {"key": key, "model_sha256": model_sha256, "npy_sha256": sha256_file(npy),
+                                    "shape": list(shape), **description})
+        return np.load(npy, mmap_mode="r", allow_pickle=False), key
 
 
-def _load_cache(npz: Path, sidecar: Path, key: str) -> np.ndarray | None:
-    if not (npz.is_file() and sidecar.is_file()):
+def _load_cache(npy: Path, sidecar: Path, key: str) -> np.ndarray | None:
+    if not (npy.is_file() and sidecar.is_file()):
         return None
     try:
         meta = read_json(sidecar, "calibration cache sidecar")
     except FornetError:  # a sidecar cut short by a crash: recompute
         return None
-    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("npz_sha256") != sha256_file(npz):
+    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("npy_sha256") != sha256_file(npy):
         return None  # stale or truncated: recompute
-    with np.load(npz, allow_pickle=False) as data:
-        return data[_ARRAY]
+    return np.load(npy, mmap_mode="r", allow_pickle=False)
 
 
 def _remove_stale(folder: Path) -> None:

@@ -1,176 +1,315 @@
-"""``fornet-deploy calibrate``: FP32 ONNX + calibration images -> INT8 Q/DQ ONNX.
+"""``fornet-deploy calibrate``: calibration images -> INT8 Q/DQ graphs, one per target.
 
 Precision lives in the graph (docs/design.md section 5): TensorRT 11 takes INT8 only from
-explicit QuantizeLinear/DequantizeLinear nodes, so calibration happens here, once, on any
+explicit QuantizeLinear / DequantizeLinear nodes, so calibration happens here, once, on any
 machine, and the result is an ONNX file that ONNX Runtime can check.
 
-Two targets share one calibration (same images, same tensor ranges, same exclusions):
+Both targets share one calibration: the same images (:mod:`.calibset`) and the same
+activation ranges, measured once on ``model.onnx`` (:mod:`.collect`, ONNX Runtime's range
+rules) and cached in the bundle per calibration key, method and percentile
+(``calibration/calib_<key[:16]>.<method>.ranges.json``), so calibrating the second target
+collects nothing.
 
-``tensorrt`` -> ``model.int8.qdq.onnx``
-    Symmetric INT8 activations (per tensor) and weights (per output channel, axis 0 of
-    Conv), float weights behind a Q -> DQ pair and float biases: the explicit-quantization
-    form TensorRT's ONNX parser reads (it folds the weight Q itself, and has no INT32
-    DequantizeLinear for a quantized bias).
+``tensorrt`` -> ``model.int8.qdq.onnx`` (:mod:`.placement`)
+    Built on the mixed FP16 graph ``model.fp16.onnx`` (made first by ``calibrate`` when the
+    bundle has none): symmetric INT8 Q/DQ on convolution inputs only (per-tensor activations,
+    per-channel weights, FP16 scales, opset 19), residual Adds and pools where TensorRT fuses
+    them, everything else FP16 and the selector / Top-K FP32, as NVIDIA's placement guide
+    asks. ``lint --target tensorrt`` reports no placement finding on it.
 ``cpu`` -> ``model.int8.cpu.onnx``
-    U8S8 (asymmetric uint8 activations, symmetric int8 per-channel weights) in Q/DQ form,
-    which ONNX Runtime fuses into its x86 integer kernels; symmetric S8S8 runs slower than
-    FP32 there. ``reduce_range`` stays off: it only matters on x86 without VNNI.
+    U8S8 (asymmetric uint8 activations, symmetric int8 per-channel weights) in Q/DQ form on
+    the FP32 graph, written by ONNX Runtime's own QDQ quantizer from the shared ranges: ONNX
+    Runtime fuses it into its x86 integer kernels, where symmetric S8S8 runs slower than
+    FP32. ``reduce_range`` stays off: it only matters on x86 without VNNI. Excluded
+    (:func:`excluded_nodes`): the selector / Top-K subgraph (a quantized importance map
+    creates ties), the nodes that read its outputs (ONNX Runtime puts one Q/DQ pair on a
+    tensor for *all* its consumers, so quantizing ``mask * s`` would round the importance map
+    the Top-K reads too) and the nodes that compute a graph output, so every output is
+    computed in float rather than read from a DequantizeLinear.
 
-Excluded from quantization (:func:`excluded_nodes`): the selector / Top-K subgraph (nodes
-named after ``FP32_SCOPES``), because a quantized importance map creates ties; the nodes
-that read its outputs, because ONNX Runtime puts one Q/DQ pair on a tensor for *all* its
-consumers, so quantizing the product ``mask * s`` would round the importance map the Top-K
-reads too; and the nodes that compute a graph output, so every output (``importance``,
-``topk_mask``, ``logits`` and the ArgMax behind ``labels``) is computed in float rather
-than read from a DequantizeLinear. (The classifier's 1/4-scale output before the final
-upsample is still int8; keeping it float as well changed argmax agreement by 0.002 %.)
-
-The quantizer is ONNX Runtime's ``quantize_static`` (no extra dependency, runs on CPU);
-:func:`quantize_int8` is the one function that knows it. ``quant_pre_process`` is not used:
-the export is already simplified and shape-inferred, and its ORT graph optimisations would
-rename the nodes the exclusions are matched by. Each target runs its own calibration pass
-over the cached calibration tensors (deterministic, so both see the same ranges):
-``quantize_static``'s own range cache (``calibration_cache_path``) only exists in recent
-ONNX Runtime releases.
+``quant_pre_process`` is not used: the export is already simplified and shape-inferred, and
+its ORT graph optimisations would rename the nodes the exclusions are matched by.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import onnx
 
-from ..bundle import Transaction, transaction
+from .._version import __version__
+from ..bundle import Bundle, Transaction, transaction
 from ..contract import (
+    CALIBRATION_DIR,
     CALIBRATION_METHODS,
+    CALIBRATION_PERCENTILE,
     CALIBRATION_TARGETS,
     FP32_SCOPES,
+    ONNX_FP16,
     ONNX_FP32,
     ONNX_INT8_CPU,
     ONNX_INT8_QDQ,
     check_choice,
 )
+from ..data.cityscapes import find_samples
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
-from ..export.fp16 import fp32_scope_nodes
+from ..export.fp16 import convert_fp16, fp32_scope_nodes
 from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
 from ..export.tail import calibrated_graph
+from ..io import atomic_write_json, read_json
+from ..runtimes.ort_runner import import_onnxruntime
 from .calibset import CalibrationSet
+from .collect import CollectConfig, Ranges, collect_ranges, quantizer_tensors, with_aliases
+from .placement import OPSET, range_tensors, tensorrt_graph
 
 METHODS = CALIBRATION_METHODS
-DEFAULT_PERCENTILE = 99.999
-# Ops whose inputs (and outputs) get Q/DQ. Everything else in the graph (ArgMax, the
-# selector/Top-K ops) stays float.
+# Op types ONNX Runtime's quantizer quantizes in the CPU graph. Everything else in the graph
+# (ArgMax, the selector / Top-K ops) stays float.
 QUANTIZED_OPS = ("Conv", "Relu", "Add", "Mul", "Concat", "Resize", "GlobalAveragePool")
-# Calibration runs in chunks of at most this many pixels: ORT keeps every intermediate
-# tensor of a chunk in memory before it updates the ranges/histograms, ~90 MiB per
-# 256x512 image for the default FoR-Net, so 8 such images (~0.7 GiB) or one 1024x2048.
-CHUNK_PIXELS = 8 * 256 * 512
+RANGES_VERSION = 1  # bump when the range rules change: cached ranges are then collected again
 
 
 @dataclass(frozen=True)
 class Target:
     artifact: str
-    activation_type: str  # onnxruntime.quantization.QuantType member name
-    weight_type: str
-    symmetric_activations: bool
-    weight_qdq_pair: bool  # float weight -> Q -> DQ (TensorRT) or int8 weight -> DQ (ORT)
-    quantize_bias: bool
+    source: str  # the graph it is built from (its manifest lineage)
+    activations: str
+    weights: str
 
 
 TARGETS = {
-    "tensorrt": Target(ONNX_INT8_QDQ, "QInt8", "QInt8", symmetric_activations=True, weight_qdq_pair=True,
-                       quantize_bias=False),
-    "cpu": Target(ONNX_INT8_CPU, "QUInt8", "QInt8", symmetric_activations=False, weight_qdq_pair=False,
-                  quantize_bias=True),
+    "tensorrt": Target(ONNX_INT8_QDQ, ONNX_FP16, "int8, symmetric, per tensor", "int8, symmetric, per output channel"),
+    "cpu": Target(ONNX_INT8_CPU, ONNX_FP32, "uint8, asymmetric, per tensor", "int8, symmetric, per output channel"),
 }
 
 
-def _reader(input_name: str, images: np.ndarray, progress: Callable[[int, int], None] | None):
-    """An ORT CalibrationDataReader over the cached N x 3 x H x W array, one image per run."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class ArrayReader(CalibrationDataReader):
-        def __init__(self):
-            self.set_range(0, len(images))
-
-        def set_range(self, start_index: int, end_index: int) -> None:  # ORT's chunking hook
-            self._iter: Iterator[int] = iter(range(start_index, end_index))
-
-        def __len__(self) -> int:
-            return len(images)
-
-        def get_next(self) -> dict | None:
-            index = next(self._iter, None)
-            if index is None:
-                return None
-            if progress:
-                progress(index + 1, len(images))
-            return {input_name: images[index : index + 1]}
-
-    return ArrayReader()
+def excluded_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes the CPU graph keeps float: the FP32 scopes, their direct consumers and the
+    graph-output producers (module docstring)."""
+    scope = set(fp32_scope_nodes(proto))
+    scope_tensors = {o for n in proto.graph.node if n.name in scope for o in n.output}
+    graph_outputs = {o.name for o in proto.graph.output}
+    return [
+        n.name for n in proto.graph.node
+        if n.name in scope or scope_tensors.intersection(n.input) or graph_outputs.intersection(n.output)
+    ]
 
 
-def chunk_size(images: np.ndarray) -> int:
-    """Images per calibration chunk: the largest divisor of N (ORT's strided collection
-    needs one) within the :data:`CHUNK_PIXELS` budget."""
-    n, limit = len(images), max(1, CHUNK_PIXELS // (images.shape[2] * images.shape[3]))
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+def needed_tensors(proto: onnx.ModelProto) -> tuple[list[str], dict[str, str]]:
+    """``(measured, aliases)``: what one collection on the FP32 graph measures so that both
+    targets are served (the CPU quantizer's tensors and the TensorRT graph's conv inputs),
+    and the Relu inputs that borrow their output's range in the CPU quantizer."""
+    measured, aliases = quantizer_tensors(proto, QUANTIZED_OPS, excluded_nodes(proto))
+    tensorrt = range_tensors(proto)
+    aliases = {source: target for source, target in aliases.items() if source not in tensorrt}
+    return measured + [t for t in tensorrt if t not in measured], aliases
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence quantize_static without touching sys.stdout (a progress bar may be drawing).
+def quantized_op_types(proto: onnx.ModelProto) -> set[str]:
+    """Op types of nodes that compute in integers (none in a Q/DQ graph)."""
+    return {n.op_type for n in proto.graph.node if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")}
 
-    Its histogram calibrators ``print`` progress lines from one module, shadowed here, and
-    it logs a root-logger warning about pre-processing, skipped on purpose (module docstring).
+
+# --- the CPU graph: ONNX Runtime's quantizer on given ranges ----------------------------------
+
+
+def quantize_cpu(source: Path, output: Path, ranges: Ranges, method: str, exclude: list[str],
+                 route: str = "auto") -> None:
+    """The U8S8 Q/DQ graph of ``source`` with ONNX Runtime's QDQ quantizer, which reads
+    ``ranges`` (tensor -> (low, high)) instead of calibrating.
+
+    ``route``: ``cache`` hands the ranges over as a calibration cache file
+    (``quantize_static(calibration_cache_path=...)``, the public way, ONNX Runtime 1.32+);
+    ``direct`` calls the ``QDQQuantizer`` that ``quantize_static`` calls, with the same
+    arguments (its signature is the same from 1.18 to 1.32); ``auto`` takes the first the
+    installed release has. Both write the same graph (tested). Like ``quantize_static``, both
+    write a shape-inferred copy beside ``source`` (``<model>-inferred.onnx``): pass a private
+    copy.
     """
-    from onnxruntime.quantization import calibrate
+    import_onnxruntime("INT8 quantization")  # one wheel installed, or one line
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
+    calibration_method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+                          "percentile": CalibrationMethod.Percentile}[method]
+    tensors_range = TensorsData(calibration_method, {
+        name: TensorData(lowest=np.array(low, dtype=np.float32), highest=np.array(high, dtype=np.float32))
+        for name, (low, high) in ranges.items()})
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "AddQDQPairToWeight": False, "QuantizeBias": True}
+    if route == "auto":
+        route = "cache" if "calibration_cache_path" in inspect.signature(quantize_static).parameters else "direct"
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    calibrate.print = lambda *args, **kwargs: None
+    logging.disable(logging.WARNING)  # its warning about pre-processing, skipped on purpose (module docstring)
     try:
-        yield
+        if route == "cache":
+            from onnxruntime.quantization.calibrate import save_tensors_data
+
+            cache = output.with_name(output.name + ".ranges.json")
+            save_tensors_data(tensors_range, cache)
+            quantize_static(str(source), str(output), None, calibration_cache_path=str(cache),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                            reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude, calibrate_method=calibration_method, extra_options=extra)
+            cache.unlink()
+        else:
+            from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+            from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+            quantizer = QDQQuantizer(load_model_with_shape_infer(Path(source)), True, False, QuantType.QInt8,
+                                     QuantType.QUInt8, tensors_range, [], list(exclude), list(QUANTIZED_OPS), extra)
+            quantizer.quantize_model()
+            quantizer.model.save_model_to_file(str(output), False)
     finally:
-        del calibrate.print
         logging.disable(previous)
 
 
-def quantize_int8(source: Path, output: Path, images: np.ndarray, method: str, target: Target,
-                  exclude: list[str], percentile: float = DEFAULT_PERCENTILE,
-                  progress: Callable[[int, int], None] | None = None) -> None:
-    """Calibrate on ``images`` and write the Q/DQ model to ``output``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+# --- the stage ----------------------------------------------------------------------------------
 
-    calibrate_method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-                        "percentile": CalibrationMethod.Percentile}[method]
-    extra = {
-        "ActivationSymmetric": target.symmetric_activations,
-        "WeightSymmetric": True,
-        "AddQDQPairToWeight": target.weight_qdq_pair,
-        "QuantizeBias": target.quantize_bias,
-        "CalibStridedMinMax": chunk_size(images),  # despite its name: chunking for every method
-        "CalibPercentile": percentile,
-        # Signed histograms for every method. The percentile default (|x| histograms with a
-        # fixed bin count) fails on tensors whose values differ by less than float32 can
-        # split into 2048 bins, such as the converged bounds of the Top-K bisection.
-        "CalibTensorRangeSymmetric": False,
-    }
-    input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-    with _quiet():
-        quantize_static(
-            str(source), str(output), _reader(input_name, images, progress), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
-            activation_type=QuantType[target.activation_type], weight_type=QuantType[target.weight_type],
-            nodes_to_exclude=exclude, calibrate_method=calibrate_method, extra_options=extra,
-        )
+
+def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: int = 64, method: str = "entropy",
+                     target: str = "tensorrt", seed: int = 0, progress: Callable[[int, int], None] | None = None,
+                     percentile: float = CALIBRATION_PERCENTILE) -> dict:
+    """The library function behind ``fornet-deploy calibrate``; returns the manifest entry.
+
+    ``progress(done, total)`` counts the images of a range collection (none when the ranges
+    are cached). ``target="tensorrt"`` on a bundle without ``model.fp16.onnx`` makes it first
+    (``export --precision fp16``, its own commit).
+    """
+    check_choice(method, METHODS, "calibration method")
+    check_choice(target, CALIBRATION_TARGETS, "calibration target")
+    if not 0.0 < percentile <= 100.0:
+        raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
+    if target == "tensorrt" and not Bundle.open(bundle_dir, verify=False).has(ONNX_FP16):
+        find_samples(data_dir, "train", require_labels=False)  # a wrong --data fails before anything is written
+        convert_fp16(bundle_dir)
+    with transaction(bundle_dir, f"calibrate --target {target}") as txn:
+        return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)
+
+
+def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: str, target: str, seed: int,
+               progress: Callable[[int, int], None] | None, percentile: float) -> dict:
+    """:func:`calibrate_bundle` under the bundle's writer lock; the graph is committed on return."""
+    bundle, spec = txn.bundle, TARGETS[target]
+    fp32_path = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from, and its lineage
+    fp32 = load_onnx(fp32_path)
+    source_path = bundle.path(spec.source)
+    source = fp32 if spec.source == ONNX_FP32 else load_onnx(source_path)
+    calib = CalibrationSet.select(data_dir, Preprocessing.from_dict(bundle.section("preprocessing")),
+                                  num=num_images, seed=seed)
+    ranges, collected = _ranges(txn, calib, fp32, method, percentile, progress)
+    out = txn.path(spec.artifact)
+    if target == "tensorrt":
+        proto, placement = tensorrt_graph(source, ranges)
+        onnx.save(proto, str(out))
+        excluded = fp32_scope_nodes(source)
+        details = {"quantized_ops": ["Conv"], "placement": placement}
+    else:
+        excluded = excluded_nodes(fp32)
+        # ONNX Runtime writes <model>-inferred.onnx beside its input: it reads a private copy,
+        # so that file never lands in (or, through a link, outside) the bundle.
+        private_source = txn.scratch() / ONNX_FP32
+        shutil.copyfile(fp32_path, private_source)
+        quantize_cpu(private_source, out, ranges, method, excluded)
+        details = {"quantized_ops": list(QUANTIZED_OPS)}
+    proto = _finish(out, source, target, method, collected["key"])
+    check_runs(out, collected["input_shape"], f"the INT8 {target} graph")
+    _store_ranges(txn.root, ranges, collected)
+    return txn.record(
+        spec.artifact, kind="onnx", precision="int8", target=target, method=method,
+        **({"percentile": percentile} if method == "percentile" else {}), source=spec.source,
+        source_sha256=bundle.sha256(spec.source), opset=_opset(proto), activations=spec.activations,
+        weights=spec.weights, per_channel=True, **details,
+        calibration={"key": collected["key"], "num_images": len(calib), "split": calib.split, "seed": seed,
+                     "images": [s.name for s in calib.samples], "ranges_from": ONNX_FP32,
+                     "ranges": {k: v for k, v in collected.items() if k not in ("key", "input_shape", "ranges")}},
+        excluded_scopes=list(FP32_SCOPES), excluded_nodes=excluded,
+        quantizer={"ranges": f"fornet-deploy {__version__} (ONNX Runtime's {method} rules)",
+                   "graph": (f"fornet-deploy {__version__} Q/DQ placement" if target == "tensorrt"
+                             else f"onnxruntime.quantization {_ort_version()} QDQQuantizer")},
+    )
+
+
+def _finish(path: Path, source: onnx.ModelProto, target: str, method: str, key: str) -> onnx.ModelProto:
+    """Every target's graph ends here: the checks against its source, any post-processing of
+    the quantized graph, and the bundle metadata embedded."""
+    proto = load_onnx(path)
+    want = OPSET if target == "tensorrt" else _opset(source)
+    if _opset(proto) != want:  # a bug guard: TensorRT parses the opset its tests ran
+        raise FornetError(f"the INT8 {target} graph has opset {_opset(proto)}, expected {want}")
+    if target == "tensorrt" and quantized_op_types(proto):
+        raise FornetError(f"the TensorRT Q/DQ graph holds integer ops {sorted(quantized_op_types(proto))}")
+    proto = calibrated_graph(proto, target, read_metadata(source))  # issue 15: the CPU tail (export/tail.py)
+    embed_metadata(proto, {**read_metadata(source), "precision": "int8",
+                           "int8": {"target": target, "method": method, "calibration_key": key}})
+    onnx.save(proto, str(path))
+    return proto
+
+
+# --- ranges: collected once per key, method and percentile, cached in the bundle ---------------
+
+
+def _range_cache(root: Path, key: str, method: str, percentile: float) -> Path:
+    suffix = f"{method}-{percentile!r}" if method == "percentile" else method
+    return root / CALIBRATION_DIR / f"calib_{key[:16]}.{suffix}.ranges.json"
+
+
+def _ranges(txn: Transaction, calib: CalibrationSet, fp32: onnx.ModelProto, method: str, percentile: float,
+            progress: Callable[[int, int], None] | None) -> tuple[Ranges, dict]:
+    """The ranges both targets read, and what they came from (``collected``): from the
+    bundle's range cache, else from one collection (stored by :func:`_store_ranges` once
+    the graph built from them has been written)."""
+    fp32_sha = txn.bundle.sha256(ONNX_FP32)
+    measured, aliases = needed_tensors(fp32)
+    key = calib.key(fp32_sha)
+    path = _range_cache(txn.root, key, method, percentile)
+    cached = _read_range_cache(path, key, method, percentile, measured)
+    if cached is not None:
+        return with_aliases(cached["ranges"], aliases), {**cached, "cached": True}
+    images, key = calib.arrays(txn.root, fp32_sha)
+    _check_input_shape(fp32, images)
+    config = CollectConfig(method=method, percentile=percentile)
+    ranges, stats = collect_ranges(fp32, images, measured, config, txn.scratch(), progress)
+    collected = {"version": RANGES_VERSION, "key": key, "method": method,
+                 "percentile": percentile if method == "percentile" else None,
+                 "input_shape": [1, *images.shape[1:]], "tensors": len(ranges), "onnxruntime": _ort_version(),
+                 **stats.to_dict(), "ranges": ranges, "cached": False}
+    return with_aliases(ranges, aliases), collected
+
+
+def _read_range_cache(path: Path, key: str, method: str, percentile: float, needed: list[str]) -> dict | None:
+    """The cache's content if it is for this key, method and percentile and holds every
+    needed tensor; else None (collect again)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = read_json(path, "calibration range cache")
+    except FornetError:  # cut short or not JSON: collect again
+        return None
+    want = {"version": RANGES_VERSION, "key": key, "method": method,
+            "percentile": percentile if method == "percentile" else None}
+    if not isinstance(cached, dict) or any(cached.get(k) != v for k, v in want.items()):
+        return None
+    ranges = cached.get("ranges")
+    if not isinstance(ranges, dict) or not all(
+            isinstance(ranges.get(name), list) and len(ranges[name]) == 2
+            and all(isinstance(v, float) for v in ranges[name]) for name in needed):
+        return None
+    cached["ranges"] = {name: (ranges[name][0], ranges[name][1]) for name in needed}
+    return cached
+
+
+def _store_ranges(root: Path, ranges: Ranges, collected: dict) -> None:
+    if collected["cached"]:
+        return
+    path = _range_cache(root, collected["key"], collected["method"], collected["percentile"] or 0.0)
+    atomic_write_json(path, {k: v for k, v in collected.items() if k != "cached"})
 
 
 def _check_input_shape(proto: onnx.ModelProto, images: np.ndarray) -> None:
@@ -182,86 +321,9 @@ def _check_input_shape(proto: onnx.ModelProto, images: np.ndarray) -> None:
         )
 
 
-def excluded_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Nodes kept float: the FP32 scopes, their direct consumers, and graph-output producers."""
-    scope = set(fp32_scope_nodes(proto))
-    scope_tensors = {o for n in proto.graph.node if n.name in scope for o in n.output}
-    graph_outputs = {o.name for o in proto.graph.output}
-    return [
-        n.name for n in proto.graph.node
-        if n.name in scope or scope_tensors.intersection(n.input) or graph_outputs.intersection(n.output)
-    ]
-
-
-def quantized_op_types(proto: onnx.ModelProto) -> set[str]:
-    """Op types of nodes that compute in integers (none in a Q/DQ graph)."""
-    return {n.op_type for n in proto.graph.node if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")}
-
-
-def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: int = 64, method: str = "entropy",
-                     target: str = "tensorrt", seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                     percentile: float = DEFAULT_PERCENTILE) -> dict:
-    """The library function behind ``fornet-deploy calibrate``; returns the manifest entry."""
-    check_choice(method, METHODS, "calibration method")
-    check_choice(target, CALIBRATION_TARGETS, "calibration target")
-    if not 0.0 < percentile <= 100.0:
-        raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
-    with transaction(bundle_dir, f"calibrate --target {target}") as txn:
-        return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)
-
-
-def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: str, target: str, seed: int,
-               progress: Callable[[int, int], None] | None, percentile: float) -> dict:
-    """:func:`calibrate_bundle` under the bundle's writer lock; the graph is committed on return."""
-    bundle = txn.bundle
-    source = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from, and its lineage
-    source_sha = bundle.artifacts[ONNX_FP32]["sha256"]
-    proto = load_onnx(source)
-    preprocessing = Preprocessing.from_dict(bundle.section("preprocessing"))
-    calib = CalibrationSet.select(data_dir, preprocessing, num=num_images, seed=seed)
-    images, key = calib.arrays(bundle.root, source_sha)
-    _check_input_shape(proto, images)
-    exclude = excluded_nodes(proto)
-    spec = TARGETS[target]
-    tmp = txn.path(spec.artifact)
-    # The quantizer writes a fixed-name scratch file beside its input (<model>-inferred.onnx):
-    # it reads a private copy, so that file never lands in (or, through a link, outside) the bundle.
-    private_source = txn.scratch() / ONNX_FP32
-    shutil.copyfile(source, private_source)
-    quantize_int8(private_source, tmp, images, method, spec, exclude, percentile, progress)
-    quantized = _finish(tmp, proto, target, method, key)
-    check_runs(tmp, list(images[:1].shape), f"the INT8 {target} graph")
-    return txn.record(
-        spec.artifact, kind="onnx", precision="int8", target=target, method=method,
-        **({"percentile": percentile} if method == "percentile" else {}), source=ONNX_FP32, source_sha256=source_sha,
-        opset=_opset(quantized), activations=spec.activation_type, weights=spec.weight_type,
-        symmetric_activations=spec.symmetric_activations, per_channel=True, quantized_ops=list(QUANTIZED_OPS),
-        calibration={"key": key, "num_images": len(calib), "split": calib.split, "seed": seed,
-                     "images": [s.name for s in calib.samples]},
-        excluded_scopes=list(FP32_SCOPES), excluded_nodes=exclude,
-        quantizer={"name": "onnxruntime.quantization.quantize_static", "version": _ort_version()},
-    )
-
-
-def _finish(path: Path, source: onnx.ModelProto, target: str, method: str, key: str) -> onnx.ModelProto:
-    """Check the quantized graph against the source and embed the bundle metadata."""
-    proto = load_onnx(path)
-    if _opset(proto) != _opset(source):  # a bug guard: TensorRT parses what was exported
-        raise FornetError(f"the quantizer changed the opset from {_opset(source)} to {_opset(proto)}")
-    if target == "tensorrt" and quantized_op_types(proto):
-        raise FornetError(f"the TensorRT Q/DQ graph holds integer ops {sorted(quantized_op_types(proto))}")
-    proto = calibrated_graph(proto, target, read_metadata(source))  # issue 15: the CPU tail (export/tail.py)
-    embed_metadata(proto, {**read_metadata(source), "precision": "int8", "int8": {"target": target, "method": method,
-                                                                                     "calibration_key": key}})
-    onnx.save(proto, str(path))
-    return proto
-
-
 def _opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+    return import_onnxruntime("INT8 quantization").__version__

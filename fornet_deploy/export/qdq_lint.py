@@ -163,7 +163,10 @@ def _wrapped(g: Graph, node) -> bool:
 def qdq_on_conv_output(g: Graph) -> list[Hit]:
     """``Conv -> Q -> DQ -> X`` with X not a weighted op (e.g. ``Relu``, ``Add``), unless the
     DQ is the residual input of an Add. ``Conv -> Q -> DQ -> Conv`` is the next conv's input
-    quantization and is fine."""
+    quantization and is fine, and so is a pool reading the DQ: pooling is one of the ops
+    TensorRT runs on INT8 input (a quantizable op in NVIDIA's placement guide; the trex ResNet
+    example reaches zero reformat layers by quantizing the GlobalAveragePool input), and
+    no fusion of the conv with it exists to split."""
     hits = []
     for conv in (n for n in g.nodes if n.op_type in WEIGHTED):
         for q in g.cons(conv.output[0]):
@@ -171,7 +174,7 @@ def qdq_on_conv_output(g: Graph) -> list[Hit]:
                 continue
             for dq in (d for d in g.cons(q.output[0]) if d.op_type == "DequantizeLinear"):
                 bad = sorted({c.op_type for c in g.cons(dq.output[0])
-                              if c.op_type not in WEIGHTED and not _residual_input(g, c, dq.output[0])})
+                              if c.op_type not in WEIGHTED | POOLS and not _residual_input(g, c, dq.output[0])})
                 if bad:
                     hits.append(Hit("qdq-on-conv-output", g.name(conv),
                                     f"{conv.op_type} output -> Q -> DQ -> {'/'.join(bad)}: quantize the next weighted "

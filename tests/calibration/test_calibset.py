@@ -83,9 +83,11 @@ def test_arrays_are_cached_in_the_bundle_and_recomputed_when_stale(data, tmp_pat
     bundle = tmp_path / "bundle"
     calib = CalibrationSet.select(data, Preprocessing(), num=2)
     images, key = calib.arrays(bundle, MODEL_A)
-    npz = bundle / CALIBRATION_DIR / f"calib_{key[:16]}.npz"
-    assert npz.is_file() and npz.with_suffix(".json").is_file()
+    npy = bundle / CALIBRATION_DIR / f"calib_{key[:16]}.npy"
+    assert npy.is_file() and npy.with_suffix(".json").is_file()
     assert images.shape == (2, 3, 128, 256) and images.dtype == np.float32
+    assert isinstance(images, np.memmap) and not images.flags.writeable  # RAM holds no copy of the set
+    np.testing.assert_array_equal(images, np.concatenate(list(calib.batches())))
 
     def no_recompute(*_):
         raise AssertionError("cache not used")
@@ -97,8 +99,17 @@ def test_arrays_are_cached_in_the_bundle_and_recomputed_when_stale(data, tmp_pat
     np.testing.assert_array_equal(cached, images)
 
     _, new_key = calib.arrays(bundle, MODEL_B)  # another model: new key, the old file goes
-    assert new_key != key and not npz.exists()
-    new_npz = bundle / CALIBRATION_DIR / f"calib_{new_key[:16]}.npz"
-    new_npz.write_bytes(new_npz.read_bytes()[:100])  # truncated behind our back
+    assert new_key != key and not npy.exists()
+    new_npy = bundle / CALIBRATION_DIR / f"calib_{new_key[:16]}.npy"
+    new_npy.write_bytes(new_npy.read_bytes()[:100])  # truncated behind our back
     again, _ = calib.arrays(bundle, MODEL_B)
     np.testing.assert_array_equal(again, images)
+
+
+def test_images_of_different_sizes_are_one_line_and_leave_no_cache(data, tmp_path):
+    calib = CalibrationSet.select(data, Preprocessing(), num=2)
+    first = calib.samples[0].image
+    cv2.imwrite(str(first), cv2.resize(cv2.imread(str(first)), (128, 64)))
+    with pytest.raises(FornetError, match="preprocess to different sizes"):
+        calib.arrays(tmp_path / "bundle", MODEL_A)
+    assert not list((tmp_path / "bundle" / CALIBRATION_DIR).glob("calib_*"))

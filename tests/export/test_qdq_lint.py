@@ -63,6 +63,18 @@ def test_input_only_placement_is_clean():
     assert lint_tensorrt(_model(nodes, [_w("w"), _w("w2")])) == []
 
 
+def test_a_pool_reading_a_quantized_conv_output_is_clean():
+    """Conv -> Q -> DQ -> {conv2, GlobalAveragePool}: the conv writes INT8 once and the pool
+    reads it (NVIDIA's quantizable-op pattern); a Relu there is still a finding."""
+    def graph(reader: str):
+        return _model([*_qdq("x"), _conv("x_dq", "w", "c", "conv"), *_qdq("c"), _conv("c_dq", "w2", "y", "conv2"),
+                       helper.make_node(reader, ["c_dq"], ["p"], name="reader")], [_w("w"), _w("w2")],
+                      extra_outputs=[helper.make_tensor_value_info("p", F, None)])
+
+    assert lint_tensorrt(graph("GlobalAveragePool")) == []
+    assert _checks(graph("Relu")) == {"qdq-on-conv-output": ("warning", 1)}
+
+
 def test_residual_add_both_inputs_vs_residual_input_only():
     both = [*_qdq("x"), _conv("x_dq", "w", "c", "conv"), *_qdq("c"),
             helper.make_node("Add", ["c_dq", "x_dq"], ["y"], name="add")]
