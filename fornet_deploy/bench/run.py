@@ -3,8 +3,10 @@
 Two measurements per artefact, made by one timing helper
 (:func:`~fornet_deploy.bench.timing.time_iterations`):
 
-* **compute** -- ``runner(batch)`` then ``runner.synchronize()``: what the runtime costs for
-  a preprocessed batch already in memory; where the runner measures it with device events
+* **compute** -- ``runner(batch)`` asking for the labels only (the logits where an artefact has
+  no labels output: what a deployed application fetches, not 160 MB of FP32 logits per
+  1024x2048 frame), then ``runner.synchronize()``: what the runtime costs for a preprocessed
+  batch already in memory; where the runner measures it with device events
   (TensorRT), ``device_split`` splits it into input copy (``h2d``), execution (``compute``)
   and output copies (``d2h``);
 * **end-to-end** -- per frame: decode the encoded image, the one preprocessing function,
@@ -29,6 +31,7 @@ from ..bundle import Bundle
 from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
+from ..evaluation.postprocess import label_outputs
 from ..io import atomic_write_json, now_iso
 from ..runtimes.base import InputSpec, Runner
 from ..runtimes.ort_runner import import_onnxruntime
@@ -157,10 +160,11 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
         return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
 
     batch = compute_batch(frames, cfg.batch, pre)
+    wanted = label_outputs(runner.output_names())
     splits: list[dict[str, float]] = []
 
     def compute(_: int) -> None:
-        runner(batch)
+        runner(batch, outputs=wanted)
         runner.synchronize()
         split = runner.last_timings()  # device events (TensorRT): transfers apart from execution
         if split is not None:
