@@ -21,6 +21,7 @@ for precision in fp32 fp16 int8; do
         --out "$RESULTS/parity_ort_$precision" || echo "parity $precision failed (see its report)"
 done
 fornet-deploy eval --bundle "$BUNDLE" --data "$DATA" --runtime ort --precision fp32 --json "$RESULTS/eval_ort_fp32.json"
-python benchmarks/topk_overhead.py --checkpoint "$WEIGHTS" --iters 40 --json "$RESULTS/topk_overhead.json"
+python benchmarks/topk_overhead.py --checkpoint "$WEIGHTS" --shape 512x1024 --latency --json "$RESULTS/topk_overhead.json"
+python benchmarks/topk_confident.py --checkpoint "$WEIGHTS" --json "$RESULTS/topk_confident.json"
 python benchmarks/precision_eval.py "$BUNDLE" "$DATA" --runs 50 --json "$RESULTS/precision.json"
 python benchmarks/bench_matrix.py "$BUNDLE" --device cpu --data "$DATA" --num-images 50 --iters 50 --out "$RESULTS"

@@ -50,7 +50,7 @@ fornet-deploy bench --bundle "$RUNS/bundle" --matrix --profile --threads 2 --ite
 
 # 4. The targets, torch vs ONNX Runtime FP32 vs U8S8 in one process, several runs; then the
 #    session settings and graph choices (threads, spinning, optimisation level, NCHWc, parallel
-#    execution, S8S8, concat folding), and one thread by CPU time (robust to other load).
+#    execution, concat folding), and one thread by CPU time (robust to other load).
 for run in $(seq 1 "$REPEATS"); do
   wait_quiet
   python benchmarks/cpu_speed.py "$RUNS/bundle" "$DATA" --threads 2 --rounds 8 --json "$OUT/cpu_speed_t2_run$run.json"
@@ -64,7 +64,6 @@ python benchmarks/cpu_speed.py "$RUNS/bundle" "$DATA" --threads 2 --rounds 6 \
   --variant opt_extended=model.cpu.onnx:opt=extended \
   --variant no_nchwc=model.cpu.onnx:disable=NchwcTransformer \
   --variant int8_no_spin=model.int8.cpu.onnx:spin=0 \
-  --variant int8_s8s8=model.int8.qdq.onnx:tail=refine \
   --variant no_coarse=model.cpu.onnx:outputs=labels+importance+topk_mask \
   --json "$OUT/cpu_speed_settings.json"
 wait_quiet
