@@ -12,7 +12,8 @@ drives); the TensorRT numbers come from ``benchmarks/gpu_suite.sh``.
   autocast. Every map must match (``mismatches`` = 0).
 * ``topk_cost``: the shipped model at each shape, FP32 (TF32 off) and FP16 autocast: the
   forward with the threshold Top-K, with the exact Top-K (torch.topk sort), and the Top-K
-  module alone on that image's selector scores; CUDA-event medians. ``share`` = Top-K alone /
+  module alone on that image's selector scores, at the default rounds and at each ``--steps``
+  (and the forward at the fewest); CUDA-event medians. ``share`` = Top-K alone /
   forward (the PyTorch analogue of the issue's "share of the engine's time").
 * ``tf32``: max |logit| difference against the CPU FP32 reference for CUDA FP32 with cuDNN's
   TF32 on (PyTorch's default), with it off (what ``TorchRunner`` does), and FP16 autocast.
@@ -32,7 +33,7 @@ import torch
 from fornet_deploy.contract import LOGITS, SHIPPED_WEIGHTS, parse_hw
 from fornet_deploy.io import atomic_write_json
 from fornet_deploy.model.checkpoint import load_checkpoint
-from fornet_deploy.model.topk import exact_topk_mask, threshold_topk_mask
+from fornet_deploy.model.topk import DEFAULT_STEPS, MIN_STEPS, exact_topk_mask, threshold_topk_mask
 from fornet_deploy.runtimes.torch_runner import _ieee_fp32_convolutions
 
 
@@ -102,8 +103,29 @@ def cuda_median_ms(fn, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def graphed_median_ms(fn, iters: int, warmup: int) -> float | str:
+    """``fn`` captured once as a CUDA graph and replayed: the time without per-kernel launch
+    cost (what an engine's fused, pre-planned execution gets closer to); the error where
+    ``fn`` cannot be captured (a host-to-device copy inside it, say)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return cuda_median_ms(graph.replay, iters, warmup)
+    except Exception as err:  # noqa: BLE001 - reported, not raised: the other numbers still count
+        torch.cuda.synchronize()
+        return f"not capturable: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+
+
 @torch.inference_mode()
-def topk_cost(model, device: torch.device, shape: tuple[int, int], iters: int, warmup: int) -> list[dict]:
+def topk_cost(model, device: torch.device, shape: tuple[int, int], iters: int, warmup: int,
+              sweep: tuple[int, ...] = ()) -> list[dict]:
     x = torch.randn(1, 3, *shape, device=device, generator=torch.Generator(device).manual_seed(0))
     scores = {}
     hook = model.focus.selector.register_forward_hook(lambda _m, _i, out: scores.__setitem__("s", out[0]))
@@ -119,6 +141,23 @@ def topk_cost(model, device: torch.device, shape: tuple[int, int], iters: int, w
             model.forward_all(x)
             selector_scores = scores["s"].detach()
             times["topk_alone_ms"] = cuda_median_ms(lambda: model.focus.topk(selector_scores), iters, warmup)
+            # fewer, wider rounds: fewer kernel launches (each round compares up to 255 thresholds)
+            by_steps = {}
+            for steps in sweep:
+                model.focus.topk.steps = steps
+                by_steps[steps] = cuda_median_ms(lambda: model.focus.topk(selector_scores), iters, warmup)
+            if sweep:
+                model.focus.topk.steps = min(sweep)
+                times[f"forward_threshold_{min(sweep)}_steps_ms"] = cuda_median_ms(lambda: model.forward_all(x), iters,
+                                                                                  warmup)
+            model.focus.topk.steps = DEFAULT_STEPS
+            times["topk_alone_ms_by_steps"] = by_steps
+            times["cuda_graph_forward_threshold_ms"] = graphed_median_ms(lambda: model.forward_all(x), iters, warmup)
+            times["cuda_graph_topk_alone_ms"] = graphed_median_ms(lambda: model.focus.topk(selector_scores), iters,
+                                                                  warmup)
+            model.set_topk_mode("exact")
+            times["cuda_graph_forward_exact_ms"] = graphed_median_ms(lambda: model.forward_all(x), iters, warmup)
+            model.set_topk_mode("threshold")
         times["share_pct"] = 100 * times["topk_alone_ms"] / times["forward_threshold_ms"]
         times["threshold_vs_exact_pct"] = 100 * (times["forward_threshold_ms"] / times["forward_exact_ms"] - 1)
         rows.append({"shape": list(shape), "precision": precision, **times})
@@ -154,6 +193,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_WEIGHTS)
     parser.add_argument("--shape", action="append", help="HxW, repeatable (default 512x1024 and 1024x2048)")
+    parser.add_argument("--steps", type=int, nargs="*", default=[MIN_STEPS, 6, 8, 12, DEFAULT_STEPS, 32],
+                        help="search rounds to time the Top-K alone with (topk_search_steps)")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", type=Path)
@@ -168,7 +209,8 @@ def main() -> int:
     print(json.dumps({k: v for k, v in result["topk_maps"].items() if k != "details"}), flush=True)
     model = load_checkpoint(args.checkpoint)[0].eval().to(device)
     shapes = [parse_hw(s) for s in (args.shape or ["512x1024", "1024x2048"])]
-    result["topk_cost"] = [row for shape in shapes for row in topk_cost(model, device, shape, args.iters, args.warmup)]
+    result["topk_cost"] = [row for shape in shapes for row in topk_cost(model, device, shape, args.iters, args.warmup,
+                                                                               tuple(args.steps))]
     result["tf32"] = tf32_effect(model, device, shapes[0])
     print(json.dumps(result["tf32"]), flush=True)
     if args.json:
