@@ -406,7 +406,9 @@ def parity(
     which = f" ({', '.join(s['logits_compared'])})" if s["logits_compared"] else ""
     print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
         ["images", s["images"], ""],
-        [f"max |logit diff|{which}", s["max_abs_logit"], _check(s, "max_abs_logit")],
+        [f"max |logit diff|{which}", s["max_abs_logit"], ""],
+        ["  away from near-tie Top-K swaps", s["max_abs_logit_outside_ties"], _check(s, "max_abs_logit")],
+        ["near-tie Top-K swaps (cells)", s["near_tie_cells"], ""],
         [f"mean |logit diff|{which}", s["mean_abs_logit"], ""],
         ["argmax agreement", s["argmax_agreement"], _check(s, "argmax_agreement")],
         ["Top-K mask agreement", s["mask_agreement"], _check(s, "mask_agreement")],

@@ -60,6 +60,9 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
     summary = {
         "images": len(images),
         "max_abs_logit": max(max_abs) if max_abs else None,
+        # what the check reads: away from Top-K cells swapped at a near-tie (agreement.near_tie_swaps)
+        "max_abs_logit_outside_ties": max(values("max_abs_logit_outside_ties")) if max_abs else None,
+        "near_tie_cells": sum(values("near_tie_cells")),
         "logits_compared": sorted(set(values("logits_compared"))),
         "mean_abs_logit": sum(values("mean_abs_logit")) / len(max_abs) if max_abs else None,
         "argmax_agreement": agree["argmax_agreement"],
@@ -76,7 +79,7 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
                                      "reference_images_off_k": reference["images_over_k"] + reference["images_under_k"]}
     checks = {"argmax_agreement": summary["argmax_agreement"] >= thresholds.min_argmax_agreement}
     if thresholds.max_abs_logit is not None and summary["max_abs_logit"] is not None:
-        checks["max_abs_logit"] = summary["max_abs_logit"] <= thresholds.max_abs_logit
+        checks["max_abs_logit"] = summary["max_abs_logit_outside_ties"] <= thresholds.max_abs_logit
     if summary["mask_agreement"] is not None:
         checks["mask_agreement"] = summary["mask_agreement"] >= thresholds.min_mask_agreement
     if counted:  # exactly k cells, in the candidate and in the reference, on every image

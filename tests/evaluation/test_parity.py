@@ -86,3 +86,41 @@ def test_eval_reports_selected_cells_against_k(tiny_bundle, tiny_data):
     assert selection["images"] == 3 and selection["images_over_k"] == selection["images_under_k"] == 0
     k = topk_count(selection["ratio"], (128 // 8) * (256 // 8))
     assert all(image["selected"] == image["k"] == k and image["extra"] == 0 for image in selection["per_image"])
+
+
+def _swap_outputs(swap_rank: int, seed: int = 0):
+    """Reference / candidate outputs of one 4x8-cell image (k = 8) whose candidate selects the
+    (k+1)-th cell instead of the ``swap_rank``-th, with logits moved only within one cell of the
+    two swapped cells."""
+    rng = np.random.default_rng(seed)
+    scores = rng.permutation(np.linspace(0.1, 0.9, 32)).reshape(4, 8)
+    order = np.argsort(-scores, axis=None)
+    kth_cell, next_cell, swapped_cell = order[7], order[8], order[swap_rank - 1]
+    scores.flat[next_cell] = scores.flat[kth_cell] - 1e-7  # a near-tie at k
+    ref_mask = np.zeros((4, 8), np.float32)
+    ref_mask.flat[order[:8]] = 1
+    cand_mask = ref_mask.copy()
+    cand_mask.flat[swapped_cell], cand_mask.flat[next_cell] = 0, 1
+    cand_scores = scores + rng.uniform(-1e-7, 1e-7, scores.shape)
+    logits = rng.standard_normal((1, 19, 32, 64)).astype(np.float32)
+    moved = logits.copy()
+    for cell in (swapped_cell, next_cell):
+        y, x = divmod(int(cell), 8)
+        moved[..., max(0, 8 * y - 8):8 * y + 16, max(0, 8 * x - 8):8 * x + 16] += 0.2
+    def outputs(mask, importance, logit):
+        return {"logits": logit, "topk_mask": mask[None, None], "importance": importance[None, None].astype(np.float32)}
+    return outputs(ref_mask, scores, logits), outputs(cand_mask, cand_scores, moved)
+
+
+def test_a_near_tie_swap_is_not_a_logit_failure_but_is_reported():
+    reference, candidate = _swap_outputs(swap_rank=8)  # the k-th cell swaps with the (k+1)-th
+    result = compare_outputs("img", reference, candidate, (32, 64), k=8)
+    assert result.near_tie_cells == 2 and result.mask_extra == 0
+    assert abs(result.max_abs_logit - 0.2) < 1e-5 and result.max_abs_logit_outside_ties == 0.0
+
+
+def test_a_swap_far_from_the_kth_score_still_fails_the_logit_check():
+    reference, candidate = _swap_outputs(swap_rank=1)  # the best cell dropped: no near-tie
+    result = compare_outputs("img", reference, candidate, (32, 64), k=8)
+    assert result.near_tie_cells == 1  # only the (k+1)-th cell ties with the k-th
+    assert abs(result.max_abs_logit_outside_ties - 0.2) < 1e-5
