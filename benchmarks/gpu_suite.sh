@@ -20,10 +20,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
-    echo "gpu_suite: no NVIDIA GPU here (nvidia-smi lists none); run it on a machine with one" >&2
-    exit 5
-fi
+. benchmarks/suite_steps.sh
+require_gpu gpu_suite
 
 OUT=${OUT:-docs/results/gpu}
 WORK=${WORK:-$(mktemp -d -t fornet-gpu-XXXX)}
@@ -33,17 +31,6 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT/logs"
 : >"$OUT/steps.txt"
 SUITE_START=$(date +%s)
-
-# step NAME BUDGET_SECONDS COMMAND...: run with a time limit, log to OUT/logs/NAME.log, record the result
-step() {
-    local name=$1 budget=$2 start rc
-    shift 2
-    start=$(date +%s)
-    timeout --kill-after=10 "$budget" "$@" >"$OUT/logs/$name.log" 2>&1
-    rc=$?
-    printf '%-24s rc=%-3s %4ss (budget %ss)\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$budget" | tee -a "$OUT/steps.txt"
-    return $rc
-}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt"
 

@@ -15,10 +15,8 @@
 # Without an NVIDIA GPU it prints one line and exits 5.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
-    echo "gpu_torch_suite: no NVIDIA GPU here (nvidia-smi lists none); run it on a machine with one" >&2
-    exit 5
-fi
+. benchmarks/suite_steps.sh
+require_gpu gpu_torch_suite
 OUT=${OUT:-docs/results/gpu_torch}
 WORK=${WORK:-$(mktemp -d -t fornet-gpu-XXXX)}
 BUNDLE=${BUNDLE:?set BUNDLE to an exported bundle}
@@ -32,15 +30,6 @@ if [ -n "${WHEELS:-}" ]; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-
-step() {  # step NAME BUDGET_SECONDS COMMAND...
-    local name=$1 budget=$2 start rc
-    shift 2
-    start=$(date +%s)
-    timeout --kill-after=10 "$budget" "$@" >"$OUT/logs/$name.log" 2>&1
-    rc=$?
-    printf '%-22s rc=%-3s %4ss (budget %ss)\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$budget" | tee -a "$OUT/steps.txt"
-}
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
