@@ -1,7 +1,7 @@
 """One pass over the calibration images: the activation ranges the INT8 graphs read, and no more.
 
 What ``quantize_static`` did before (ONNX Runtime 1.32; measured in
-docs/research/calibration.md): its calibrator collects every float input and output of
+docs/benchmarks.md section 9): its calibrator collects every float input and output of
 every node of a quantized op type, excluded nodes included (236 tensors of FoR-Net, 130
 inside the never-quantized ``/focus/topk/`` scope), runs the graph with optimisations off,
 keeps histograms whose bin count grows without bound and searches their entropy threshold

@@ -6,7 +6,7 @@ toolkit has always used: signed histograms (``symmetric=False``), 128 bins and 1
 quantized bins for ``entropy``, 2048 bins for ``percentile``, plain min / max for
 ``minmax``. This module reproduces those rules bit for bit (tests compare it with ONNX
 Runtime's own ``HistogramCollector``) and removes the two ways they fail on FoR-Net
-(measured in docs/research/calibration.md, section 1):
+(measured in docs/benchmarks.md section 9; data in docs/research/data/):
 
 Growth (``HistogramCollector.merge_histogram``)
     The first calibration chunk makes ``num_bins`` bins over ``[-T1, T1]``, ``T1`` = that

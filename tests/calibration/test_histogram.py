@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnxruntime.quantization import calibrate as ort_calibrate
 
@@ -40,7 +40,9 @@ def _as_floats(pair) -> tuple[float, float]:
 
 # Chunks of activations: float32 data of a random scale (zero included: a dead tensor on some
 # images), with ReLU-like one-sided chunks, offsets and outliers. Scales stay within 8x of the
-# first chunk, so ONNX Runtime's own search stays fast (growth is tested separately below).
+# first chunk, so ONNX Runtime's own search stays fast; a chunk of a few values can still span far
+# less than its scale, and when a later chunk then grows the histogram past the cap, ours merges
+# bins by design (tested separately below): the equality tests skip those draws.
 @st.composite
 def chunk_lists(draw):
     seed = draw(st.integers(0, 2**32 - 1))
@@ -63,6 +65,7 @@ def chunk_lists(draw):
 def test_entropy_histogram_and_threshold_equal_onnxruntime(chunks):
     theirs = _ort("entropy", chunks, ENTROPY_BINS)
     ours = _ours(chunks, ENTROPY_BINS)
+    assume(ours.coarsened == 0)
     assert _same_histogram(ours, theirs.histogram_dict["t"])
     want = theirs.get_entropy_threshold(theirs.histogram_dict["t"], 128)
     got = ours.entropy_range()
@@ -74,6 +77,7 @@ def test_entropy_histogram_and_threshold_equal_onnxruntime(chunks):
 def test_percentile_histogram_and_range_equal_onnxruntime(chunks, percentile):
     theirs = _ort("percentile", chunks, PERCENTILE_BINS, percentile)
     ours = _ours(chunks, PERCENTILE_BINS)
+    assume(ours.coarsened == 0)
     assert _same_histogram(ours, theirs.histogram_dict["t"])
     assert _as_floats(ours.percentile_range(percentile)) == _as_floats(theirs.compute_percentile()["t"][:2])
 
@@ -92,7 +96,7 @@ def test_entropy_search_equals_onnxruntime_on_grown_histograms(bins):
 
 
 def test_growth_past_the_cap_merges_bins_instead_of_taking_days():
-    """The calibration wall (docs/research/calibration.md): a tiny first range makes ONNX
+    """The calibration wall (docs/benchmarks.md, section 9): a tiny first range makes ONNX
     Runtime's histogram millions of bins; ours stays within the cap."""
     tiny, big = np.array([2e-4, -3e-4], np.float32), np.array([0.1, 0.5], np.float32)
     assert _ort("entropy", [tiny, big], ENTROPY_BINS).histogram_dict["t"][0].size > 200_000  # days of search
