@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from legacy_topk import legacy_bisection_mask
 
 from fornet_deploy.contract import IMPORTANCE, SHIPPED_WEIGHTS, TOPK_MASK
 from fornet_deploy.data.cityscapes import find_samples
@@ -43,20 +44,6 @@ from fornet_deploy.export.onnx import ExportConfig, export_onnx_model
 from fornet_deploy.io import atomic_write_json, read_image
 from fornet_deploy.model.checkpoint import load_checkpoint
 from fornet_deploy.model.topk import selection_counts
-
-
-def legacy_selected(importance: torch.Tensor, k: torch.Tensor, steps: int = 32) -> int:
-    """Cells the previous threshold Top-K selected (bisection over [min, max] of the map)."""
-    flat = importance.flatten(1).float()
-    k = k.reshape(-1, 1)
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    count = lambda t: (flat >= t).float().sum(1, keepdim=True)  # noqa: E731
-    for _ in range(steps):
-        mid = (lo + hi) * 0.5
-        enough = count(mid) >= k
-        lo, hi = torch.where(enough, mid, lo), torch.where(enough, hi, mid)
-    threshold = torch.where(count(hi) >= k, hi, lo)
-    return int((flat >= threshold).sum())
 
 
 def load(checkpoint: Path, sharpen: float):
@@ -106,7 +93,7 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
                 "torch_threshold_equals_exact": bool(torch.equal(exact[TOPK_MASK], threshold[TOPK_MASK])),
                 "ort_threshold_equals_torch_exact": bool(np.array_equal(ort_out[TOPK_MASK], ref)),
                 "equals_topk_on_importance": bool(torch.equal(exact[TOPK_MASK].flatten(), old_exact)),
-                "legacy_bisection_selected": legacy_selected(imp, k),
+                "legacy_bisection_selected": int(legacy_bisection_mask(imp, k).sum()),
             })
             print(json.dumps(rows[-1]))
     summary = {

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from legacy_topk import legacy_bisection_mask
 from torch import nn
 
 from fornet_deploy.bench.sysinfo import describe_machine
@@ -63,18 +64,8 @@ class LegacyBisectionTopK(nn.Module):
         self.mode = "threshold"
 
     def forward(self, scores):
-        importance = torch.sigmoid(scores).flatten(1)  # the old Top-K read the importance map
-        k = self.current.count(scores).reshape(-1, 1)
-        lo = importance.amin(dim=1, keepdim=True)
-        hi = importance.amax(dim=1, keepdim=True)
-        count = lambda t: (importance >= t).to(importance.dtype).sum(dim=1, keepdim=True)  # noqa: E731
-        for _ in range(self.steps):
-            mid = (lo + hi) * 0.5
-            enough = count(mid) >= k
-            lo = torch.where(enough, mid, lo)
-            hi = torch.where(enough, hi, mid)
-        threshold = torch.where(count(hi) >= k, hi, lo)
-        return (importance >= threshold).to(scores.dtype).view_as(scores)
+        # the old Top-K read the importance map
+        return legacy_bisection_mask(torch.sigmoid(scores), self.current.count(scores), self.steps).to(scores.dtype)
 
 
 def export_variant(checkpoint: Path, variant: str, h: int, w: int) -> onnx.ModelProto:
