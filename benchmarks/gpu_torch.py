@@ -34,7 +34,7 @@ from fornet_deploy.contract import LOGITS, SHIPPED_WEIGHTS, parse_hw
 from fornet_deploy.io import atomic_write_json
 from fornet_deploy.model.checkpoint import load_checkpoint
 from fornet_deploy.model.topk import DEFAULT_STEPS, MIN_STEPS, exact_topk_mask, threshold_topk_mask
-from fornet_deploy.runtimes.torch_runner import _ieee_fp32_convolutions
+from fornet_deploy.runtimes.torch_runner import cudnn_tf32
 
 
 def adversarial_maps(rng: np.random.Generator) -> list[tuple[str, np.ndarray, int]]:
@@ -132,7 +132,7 @@ def topk_cost(model, device: torch.device, shape: tuple[int, int], iters: int, w
     rows = []
     for precision in ("fp32", "fp16"):
         with torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"), \
-                _ieee_fp32_convolutions(precision == "fp32"):
+                cudnn_tf32(False if precision == "fp32" else None):
             times = {}
             for mode in ("threshold", "exact"):
                 model.set_topk_mode(mode)
@@ -174,14 +174,9 @@ def tf32_effect(model, device: torch.device, shape: tuple[int, int]) -> dict:
     model.to(device)
     xg = x.to(device)
     out = {}
-    cudnn = torch.backends.cudnn
-    new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
-    holder, name, on = (cudnn.conv, "fp32_precision", "tf32") if new_api else (cudnn, "allow_tf32", True)
-    previous = getattr(holder, name)
-    setattr(holder, name, on)
-    out["cuda_fp32_tf32_on"] = float((model.forward_all(xg)[LOGITS].cpu() - reference).abs().max())
-    setattr(holder, name, previous)
-    with _ieee_fp32_convolutions(True):
+    with cudnn_tf32(True):
+        out["cuda_fp32_tf32_on"] = float((model.forward_all(xg)[LOGITS].cpu() - reference).abs().max())
+    with cudnn_tf32(False):
         out["cuda_fp32_tf32_off"] = float((model.forward_all(xg)[LOGITS].cpu() - reference).abs().max())
     with torch.autocast("cuda", dtype=torch.float16):
         out["cuda_fp16_autocast"] = float((model.forward_all(xg)[LOGITS].float().cpu() - reference).abs().max())

@@ -24,18 +24,21 @@ def torch_device(device: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def _ieee_fp32_convolutions(enabled: bool):
-    """cuDNN convolutions in full FP32 inside the block, the caller's setting restored after.
-    PyTorch >= 2.9 has a per-backend setting (``cudnn.conv.fp32_precision``) and refuses to mix
-    it with the legacy ``cudnn.allow_tf32``; older versions have only the latter."""
-    if not enabled:
+def cudnn_tf32(allowed: bool | None):
+    """cuDNN convolutions with (``True``) or without (``False``) TF32 inside the block, the
+    caller's setting restored after; ``None`` leaves it alone. PyTorch >= 2.9 has a per-backend
+    setting (``cudnn.conv.fp32_precision``) and refuses to mix it with the legacy
+    ``cudnn.allow_tf32``; older versions have only the latter."""
+    if allowed is None:
         yield
         return
     cudnn = torch.backends.cudnn
-    holder, name = (cudnn.conv, "fp32_precision") if hasattr(getattr(cudnn, "conv", None), "fp32_precision") \
-        else (cudnn, "allow_tf32")
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        holder, name, value = cudnn.conv, "fp32_precision", "tf32" if allowed else "ieee"
+    else:
+        holder, name, value = cudnn, "allow_tf32", allowed
     previous = getattr(holder, name)
-    setattr(holder, name, "ieee" if name == "fp32_precision" else False)
+    setattr(holder, name, value)
     try:
         yield
     finally:
@@ -94,7 +97,7 @@ class TorchRunner(Runner):
     def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         x = torch.from_numpy(batch).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"), \
-                _ieee_fp32_convolutions(self.device.type == "cuda" and self.precision == "fp32"):
+                cudnn_tf32(False if self.device.type == "cuda" and self.precision == "fp32" else None):
             out = self.model.forward_all(x)
         # Labels as the exported graph computes them (ArgMax over the FP32 logits).
         tensors = {LOGITS: out[LOGITS].float(), COARSE_LOGITS: out[COARSE_LOGITS].float(),

@@ -126,17 +126,20 @@ def test_cuda_requests_fail_cleanly_without_a_gpu(tiny_bundle):
 def test_torch_fp32_on_cuda_turns_cudnn_tf32_off_and_restores_it():
     import torch
 
-    from fornet_deploy.runtimes.torch_runner import _ieee_fp32_convolutions
+    from fornet_deploy.runtimes.torch_runner import cudnn_tf32
 
     cudnn = torch.backends.cudnn
     new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
     read = (lambda: cudnn.conv.fp32_precision) if new_api else (lambda: cudnn.allow_tf32)
     before = read()
-    with _ieee_fp32_convolutions(True):
+    with cudnn_tf32(False):
         assert read() in ("ieee", False)
     assert read() == before
-    with _ieee_fp32_convolutions(False):
+    with cudnn_tf32(None):
         assert read() == before
+    with cudnn_tf32(True):
+        assert read() in ("tf32", True)
+    assert read() == before
 
 
 @pytest.mark.gpu
