@@ -37,7 +37,7 @@ import torch
 from legacy_topk import legacy_bisection_mask
 
 from fornet_deploy.contract import IMPORTANCE, SHIPPED_WEIGHTS, TOPK_MASK
-from fornet_deploy.data.cityscapes import find_samples
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.data.synthcity import SynthCityConfig, generate
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.export.onnx import ExportConfig, export_onnx_model
@@ -58,14 +58,14 @@ def run(checkpoint: Path, folders: list[Path], sharpen: float) -> dict:
     import onnxruntime as ort
 
     model = load(checkpoint, sharpen)
-    h0, w0 = read_image(find_samples(folders[0], "val")[0].image).shape[:2]
+    h0, w0 = read_image(open_dataset(folders[0]).samples("val")[0].image).shape[:2]
     export = ExportConfig(height=h0, width=w0, topk="threshold", dynamic=True)  # one graph for every size
     proto = export_onnx_model(load(checkpoint, sharpen), export)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]
     rows = []
     for folder in folders:
-        for sample in find_samples(folder, "val"):
+        for sample in open_dataset(folder).samples("val"):
             x = torch.from_numpy(preprocess(read_image(sample.image), Preprocessing()))
             with torch.no_grad():
                 exact = model.set_topk_mode("exact").forward_all(x)

@@ -78,11 +78,13 @@ def info(checkpoint: str | Path | None = None, shape: tuple[int, int] = (1024, 2
 
 
 def synthcity(out: str | Path, train: int = 64, val: int = 16, shape: tuple[int, int] = (256, 512), seed: int = 0,
-              progress: Progress | None = None) -> dict:
-    """Write SynthCity, the procedural Cityscapes-layout dataset; returns its manifest."""
+              progress: Progress | None = None, *, test: int = 0, layout: str = "cityscapes") -> dict:
+    """Write SynthCity, the procedural street-scene dataset, in the Cityscapes or the CamVid
+    layout; returns its manifest."""
     from .data.synthcity import SynthCityConfig, generate
 
-    return generate(out, SynthCityConfig(train=train, val=val, height=shape[0], width=shape[1], seed=seed), progress)
+    config = SynthCityConfig(train=train, val=val, test=test, height=shape[0], width=shape[1], seed=seed, layout=layout)
+    return generate(out, config, progress)
 
 
 def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_step: Callable | None = None, **options) -> dict:
@@ -100,11 +102,13 @@ def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_s
 def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
            precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
            outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8",
-           tail: str = DEFAULT_TAIL) -> dict[str, dict]:
+           tail: str = DEFAULT_TAIL, labels: str | Path | None = None) -> dict[str, dict]:
     """Checkpoint -> ``model.onnx`` in a deploy bundle, plus ``model.cpu.onnx`` (the graph
     ONNX Runtime runs on a CPU: labels by the cheap ``tail``, refine / nearest; none with
-    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; returns the manifest
-    entries written, by file name."""
+    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; ``labels``: a classes
+    file naming the model's classes (default: the checkpoint's label set, else Cityscapes for
+    19 classes, else generic names). Returns the manifest entries written, by file name."""
+    from .data.labels import read_classes_file
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
 
@@ -116,7 +120,7 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
     _positive(batch, "--batch")
     cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
                        outputs=tuple(outputs), labels_dtype=labels_dtype, tail=tail)
-    entries = export_bundle(checkpoint, out, cfg)
+    entries = export_bundle(checkpoint, out, cfg, labels=read_classes_file(labels) if labels is not None else None)
     if precision == "fp16":
         entries["model.fp16.onnx"] = convert_fp16(out)
     return entries

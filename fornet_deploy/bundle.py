@@ -66,7 +66,7 @@ COMMIT_WAIT_S = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Types of the manifest sections the stages read (besides ``artifacts``).
-SECTION_TYPES = {"model": dict, "classes": list, "palette": list, "preprocessing": dict, "topk": dict,
+SECTION_TYPES = {"model": dict, "labels": dict, "classes": list, "palette": list, "preprocessing": dict, "topk": dict,
                  "export": dict, "checkpoint_info": dict, "created": str}
 
 
@@ -179,8 +179,9 @@ def provably_stale(artifacts: dict[str, dict]) -> list[str]:
 class Bundle:
     """A deploy bundle folder and the manifest read from it.
 
-    ``manifest`` keys: ``format``, ``version``, ``model`` (FoR-Net config), ``classes``,
-    ``palette``, ``preprocessing``, ``topk``, ``export`` and ``artifacts`` (file name ->
+    ``manifest`` keys: ``format``, ``version``, ``model`` (FoR-Net config), ``labels`` (the
+    label set: read it with :func:`fornet_deploy.data.labels.manifest_label_set`; bundles
+    from before it have ``classes`` and ``palette``), ``preprocessing``, ``topk``, ``export`` and ``artifacts`` (file name ->
     metadata with at least ``sha256``; derived artefacts also ``source`` and
     ``source_sha256``; other keys such as ``kind`` and ``precision`` are free).
     """

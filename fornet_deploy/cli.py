@@ -39,6 +39,7 @@ from .contract import (
     TOPK_FORMS,
     parse_hw,
 )
+from .data.formats import FORMAT_NAMES
 from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
 app = typer.Typer(
@@ -69,6 +70,10 @@ DEVICE = typer.Option("cpu", help="where to run")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
 SPLIT = typer.Option("val", help="dataset split")
+DataFormat = Literal[FORMAT_NAMES]
+DATA_FORMAT = typer.Option(None, "--format", help="dataset layout [default: detected]")
+DATA_HELP = ("dataset folder: Cityscapes (gtFine labelIds or labelTrainIds), CamVid (SegNet layout), or "
+             "images/ + masks/ + classes.json; its layout is detected")
 ORT_PROVIDER = typer.Option(None, help="with --runtime ort: execution provider (cuda: use_tf32=0; tensorrt: engines "
                                        "cached in BUNDLE/ort_trt_cache) [default: the device's]")
 
@@ -187,24 +192,30 @@ def info(
 
 @app.command()
 def synthcity(
-    out: Path = typer.Option(..., help="output folder (Cityscapes layout)"),
+    out: Path = typer.Option(..., help="output folder"),
     train: int = typer.Option(64, min=0, help="training images"),
     val: int = typer.Option(16, min=0, help="validation images"),
+    test: int = typer.Option(0, min=0, help="test images"),
     shape: str = typer.Option("256x512", metavar="HxW", help="image HxW"),
     seed: int = typer.Option(0, min=0),
+    layout: Literal["cityscapes", "camvid"] = typer.Option(
+        "cityscapes", help="cityscapes (19 classes, label ids) or camvid (SegNet's folders, CamVid's 11 classes)"),
 ):
-    """Generate SynthCity, a procedural Cityscapes-layout dataset (no download)."""
+    """Generate SynthCity, a procedural street-scene dataset in the Cityscapes or CamVid layout (no download)."""
     from .api import synthcity as generate
 
     with bar("SynthCity") as update:
-        generate(out, train, val, _shape(shape), seed, progress=update)
-    console.print(f"wrote {train} train + {val} val images to {out}")
+        generate(out, train, val, _shape(shape), seed, progress=update, test=test, layout=layout)
+    console.print(f"wrote {train} train + {val} val + {test} test images ({layout} layout) to {out}")
 
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., help="dataset root in the Cityscapes layout (Cityscapes or SynthCity)"),
+    data: Path = typer.Option(..., help=DATA_HELP),
     out: Path = typer.Option(..., help="run folder for checkpoints and logs"),
+    data_format: Optional[DataFormat] = DATA_FORMAT,
+    train_split: str = typer.Option("train", help="split(s) to train on, e.g. train+val"),
+    val_split: str = typer.Option("val", help="split to validate on"),
     iterations: int = typer.Option(2000, min=1),
     batch_size: int = typer.Option(8, min=1, help="per process"),
     shape: str = typer.Option("256x256", metavar="HxW", help="training crop HxW"),
@@ -229,7 +240,8 @@ def train_cmd(
         summary = train(data, out, resume=resume, focus=focus, topk_ratio=topk_ratio, iterations=iterations,
                         batch_size=batch_size, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
                         loss=loss, selector_loss_weight=selector_loss_weight, val_interval=val_interval, seed=seed,
-                        device=device, amp=not no_amp,
+                        device=device, amp=not no_amp, format=data_format, train_split=train_split,
+                        val_split=val_split,
                         on_step=lambda done, total, m: update(done, total, f"loss {m['loss']:.3f}"))
     if summary["rank"] != 0:  # under torchrun, one process reports
         return
@@ -259,6 +271,8 @@ def export(
                                                  "refine = the full-resolution labels without the full-resolution "
                                                  "logits; nearest = the 1/4-scale argmax x4; full = no CPU graph"),
     precision: Literal["fp32", "fp16"] = typer.Option("fp32", help="fp16 also writes model.fp16.onnx"),
+    labels: Optional[Path] = typer.Option(None, help="classes file (classes.json / classes.txt) naming the model's "
+                                                     "classes [default: the checkpoint's own]"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Export a checkpoint to ONNX in a deploy bundle (checked, simplified, hashed)."""
@@ -266,7 +280,7 @@ def export(
 
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
                   opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
-                  tail=tail)
+                  tail=tail, labels=labels)
     print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"],
                 [[name, e["precision"], e["sha256"][:12], e["bytes"]] for name, e in entries.items()])
     _write_json(json_out, entries)

@@ -109,10 +109,10 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     atomic_write_json(results / "bench_matrix.json", matrix)
 
     log("8/8 prediction pictures and report")
-    from .data.cityscapes import find_samples
+    from .data.formats import open_dataset
     from .predict import PredictConfig, predict
 
-    examples = [s.image for s in find_samples(data, "val")[:2]]
+    examples = [s.image for s in open_dataset(data).samples("val")[:2]]
     predict(bundle, examples, out / "pictures", PredictConfig(importance=True, mask=True))
     summary = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "weights": str(weights), "bundle": str(bundle)}
     atomic_write_json(results / "demo.json", summary)

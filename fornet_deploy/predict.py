@@ -73,7 +73,8 @@ import numpy as np
 
 from .bundle import Bundle
 from .contract import IMPORTANCE, TOPK_MASK, check_stride, nearest_valid
-from .data.cityscapes import colorize, train_ids_to_label_ids
+from .data.formats import submission_label_ids
+from .data.labels import LabelSet, default_label_set, manifest_label_set
 from .data.transforms import Preprocessing, preprocess
 from .errors import FornetError, OptionError
 from .evaluation.postprocess import (
@@ -369,18 +370,22 @@ class Segmenter:
     resized back to the image.
     """
 
-    def __init__(self, runner: Runner, preprocessing: Preprocessing, shape: tuple[int, int] | None = None):
+    def __init__(self, runner: Runner, preprocessing: Preprocessing, shape: tuple[int, int] | None = None,
+                 labels: LabelSet | None = None):
         self.runner = runner
         self.preprocessing = preprocessing
         self.shape = shape
+        # what the class ids mean (names, colours); a runner without a bundle: the default set
+        self.labels = labels or default_label_set(19)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32",
                     device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> "Segmenter":
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle, verify=False)  # the runner checks the hash of its artefact
+        labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
         runner = load_runner(bundle, runtime, precision, device, **runner_options)
-        return cls(runner, Preprocessing.from_dict(bundle.manifest["preprocessing"]), shape)
+        return cls(runner, Preprocessing.from_dict(bundle.manifest["preprocessing"]), shape, labels)
 
     def __enter__(self) -> "Segmenter":
         self.runner.activate()
@@ -431,9 +436,9 @@ class Segmenter:
 # ---------------------------------------------------------------------------- pictures
 
 
-def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig) -> dict[str, np.ndarray]:
+def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig, labels: LabelSet) -> dict[str, np.ndarray]:
     """The RGB pictures of one prediction, by output suffix."""
-    pictures = {"overlay": label_overlay(image, pred.labels, cfg.overlay_alpha)}
+    pictures = {"overlay": label_overlay(image, pred.labels, labels, cfg.overlay_alpha)}
     if pred.importance is not None:
         pictures["importance"] = importance_heatmap(image, pred.importance, cfg.overlay_alpha)
     if pred.mask is not None:
@@ -441,10 +446,10 @@ def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig) -> dict[s
     return pictures
 
 
-def _label_maps(pred: Prediction, label_ids: bool) -> dict[str, np.ndarray]:
+def _label_maps(pred: Prediction, label_ids: bool, labels: LabelSet) -> dict[str, np.ndarray]:
     maps = {"trainIds": pred.labels}
     if label_ids:
-        maps["labelIds"] = train_ids_to_label_ids(pred.labels)
+        maps["labelIds"] = submission_label_ids(labels, pred.labels)
     return maps
 
 
@@ -667,7 +672,8 @@ def _run_image(source: _Source, segment: Segmenter, cfg: PredictConfig, staging:
     image = read_image(source.item.path)
     pred = segment(image, importance=cfg.importance, mask=cfg.mask)
     written = []
-    outputs = {**_label_maps(pred, cfg.label_ids), "color": colorize(pred.labels), **_pictures(image, pred, cfg)}
+    outputs = {**_label_maps(pred, cfg.label_ids, segment.labels), "color": segment.labels.colorize(pred.labels),
+               **_pictures(image, pred, cfg, segment.labels)}
     for suffix, picture in outputs.items():
         rel = f"{source.item.name}_{suffix}.png"
         staging.write_png(rel, picture)
@@ -712,10 +718,10 @@ def _run_frames(source: _Source, segment: Segmenter, cfg: PredictConfig, staging
         for index, frame in _frames(cap, cfg.video_every, source.first_frame):
             image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             pred = segment(image, importance=cfg.importance, mask=cfg.mask)
-            for kind, picture in _pictures(image, pred, cfg).items():
+            for kind, picture in _pictures(image, pred, cfg, segment.labels).items():
                 videos[kind].write(picture)
             if cfg.label_ids:
-                for suffix, labels in _label_maps(pred, True).items():
+                for suffix, labels in _label_maps(pred, True, segment.labels).items():
                     rel = f"{name}_frames/{stem}_{index:06d}_{suffix}.png"
                     staging.write_png(rel, labels)
                     written.append(rel)

@@ -31,7 +31,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from .contract import IMPORTANCE, LOGITS, MAX_SIDE, check_choice
-from .data.cityscapes import IGNORE_INDEX, CityscapesDataset, check_samples, find_samples
+from .data.formats import FORMAT_NAMES, Dataset, TrainingSet, open_dataset
+from .data.labels import IGNORE_INDEX
 from .data.transforms import Augmentation, Preprocessing
 from .errors import FornetError, Interrupted, OptionError
 from .evaluation.evaluate import evaluate_runner
@@ -50,6 +52,7 @@ from .interrupts import StopSignals, stop_signals
 from .io import atomic_write_bytes, atomic_write_json
 from .model.checkpoint import load_train_state, save_checkpoint, save_train_state
 from .model.fornet import FoRNet, FoRNetConfig, build_model
+from .runtimes.base import network_size
 from .runtimes.torch_runner import TorchRunner, torch_device
 
 LAST, BEST, STATE, LOG = "last.safetensors", "best.safetensors", "last.state.safetensors", "log.jsonl"
@@ -61,7 +64,11 @@ RUN_FILES = (STATE, LAST, BEST, LOG)  # what makes a folder hold a run (a config
 class TrainConfig:
     data: str
     out: str
+    # The model's class count is the dataset's (its label set travels into the checkpoints).
     model: FoRNetConfig = field(default_factory=FoRNetConfig)
+    format: str | None = None  # dataset layout (data/formats.py); None = detected
+    train_split: str = "train"  # "train+val" trains on both (CamVid's protocol, with val_split "test")
+    val_split: str = "val"
     iterations: int = 2000
     batch_size: int = 8  # per process
     crop_height: int = 256
@@ -118,6 +125,14 @@ class TrainConfig:
         if self.scale_min == 0 or self.scale_min > self.scale_max:
             raise OptionError(f"need 0 < scale_min <= scale_max, got {self.scale_min} and {self.scale_max}")
         check_choice(self.optimizer, ("sgd", "adamw"), "optimizer")
+        if self.format is not None:
+            check_choice(self.format, FORMAT_NAMES, "dataset format")
+        for name in ("train_split", "val_split"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or any(not p.strip() or "/" in p or p.strip() in (".", "..")
+                                                               for p in value.split("+")):
+                raise OptionError(f"--{name.replace('_', '-')} must name splits such as 'train' or 'train+val', "
+                                  f"got {value!r}")
         check_choice(self.loss, ("ce", "ohem"), "loss")
         if not isinstance(self.model, FoRNetConfig):
             raise OptionError(f"model must be a FoRNetConfig, got {type(self.model).__name__}")
@@ -203,12 +218,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise FornetError(f"unknown optimizer {cfg.optimizer!r} (use sgd or adamw)")
 
 
-def validate(model: FoRNet, data: str, device: torch.device, limit: int | None = None) -> dict:
+def validate(model: FoRNet, dataset: Dataset, split: str, device: torch.device, limit: int | None = None) -> dict:
     """Validation metrics of the model being trained: the evaluation loop of
-    ``fornet-deploy eval`` on a PyTorch runner over the model itself (full images, batch 1)."""
-    examples = dataset_examples(data, "val", Preprocessing(), limit)
+    ``fornet-deploy eval`` on a PyTorch runner over the model itself (full images, batch 1,
+    fed at the size ``eval`` feeds them)."""
+    pre = Preprocessing()
     with TorchRunner(model, topk=model.config.topk_mode, device=str(device)) as runner:
-        return evaluate_runner(runner, examples, model.config.num_classes)
+        examples = dataset_examples(dataset, split, pre, limit, network_size=partial(network_size, runner.input_spec(), pre))
+        return evaluate_runner(runner, examples, dataset.labels)
 
 
 StepCallback = Callable[[int, int, dict], None]
@@ -229,12 +246,17 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     use_amp: bool
-    train_set: CityscapesDataset
+    train_set: TrainingSet
     start: int
     history: list = field(default_factory=list)  # validation records: the lines of log.jsonl
     best: dict | None = None  # {"iteration", "miou"} of what best.safetensors holds
     last_loss: float | None = None  # of the last step done (logged with a validation resumed later)
     saved: int | None = None  # iteration of the state on disk written by this process
+
+    @property
+    def labels(self) -> dict:
+        """The dataset's label set as checkpoints store it."""
+        return self.train_set.dataset.labels.to_dict()
 
     def save_state(self, iteration: int) -> None:
         """Commit the run at ``iteration`` (one atomic file), then the files derived from it."""
@@ -242,7 +264,7 @@ class _Run:
             info = {"iteration": iteration, "train_config": self.cfg.to_dict(), "history": self.history,
                     "best": self.best, "last_loss": self.last_loss}
             save_train_state(self.out / STATE, self.model, self.optimizer, info)
-            save_checkpoint(self.out / LAST, self.model, {"iteration": iteration})
+            save_checkpoint(self.out / LAST, self.model, {"iteration": iteration}, self.labels)
             atomic_write_bytes(self.out / LOG, "".join(json.dumps(r) + "\n" for r in self.history).encode())
         self.saved = iteration
 
@@ -275,9 +297,15 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
     augmentation = Augmentation(
         crop_height=cfg.crop_height, crop_width=cfg.crop_width, scale_range=(cfg.scale_min, cfg.scale_max)
     )
-    train_set = CityscapesDataset(cfg.data, "train", augmentation=augmentation)
+    dataset = open_dataset(cfg.data, cfg.format)
+    if dataset.labels is None:
+        raise FornetError(f"{cfg.data} holds images without labels ({dataset.format.layout}); training needs "
+                          "a labelled dataset")
+    train_set = TrainingSet(dataset, cfg.train_split, augmentation=augmentation)
     # the val split must exist and every label must be good before anything is written
-    check_samples(train_set.samples + find_samples(cfg.data, "val"))
+    dataset.check(train_set.samples + dataset.samples(cfg.val_split))
+    # the head predicts the dataset's classes; the checkpoints carry its label set
+    cfg = replace(cfg, model=cfg.model.replace(num_classes=dataset.labels.num_classes))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
@@ -354,13 +382,13 @@ def _validate_and_save(run: _Run, done: int, started: float, stop: StopSignals) 
             return False
         try:
             with stop.interruptible():  # validation changes nothing: abandon it at once
-                result = validate(run.model, run.cfg.data, run.device, run.cfg.val_images)
+                result = validate(run.model, run.train_set.dataset, run.cfg.val_split, run.device, run.cfg.val_images)
         except KeyboardInterrupt:
             return False
         record = {"iteration": done, "loss": run.last_loss, "seconds": time.perf_counter() - started, **result}
         miou = result["miou"] or 0
         if run.best is None or miou > run.best["miou"]:
-            save_checkpoint(run.out / BEST, run.model, {"iteration": done, "val_miou": miou})
+            save_checkpoint(run.out / BEST, run.model, {"iteration": done, "val_miou": miou}, run.labels)
             run.best = {"iteration": done, "miou": miou}
         run.history.append(record)
         run.save_state(done)

@@ -98,3 +98,11 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(tiny_checkpoint, out, ExportConfig(height=128, width=256, dynamic=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def camvid_data(tmp_path_factory) -> Path:
+    """A CamVid-layout SynthCity (SegNet folders, CamVid's 11 classes, 11 = void)."""
+    root = tmp_path_factory.mktemp("camvid")
+    generate(root, SynthCityConfig(train=4, val=2, test=2, height=96, width=128, seed=3, layout="camvid"))
+    return root

@@ -113,6 +113,41 @@ def test_the_checker_sees_a_planted_upward_import(tmp_path):
         planted.unlink()
 
 
+# Modules that hold a dataset's own classes: only the data layer may import them; everything
+# else reads the label set that travels with the model (data/labels.py).
+DATASET_MODULES = ("fornet_deploy.data.cityscapes", "fornet_deploy.data.camvid")
+# Class names of those datasets that no other module may spell out as a literal either.
+DATASET_CLASS_LITERALS = {"sidewalk", "traffic light", "traffic sign", "vegetation", "terrain", "motorcycle",
+                          "Pavement", "SignSymbol", "Bicyclist", "Pedestrian"}
+
+
+def dataset_knowledge(path: Path) -> list[str]:
+    """What ``path`` knows of a particular dataset's classes: imports and literals."""
+    found = sorted(name for name in imports_of(path) if name.startswith(DATASET_MODULES))
+    found += sorted({node.value for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and node.value in DATASET_CLASS_LITERALS})
+    return found
+
+
+def test_only_the_data_layer_knows_a_datasets_classes():
+    outside = {str(p.relative_to(PACKAGE)): dataset_knowledge(p) for p in PACKAGE.rglob("*.py")
+               if p.relative_to(PACKAGE).parts[0] != "data"}
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+def test_the_dataset_check_sees_a_planted_import_and_literal(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from fornet_deploy.data.cityscapes import CLASS_NAMES\nTHIN = ('pole', 'traffic light')\n")
+    module = PACKAGE / "bench" / "planted.py"  # where imports_of resolves it, without writing there
+    original = module_name
+    globals()["module_name"] = lambda path: "fornet_deploy.bench.planted" if path == planted else original(path)
+    try:
+        assert dataset_knowledge(planted) == ["fornet_deploy.data.cityscapes", "traffic light"]
+    finally:
+        globals()["module_name"] = original
+    assert not module.exists()
+
+
 def print_graph() -> None:
     """The import graph by layer, as docs/architecture.md shows it."""
     graph = import_graph()

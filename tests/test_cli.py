@@ -12,7 +12,7 @@ def test_train_on_a_missing_dataset(tmp_path):
 def test_train_on_an_empty_dataset_folder(tmp_path):
     (tmp_path / "data").mkdir()
     result = run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--iterations", "1")
-    assert_one_line_error(result, "no leftImg8bit/train/ folder")
+    assert_one_line_error(result, "not a dataset in a known layout")
 
 
 def test_export_a_corrupt_checkpoint(tmp_path):

@@ -18,7 +18,8 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.data.cityscapes import LABELS, find_samples
+from fornet_deploy.data.cityscapes import LABELS
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.errors import FornetError
 from fornet_deploy.io import folder_lock
 from fornet_deploy.predict import PredictConfig, _Staging, collect_inputs, predict
@@ -34,7 +35,7 @@ def read(path: Path) -> np.ndarray:
 
 
 def val_images(tiny_data: Path) -> list[Path]:
-    return [s.image for s in find_samples(tiny_data, "val")]
+    return [s.image for s in open_dataset(tiny_data).samples("val")]
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 from mjpeg_server import mjpeg_stream
 
-from fornet_deploy.data.cityscapes import find_samples
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.predict import PredictConfig, collect_inputs, predict
 
 
@@ -39,7 +39,7 @@ def _video_frames(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def stream_url(tiny_data):
-    frames = [cv2.imread(str(s.image)) for s in find_samples(tiny_data, "val")]
+    frames = [cv2.imread(str(s.image)) for s in open_dataset(tiny_data).samples("val")]
     with mjpeg_stream(frames) as url:
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         opened = cap.isOpened()

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..bundle import Bundle
-from ..data.cityscapes import colorize
+from ..data.labels import LabelSet
 from ..data.synthcity import render_scene
 from ..data.transforms import Preprocessing, preprocess
 from ..evaluation.postprocess import label_outputs, predicted_labels
@@ -63,10 +63,10 @@ def bench_preprocessing(bundle: Bundle, shape: tuple[int, int]) -> Preprocessing
     return replace(pre, resize="fixed", height=shape[0], width=shape[1])
 
 
-def run_end_to_end(runner: Runner, frames: Sequence[Frame], pre: Preprocessing) -> list[np.ndarray]:
+def run_end_to_end(runner: Runner, frames: Sequence[Frame], pre: Preprocessing, labels: LabelSet) -> list[np.ndarray]:
     """Decode, preprocess, infer and postprocess one batch of frames; returns the colour
-    pictures of the predictions at each frame's size."""
+    pictures (the label set's palette) of the predictions at each frame's size."""
     images = [decode(frame) for frame in frames]
     outputs = runner(preprocess(images, pre), outputs=label_outputs(runner.output_names()))
     runner.synchronize()
-    return [colorize(predicted_labels(outputs, image.shape[:2], i)) for i, image in enumerate(images)]
+    return [labels.colorize(predicted_labels(outputs, image.shape[:2], i)) for i, image in enumerate(images)]

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from ..bundle import Bundle
 from ..contract import LABELS, TOPK_MASK, Format
+from ..data.labels import LabelSet, manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError
 from ..evaluation.agreement import compare_outputs, pooled
@@ -49,11 +50,11 @@ def reference_outputs(bundle: Bundle, examples: Sequence[Example],
         return None, f"no agreement columns: the PyTorch FP32 reference could not run ({exc})"
 
 
-def accuracy(runner: Runner, examples: Sequence[Example], reference: list[dict] | None, num_classes: int) -> dict:
+def accuracy(runner: Runner, examples: Sequence[Example], reference: list[dict] | None, labels: LabelSet) -> dict:
     """mIoU (on labelled examples) and agreement with the reference, pooled over the
     images, from one inference per image."""
     result: dict = {"miou": None, "argmax_agreement": None, "mask_agreement": None}
-    metrics = SegmentationMetrics(num_classes=num_classes)
+    metrics = SegmentationMetrics.for_labels(labels)
     agreements = []
     wanted = label_outputs(runner.output_names(), TOPK_MASK)
     try:
@@ -110,13 +111,13 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
     examples, accuracy_source = accuracy_examples(data, accuracy_images, shape, pre)
     machine = describe_machine(env.jetson_root)
     reference, reference_note = reference_outputs(bundle, examples, cfg.threads)
-    num_classes = len(bundle.manifest.get("classes") or []) or 19
+    labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
 
     rows = []
     for done, fmt in enumerate(formats, start=1):
         try:
             rows.append(bench_format(bundle, fmt, cfg, env, shape, pre, frames,
-                                     also=lambda runner: accuracy(runner, examples, reference, num_classes)))
+                                     also=lambda runner: accuracy(runner, examples, reference, labels)))
         except Exception as exc:  # one artefact that cannot run must not sink the matrix
             rows.append(_skipped(fmt, exc))
         if progress is not None:

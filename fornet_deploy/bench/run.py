@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 from ..bundle import Bundle
 from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
+from ..data.labels import LabelSet, manifest_label_set
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
 from ..evaluation.postprocess import label_outputs
@@ -154,7 +155,7 @@ def compute_batch(frames: Sequence[Frame], batch: int, pre: Preprocessing):
 
 
 def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Preprocessing, frames: Sequence[Frame],
-             progress: Progress | None) -> tuple[dict, dict | None]:
+             labels: LabelSet, progress: Progress | None) -> tuple[dict, dict | None]:
     """Compute-only and end-to-end timings (and tegrastats on a Jetson) of an active runner."""
     def frames_of(i: int) -> list[Frame]:
         return [frames[(i * cfg.batch + j) % len(frames)] for j in range(cfg.batch)]
@@ -171,7 +172,7 @@ def _measure(runner: Runner, cfg: BenchConfig, env: BenchEnvironment, pre: Prepr
             splits.append(split)
 
     def end_to_end(i: int) -> None:
-        run_end_to_end(runner, frames_of(i), pre)
+        run_end_to_end(runner, frames_of(i), pre, labels)
 
     total = 2 * cfg.iters
     timings: dict[str, Timed] = {}
@@ -200,7 +201,8 @@ def bench_format(bundle: Bundle, fmt: Format, cfg: BenchConfig, env: BenchEnviro
     with load_runner(bundle, fmt.runtime, fmt.precision, cfg.device, artifact=fmt.artifact, threads=cfg.threads,
                      ort_device=cfg.ort_device) as runner:
         check_input_shape(runner.input_spec(), (cfg.batch, 3, *shape), fmt.artifact)
-        timings, jetson = _measure(runner, cfg, env, pre, frames, progress)
+        timings, jetson = _measure(runner, cfg, env, pre, frames,
+                                   manifest_label_set(bundle.manifest, f"bundle {bundle.root}"), progress)
         memory = probe.result()
         row = {
             "runtime": fmt.runtime, "precision": fmt.precision, "artifact": fmt.artifact, "note": fmt.note,

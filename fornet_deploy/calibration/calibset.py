@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from ..contract import CALIBRATION_DIR
-from ..data.cityscapes import Sample, find_samples, label_ids_to_train_ids
+from ..data.formats import Dataset, Sample, open_dataset
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError
 from ..io import atomic_path, atomic_write_json, read_image, read_json, sha256_file
@@ -49,13 +48,10 @@ MIN_CLASS_PIXELS = 16  # fewer pixels than this is label noise at a class edge, 
 DECODE_THREADS = 4  # images decoded ahead of the one being written
 
 
-def _classes_present(sample: Sample) -> frozenset[int]:
-    if sample.label is None:
+def _classes_present(dataset: Dataset, sample: Sample) -> frozenset[int]:
+    if sample.label is None or dataset.labels is None:
         return frozenset()
-    label_ids = cv2.imread(str(sample.label), cv2.IMREAD_UNCHANGED)
-    if label_ids is None or label_ids.ndim != 2:
-        raise FornetError(f"cannot read label image {sample.label}: not a single-channel image file")
-    counts = np.bincount(label_ids_to_train_ids(label_ids, str(sample.label)).ravel(), minlength=256)
+    counts = np.bincount(dataset.read_labels(sample).ravel(), minlength=256)
     return frozenset(int(c) for c in np.flatnonzero(counts[:255] >= MIN_CLASS_PIXELS))
 
 
@@ -76,13 +72,15 @@ def _greedy_cover(presence: list[frozenset[int]], order: list[int], num: int) ->
     return chosen
 
 
-def select_calibration_images(data_dir: str | Path, split: str = "train", num: int = 64, seed: int = 0) -> list[Sample]:
+def select_calibration_images(data: str | Path | Dataset, split: str = "train", num: int = 64,
+                              seed: int = 0) -> list[Sample]:
     """``num`` images of a split, class-balanced then seeded-random (see the module docstring)."""
     if num < 1:
         raise FornetError(f"the calibration set needs at least 1 image, got num={num}")
-    samples = find_samples(data_dir, split, require_labels=False)
+    dataset = data if isinstance(data, Dataset) else open_dataset(data)
+    samples = dataset.samples(split, require_labels=False)
     with ThreadPoolExecutor() as pool:  # cv2 decodes outside the GIL
-        presence = list(pool.map(_classes_present, samples))
+        presence = list(pool.map(lambda s: _classes_present(dataset, s), samples))
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(samples))]
     chosen = _greedy_cover(presence, order, num)
     chosen += [i for i in order if i not in chosen][: num - len(chosen)]

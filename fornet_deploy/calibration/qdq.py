@@ -57,7 +57,7 @@ from ..contract import (
     ONNX_INT8_QDQ,
     check_choice,
 )
-from ..data.cityscapes import find_samples
+from ..data.formats import open_dataset
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
 from ..export.fp16 import convert_fp16, fp32_scope_nodes
@@ -187,7 +187,7 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: i
     if not 0.0 < percentile <= 100.0:
         raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
     if target == "tensorrt" and not Bundle.open(bundle_dir, verify=False).has(ONNX_FP16):
-        find_samples(data_dir, "train", require_labels=False)  # a wrong --data fails before anything is written
+        open_dataset(data_dir).samples("train", require_labels=False)  # a wrong --data fails before anything is written
         convert_fp16(bundle_dir)
     with transaction(bundle_dir, f"calibrate --target {target}") as txn:
         return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)

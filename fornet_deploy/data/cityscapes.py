@@ -1,4 +1,6 @@
-"""Cityscapes: label definitions, palette and the loader for the official folder layout.
+"""Cityscapes: its label set, label ids and the decoding of its label images.
+
+The folder layout is read by :mod:`fornet_deploy.data.formats` (format ``cityscapes``).
 
 Layout (as downloaded from cityscapes-dataset.com, no preprocessing step)::
 
@@ -11,19 +13,14 @@ everything else maps to :data:`IGNORE_INDEX`.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import cv2
 import numpy as np
 
 from ..errors import FornetError
-from ..io import read_image, read_image_size, read_label_image
+from ..io import read_label_image
+from .labels import IGNORE_INDEX, LabelSet
 
-IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -107,54 +104,12 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-    """RGB picture of a train-id map (ignore pixels black)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = np.array(PALETTE, dtype=np.uint8)
-    return lut[train_ids.astype(np.uint8)]
-
-
-@dataclass(frozen=True)
-class Sample:
-    image: Path
-    label: Path | None
-    name: str
-
-
 IMAGE_SUFFIX = "_leftImg8bit.png"
-LABEL_SUFFIX = "_gtFine_labelIds.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"  # Cityscapes label ids (0..33)
+TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"  # class ids, 255 = ignore (cityscapesscripts' createTrainIdLabelImgs)
+LABEL_SUFFIXES = (LABEL_SUFFIX, TRAIN_ID_SUFFIX)  # label ids first: the official annotation
 
-
-def find_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
-    """List (image, label) pairs of a split in the official layout, sorted by name."""
-    # synthcity imports this module: a module-level import would be circular
-    from .synthcity.dataset import check_complete
-
-    root = Path(root)
-    if not root.exists():
-        raise FornetError(f"dataset folder {root} does not exist")
-    if not root.is_dir():
-        raise FornetError(f"dataset path {root} is not a folder")
-    check_complete(root)
-    image_dir = root / "leftImg8bit" / split
-    if not image_dir.is_dir():
-        raise FornetError(
-            f"{root} has no leftImg8bit/{split}/ folder: expected the Cityscapes layout "
-            f"leftImg8bit/{split}/<city>/*{IMAGE_SUFFIX} (make one with `fornet-deploy synthcity`)"
-        )
-    images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
-    if not images:
-        raise FornetError(f"{image_dir} holds no *{IMAGE_SUFFIX} images")
-    samples = []
-    for image in images:
-        stem = image.name[: -len(IMAGE_SUFFIX)]
-        label = root / "gtFine" / split / image.parent.name / f"{stem}{LABEL_SUFFIX}"
-        if not label.is_file():
-            if require_labels:
-                raise FornetError(f"missing label {label} for image {image}")
-            label = None
-        samples.append(Sample(image=image, label=label, name=stem))
-    return samples
+CITYSCAPES = LabelSet(CLASS_NAMES, PALETTE, IGNORE_INDEX, THIN_TRAIN_IDS, name="cityscapes")
 
 
 def read_label_ids(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -177,71 +132,3 @@ def read_label_ids(path: str | Path, expected_hw: tuple[int, int] | None = None)
 def read_train_ids(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read a *_labelIds.png as train ids; check its size against the image."""
     return label_ids_to_train_ids(read_label_ids(path, expected_hw), source=str(path))
-
-
-def check_samples(samples: Sequence[Sample], workers: int | None = None) -> None:
-    """Raise the first problem of a list of samples as one line: every label must decode,
-    hold Cityscapes label ids and match its image's size (read from the image's header).
-
-    What ``train`` runs before it writes anything, so a bad label is found before the
-    run folder exists, not an hour into the run. The cost is the PNG decoding, done in
-    threads (OpenCV releases the GIL): 17.5 ms per 2048x1024 label on a shared, busy
-    2-core machine, so about a minute for Cityscapes' 3475 train + val labels there, and
-    proportionally less with more cores.
-    """
-
-    def check(sample: Sample) -> None:
-        hw = read_image_size(sample.image)
-        if sample.label is not None:
-            read_label_ids(sample.label, hw)
-
-    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
-    try:
-        for _ in pool.map(check, samples):  # re-raises the first error in sample order
-            pass
-    finally:
-        pool.shutdown(cancel_futures=True)  # after an error, do not check the rest
-
-
-def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB image and train-id label (None when the sample has no label)."""
-    image = read_image(sample.image)
-    if sample.label is None:
-        return image, None
-    return image, read_train_ids(sample.label, image.shape[:2])
-
-
-class CityscapesDataset:
-    """Map-style dataset over the official layout (SynthCity writes the same).
-
-    ``dataset[i]`` -> (CHW float32 image, HW int64 train ids) preprocessed for the network.
-    ``dataset[(i, seed)]`` applies the training augmentation with ``default_rng(seed)``, so
-    a sample's augmentation depends only on its seed (exact resume, any worker count).
-    """
-
-    def __init__(self, root, split: str, preprocessing=None, augmentation=None):
-        from .transforms import Preprocessing
-
-        self.samples = find_samples(root, split)
-        self.split = split
-        self.preprocessing = preprocessing or Preprocessing()
-        self.augmentation = augmentation
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, item):
-        import torch
-
-        from .transforms import normalize, resize_labels
-
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        image, labels = load_sample(self.samples[index])
-        if self.augmentation is not None and seed is not None:
-            image, labels = self.augmentation(image, labels, np.random.default_rng(seed))
-        else:
-            h, w = self.preprocessing.target_size(image.shape[:2])
-            if (h, w) != image.shape[:2]:
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-                labels = resize_labels(labels, (h, w))
-        return torch.from_numpy(normalize(image, self.preprocessing)), torch.from_numpy(labels.astype(np.int64))

@@ -7,31 +7,35 @@ validation too (:func:`evaluate_runner` on a PyTorch runner over the model being
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..bundle import Bundle
 from ..contract import TOPK_MASK
+from ..data.formats import open_dataset
+from ..data.labels import LabelSet, check_compatible, manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import OptionError
 from ..io import atomic_write_json
 from ..model.topk import selection_counts, summarize_selection, topk_count
-from ..runtimes.base import Runner
+from ..runtimes.base import Runner, network_size
 from ..runtimes.registry import load_runner
 from .examples import Example, dataset_examples
 from .metrics import SegmentationMetrics
 from .postprocess import label_outputs, predicted_labels, upsampled_mask
 
 
-def evaluate_runner(runner: Runner, examples: Iterable[Example], num_classes: int = 19, boundary_width: int = 3,
+def evaluate_runner(runner: Runner, examples: Iterable[Example], labels: LabelSet, boundary_width: int = 3,
                     progress: Callable[[int, int], None] | None = None, topk_ratio: float | None = None) -> dict:
     """Metrics (mIoU, per-class IoU, boundary IoU, thin IoU, Top-K coverage) of a runner
-    on labelled examples; ``progress(done, total)`` after each image.
+    on labelled examples, named and grouped by ``labels``; ``progress(done, total)`` after
+    each image. Predictions are scored at each label map's own size.
 
     With a Top-K mask, ``topk_selection`` lists per image the selected cells and, for a
     fixed ``topk_ratio``, k = ceil(ratio * cells) and the cells beyond it.
     """
-    metrics = SegmentationMetrics(num_classes=num_classes, boundary_width=boundary_width)
+    metrics = SegmentationMetrics.for_labels(labels, boundary_width)
     total = len(examples) if hasattr(examples, "__len__") else 0
     wanted = label_outputs(runner.output_names(), TOPK_MASK)
     selection = []
@@ -72,12 +76,16 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "or
     check_boundary_width(boundary_width)
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
-    examples = dataset_examples(data, split, pre, limit)
+    labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
+    dataset = open_dataset(data)
+    check_compatible(labels, dataset.labels, f"dataset {data}")
     with load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as runner:
-        metrics = evaluate_runner(runner, examples, len(bundle.section("classes")), boundary_width, progress,
+        examples = dataset_examples(dataset, split, pre, limit, network_size=partial(network_size, runner.input_spec(), pre))
+        metrics = evaluate_runner(runner, examples, labels, boundary_width, progress,
                                   fixed_topk_ratio(bundle.section("topk")))
         info = runner.info().to_dict()
-    result = {**metrics, "runner": info, "split": split, "data": str(data)}
+    result = {**metrics, "runner": info, "split": split, "data": str(data), "format": dataset.format.name,
+              "labels": labels.name, "resized": examples.resize_record()}
     if json_out:
         atomic_write_json(json_out, result)
     return result

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..data.cityscapes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, THIN_TRAIN_IDS
+from ..data.labels import IGNORE_INDEX, LabelSet
 from ..errors import FornetError
+
+NUM_CLASSES = 19  # FoRNetConfig's default head; a label set gives the real count
 
 # Offsets (dy, dx) to the right, lower, lower-right and lower-left neighbour: comparing
 # each pixel with these four covers all eight neighbours, since adjacency is symmetric.
@@ -150,7 +152,8 @@ class SegmentationMetrics:
     num_classes: int = NUM_CLASSES
     ignore_index: int = IGNORE_INDEX
     boundary_width: int = 3
-    thin_class_ids: tuple[int, ...] = THIN_TRAIN_IDS
+    thin_class_ids: tuple[int, ...] = ()
+    class_names: tuple[str, ...] | None = None  # None: class_0, class_1, ...
     confusion: np.ndarray = field(init=False, repr=False)
     boundary_confusion: np.ndarray = field(init=False, repr=False)
     num_images: int = field(init=False, default=0)
@@ -165,15 +168,22 @@ class SegmentationMetrics:
         self.thin_class_ids = tuple(int(c) for c in self.thin_class_ids)
         bad = [c for c in self.thin_class_ids if not 0 <= c < self.num_classes]
         if bad:
-            raise ValueError(
-                f"thin_class_ids {bad} are not classes of a {self.num_classes}-class model; "
-                "pass thin_class_ids explicitly when num_classes is not the Cityscapes 19"
-            )
+            raise ValueError(f"thin_class_ids {bad} are not classes of a {self.num_classes}-class model")
+        if self.class_names is None:
+            self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         shape = (self.num_classes, self.num_classes)
         self.confusion = np.zeros(shape, dtype=np.int64)
         self.boundary_confusion = np.zeros(shape, dtype=np.int64)
         self._boundary_coverage = np.zeros(2, dtype=np.int64)
         self._error_coverage = np.zeros(2, dtype=np.int64)
+
+    @classmethod
+    def for_labels(cls, labels: LabelSet, boundary_width: int = 3) -> "SegmentationMetrics":
+        """Metrics named and grouped by a label set (its classes, thin classes)."""
+        return cls(num_classes=labels.num_classes, boundary_width=boundary_width, thin_class_ids=labels.thin,
+                   class_names=labels.classes)
 
     def update(
         self, pred: np.ndarray, target: np.ndarray, topk_mask: np.ndarray | None = None
@@ -237,11 +247,11 @@ class SegmentationMetrics:
         self.num_images += other.num_images
 
     def _config(self) -> tuple:
-        return (self.num_classes, self.ignore_index, self.boundary_width, self.thin_class_ids)
+        return (self.num_classes, self.ignore_index, self.boundary_width, self.thin_class_ids, self.class_names)
 
     def result(self) -> dict:
         """The metrics as a JSON-ready dict; undefined values (NaN) are ``None``."""
-        names = _class_names(self.num_classes)
+        names = self.class_names
         iou = iou_per_class(self.confusion)
         boundary_iou = iou_per_class(self.boundary_confusion)
         thin_iou = iou[list(self.thin_class_ids)]
@@ -259,13 +269,6 @@ class SegmentationMetrics:
             "num_images": self.num_images,
             "boundary_width": self.boundary_width,
         }
-
-
-def _class_names(num_classes: int) -> tuple[str, ...]:
-    """Cityscapes names for the 19-class model, ``class_{i}`` otherwise."""
-    if num_classes == NUM_CLASSES:
-        return CLASS_NAMES
-    return tuple(f"class_{i}" for i in range(num_classes))
 
 
 def _edge_pixels(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -15,16 +15,19 @@ depend on the precision; the report is JSON plus diff pictures of the worst imag
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..bundle import Bundle
 from ..contract import PARITY_DIR, TOPK_MASK
+from ..data.formats import open_dataset
+from ..data.labels import LabelSet, default_label_set, manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError
 from ..io import atomic_write_json, write_png
 from ..model.topk import SelectionCount, summarize_selection, topk_count
-from ..runtimes.base import Runner
+from ..runtimes.base import Runner, network_size
 from ..runtimes.registry import load_runner
 from .agreement import ImageAgreement, compare_outputs, pooled
 from .evaluate import fixed_topk_ratio
@@ -91,15 +94,19 @@ def summarize(images: list[ImageAgreement], agreement_cm: SegmentationMetrics, t
 
 
 def run_parity(reference: Runner, candidate: Runner, examples: Iterable[Example], thresholds: ParityThresholds,
-               out_dir: Path | None = None, pictures: int = 3, num_classes: int = 19,
+               out_dir: Path | None = None, pictures: int = 3, labels: LabelSet | int = 19,
                progress: Callable[[int, int], None] | None = None, topk_ratio: float | None = None) -> dict:
     """Compare two runners on the same preprocessed images; returns the report dict.
+
+    ``labels``: the model's label set (colours of the diff pictures), or its class count.
 
     ``topk_ratio``: the fixed Top-K ratio, so k = ceil(ratio * cells) per image is checked in
     both runners; None (adaptive K) takes k from the reference, which selects exactly k.
     """
     images, worst = [], []
-    agreement_cm = SegmentationMetrics(num_classes=num_classes, boundary_width=1)
+    if isinstance(labels, int):
+        labels = default_label_set(labels)
+    agreement_cm = SegmentationMetrics(num_classes=labels.num_classes, boundary_width=1)
     total = len(examples) if hasattr(examples, "__len__") else 0
     for i, ex in enumerate(examples):
         ref_out, cand_out = reference(ex.batch), candidate(ex.batch)
@@ -109,7 +116,7 @@ def run_parity(reference: Runner, candidate: Runner, examples: Iterable[Example]
         images.append(result)
         agreement_cm.update(predicted_labels(cand_out, hw), predicted_labels(ref_out, hw))
         if out_dir is not None and pictures:
-            worst.append((result.argmax_agreement, i, ex.name, diff_picture(ex.image, ref_out, cand_out)))
+            worst.append((result.argmax_agreement, i, ex.name, diff_picture(ex.image, ref_out, cand_out, labels)))
             worst = sorted(worst, key=lambda w: (w[0], w[1]))[:pictures]
         if progress:
             progress(i + 1, total)
@@ -144,20 +151,25 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     check_limit(limit)
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
-    if data is not None:
-        examples = dataset_examples(data, split, pre, limit, require_labels=False)
-    else:
-        h, w = bundle.section("export")["height"], bundle.section("export")["width"]
-        examples = synthetic_examples(limit or 8, h, w, pre)
+    labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
+    dataset = open_dataset(data) if data is not None else None
     out_dir = Path(out_dir) if out_dir else bundle.root / PARITY_DIR / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as candidate:
+        # images of any size are fed as predict feeds them: resized to the candidate's input
+        sized = partial(network_size, candidate.input_spec(), pre)
+        if dataset is not None:
+            examples = dataset_examples(dataset, split, pre, limit, require_labels=False, network_size=sized)
+        else:
+            h, w = bundle.section("export")["height"], bundle.section("export")["width"]
+            examples = synthetic_examples(limit or 8, h, w, pre, network_size=sized)
         report = run_parity(reference, candidate, examples, THRESHOLDS[precision], out_dir,
-                            num_classes=len(bundle.section("classes")), progress=progress,
+                            labels=labels, progress=progress,
                             topk_ratio=fixed_topk_ratio(bundle.section("topk")))
+    report["resized"] = examples.resize_record()
     report["bundle"] = str(bundle.root)
     atomic_write_json(out_dir / "parity.json", report)
     if json_out is not None:

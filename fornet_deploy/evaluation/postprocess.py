@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
-from ..data.cityscapes import colorize
+from ..data.labels import LabelSet
 
 HEATMAP = cv2.COLORMAP_INFERNO
 TOPK_COLOUR = (255, 200, 0)  # RGB; warm yellow stands out on street scenes
@@ -60,9 +60,9 @@ def upsampled_importance(outputs: dict[str, np.ndarray], hw: tuple[int, int], in
     return _resize(outputs[IMPORTANCE][index, 0].astype(np.float32), hw, cv2.INTER_LINEAR)
 
 
-def label_overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """RGB image blended with the palette picture of its train ids."""
-    return cv2.addWeighted(image, 1.0 - alpha, colorize(train_ids), alpha, 0.0)
+def label_overlay(image: np.ndarray, class_ids: np.ndarray, labels: LabelSet, alpha: float = 0.5) -> np.ndarray:
+    """RGB image blended with the palette picture of its class ids (the label set's colours)."""
+    return cv2.addWeighted(image, 1.0 - alpha, labels.colorize(class_ids), alpha, 0.0)
 
 
 def importance_heatmap(image: np.ndarray, importance: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -91,13 +91,13 @@ def topk_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def diff_picture(image: np.ndarray, reference: dict, candidate: dict) -> np.ndarray:
+def diff_picture(image: np.ndarray, reference: dict, candidate: dict, labels: LabelSet) -> np.ndarray:
     """Reference | candidate | disagreement (red) | abs logit difference (heat map)."""
     hw = image.shape[:2]
     ref, cand = predicted_labels(reference, hw), predicted_labels(candidate, hw)
     disagree = image // 3
     disagree[ref != cand] = (255, 0, 0)
-    panels = [label_overlay(image, ref), label_overlay(image, cand), disagree]
+    panels = [label_overlay(image, ref, labels), label_overlay(image, cand, labels), disagree]
     compared = compared_logits(reference, candidate)
     if compared is not None:
         diff = np.abs(reference[compared][0] - candidate[compared][0]).max(0)

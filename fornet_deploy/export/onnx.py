@@ -44,11 +44,11 @@ from ..contract import (
     check_batch,
     check_stride,
 )
-from ..data.cityscapes import CLASS_NAMES, PALETTE
+from ..data.labels import LabelSet, label_set_for
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
 from ..io import read_bytes, sha256_bytes
-from ..model.checkpoint import MAX_FILE_BYTES, load_checkpoint_bytes
+from ..model.checkpoint import MAX_FILE_BYTES, checkpoint_labels, load_checkpoint_bytes
 from ..model.fornet import FoRNet
 from ..model.topk import SELECTION_RULE, search_schedule
 from ..runtimes.ort_runner import import_onnxruntime
@@ -231,6 +231,7 @@ def export_bundle(
     out: str | Path,
     cfg: ExportConfig = ExportConfig(),
     preprocessing: Preprocessing = Preprocessing(),
+    labels: LabelSet | None = None,
 ) -> dict[str, dict]:
     """The library function behind ``fornet-deploy export``; returns the manifest entries
     written, by artefact name (``model.onnx``, and ``model.cpu.onnx`` unless the tail is full).
@@ -239,18 +240,25 @@ def export_bundle(
     into the bundle. Checkpoint, graphs and manifest are committed together; the commit
     removes the artefacts made from a previous, different ``model.onnx``
     (:mod:`fornet_deploy.bundle`).
+
+    The label set written to the manifest is ``labels`` (``export --labels FILE``), else the
+    checkpoint's own, else the default for its class count (Cityscapes for 19 classes).
     """
     cfg.validate()
     data = read_bytes(checkpoint, "checkpoint", MAX_FILE_BYTES)
     model, info = load_checkpoint_bytes(data, checkpoint)
+    if labels is None:
+        labels = label_set_for(model.config.num_classes, checkpoint_labels(data, checkpoint), f"checkpoint {checkpoint}")
+    elif labels.num_classes != model.config.num_classes:
+        raise FornetError(f"--labels names {labels.num_classes} classes; checkpoint {checkpoint} has "
+                          f"{model.config.num_classes}")
     proto = export_onnx_model(model, cfg)
     ops = graph_op_types(proto)
     if cfg.topk == "threshold" and ops & set(DYNAMIC_TOPK_OPS):
         raise FornetError(f"threshold Top-K export still contains {sorted(ops & set(DYNAMIC_TOPK_OPS))}")  # a bug guard
     sections = {
         "model": model.config.to_dict(),
-        "classes": list(CLASS_NAMES[: model.config.num_classes]),
-        "palette": [list(c) for c in PALETTE[: model.config.num_classes]],
+        "labels": labels.to_dict(),
         "preprocessing": preprocessing.to_dict(),
         "topk": _topk_section(model, cfg.topk),
         "export": {**asdict(cfg), "outputs": list(cfg.outputs), "cpu_tail": cfg.cpu_tail, "torch": torch.__version__,
@@ -259,7 +267,9 @@ def export_bundle(
     }
     # The CPU tail is part of what model.onnx stands for: the calibrated CPU graph made from it
     # later reads it here, and another tail makes another model.onnx (its derived graphs stale).
-    metadata = {k: sections[k] for k in ("classes", "palette", "preprocessing", "topk", "model")}
+    # classes / palette as flat keys too: what tools reading ONNX metadata look for
+    metadata = {"classes": list(labels.classes), "palette": sections["labels"]["palette"],
+                **{k: sections[k] for k in ("labels", "preprocessing", "topk", "model")}}
     embed_metadata(proto, {**metadata, "cpu_tail": cfg.cpu_tail})
     cpu, folded = fold_concats(cpu_graph(proto, cfg.cpu_tail)) if cfg.cpu_tail != "full" else (None, [])
     input_shape = [None, 3, None, None] if cfg.dynamic else [cfg.batch, 3, cfg.height, cfg.width]

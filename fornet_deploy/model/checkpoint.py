@@ -1,8 +1,10 @@
 """Checkpoints: safetensors weights + the FoR-Net config as JSON metadata, no pickle.
 
 One ``.safetensors`` file holds everything needed to rebuild the model: tensors are the
-``state_dict``, the header metadata holds ``format``, ``config`` (JSON) and free-form
-``info`` (JSON: iteration, validation mIoU, ...). Training state for ``--resume``
+``state_dict``, the header metadata holds ``format``, ``config`` (JSON), the label set the model was
+trained on (``labels``: class names, palette, ignore index, thin classes, as
+:class:`fornet_deploy.data.labels.LabelSet` writes it; absent in older files) and
+free-form ``info`` (JSON: iteration, validation mIoU, ...). Training state for ``--resume``
 (optimizer buffers, iteration) goes into a second file of the same kind, so a shipped
 checkpoint stays small. Writes are atomic.
 """
@@ -90,8 +92,11 @@ def _check_tensors(expected: dict[str, tuple[tuple[int, ...], torch.dtype]], ten
         raise FornetError(f"{what} {path} does not fit its own config: " + ", ".join(parts))
 
 
-def save_checkpoint(path: str | Path, model: FoRNet, info: dict | None = None) -> None:
-    _save(path, model.state_dict(), {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "info": info or {}})
+def save_checkpoint(path: str | Path, model: FoRNet, info: dict | None = None, labels: dict | None = None) -> None:
+    """Weights, config, ``info`` and the label set's dict form (``labels``; checked by the
+    data layer where it is made and where it is read)."""
+    meta = {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "info": info or {}}
+    _save(path, model.state_dict(), meta | ({"labels": labels} if labels is not None else {}))
 
 
 def config_differences(expected: FoRNetConfig, found: FoRNetConfig) -> list[str]:
@@ -140,6 +145,12 @@ def load_checkpoint_bytes(data: bytes, path: str | Path, expected: FoRNetConfig 
     model.eval()
     info = meta.get("info", {})
     return model, info if isinstance(info, dict) else {}
+
+
+def checkpoint_labels(data: bytes, path: str | Path) -> Any:
+    """The stored label set (its dict form, unchecked: the data layer checks it), or None
+    for a checkpoint saved without one."""
+    return _metadata(data, path, CHECKPOINT_FORMAT, "checkpoint").get("labels")
 
 
 def read_checkpoint_config(path: str | Path) -> FoRNetConfig:

@@ -35,6 +35,7 @@ import onnx
 from ..build.trt import export_shape
 from ..bundle import Bundle
 from ..contract import LABELS, LOGITS, PRECISIONS, TRT_CALIBRATION_CACHE, check_choice, onnx_graph
+from ..data.labels import manifest_label_set
 from ..data.transforms import Preprocessing, preprocess, resize_labels
 from ..errors import CheckFailed, FornetError, OptionError
 from ..evaluation.examples import Example, dataset_examples, scene_examples
@@ -327,7 +328,7 @@ def network_size(graph_dims: tuple, pre: Preprocessing, export_shape, shape) -> 
 
 def write_deepstream(bundle: Bundle, folder: Path, options: DeepStreamOptions) -> dict:
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
-    classes = list(bundle.manifest["classes"])
+    classes = list(manifest_label_set(bundle.manifest, f"bundle {bundle.root}").classes)
     scaling = nvinfer_scaling(pre)
     # INT8 through nvinfer is implicit quantization: the FP32 graph plus the entropy cache of
     # `build-trt --legacy-calibrator` (trtexec format). Without a calibration file nvinfer
@@ -361,7 +362,8 @@ def write_deepstream(bundle: Bundle, folder: Path, options: DeepStreamOptions) -
     cost = None
     if not scaling.exact:
         if options.data is not None:
-            examples = dataset_examples(options.data, "val", pre, limit=options.num_images)
+            # fed at the network size below: no preprocessing at the image's own size here
+            examples = dataset_examples(options.data, "val", pre, limit=options.num_images, network_size=lambda _: hw)
         else:
             examples = scene_examples(options.num_images, hw[0], hw[1], pre)
         cost = single_scale_cost(source, pre, examples, hw, len(classes))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..bundle import Bundle
 from ..contract import DEVICES, LABELS, LOGITS, PRECISIONS, check_choice, onnx_graph
+from ..data.labels import manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError, require
 from ..export.onnx import load_onnx
@@ -254,7 +255,7 @@ def trt_model(bundle: Bundle, options: TritonOptions) -> ModelPlan | None:
 def write_repository(bundle: Bundle, folder: Path, options: TritonOptions) -> dict:
     """Write the model repository into ``folder``; returns what it holds (for the marker)."""
     model_config_pb2()  # the extra is needed before anything is written
-    classes = list(bundle.manifest["classes"])
+    classes = list(manifest_label_set(bundle.manifest, f"bundle {bundle.root}").classes)
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
     plans = [p for p in (ort_model(bundle, options), trt_model(bundle, options)) if p is not None]
     notes = []

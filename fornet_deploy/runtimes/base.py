@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, STRIDE, format_shape
+from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, STRIDE, format_shape, nearest_valid
 from ..errors import FornetError
 
 
@@ -165,3 +165,20 @@ class Runner(abc.ABC):
 
     def _deactivate_impl(self) -> None:
         pass
+
+
+def network_size(spec: InputSpec, preprocessing, image_hw: tuple[int, int],
+                 shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The network input (H, W) an image of size ``image_hw`` is resized to, the one rule of
+    every stage that feeds images (predict, eval, parity, calibrate, package): ``shape``
+    when given, else the preprocessing's fixed resize, else the artefact's fixed size, else
+    (a dynamic artefact) the image's own size rounded to the nearest multiple of the stride.
+    Predictions are resized back to the image (labels nearest-neighbour)."""
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    if preprocessing.resize == "fixed":
+        return preprocessing.target_size(image_hw)
+    fixed_h, fixed_w = spec.shape[2:]
+    if fixed_h is not None and fixed_w is not None:
+        return fixed_h, fixed_w
+    return nearest_valid(image_hw[0], spec.stride), nearest_valid(image_hw[1], spec.stride)

@@ -331,6 +331,7 @@ def test_device_split_of_a_runner_that_measures_it(tiny_bundle):
     over the timed iterations only."""
     from fornet_deploy.bench.frames import bench_preprocessing
     from fornet_deploy.bench.run import _measure
+    from fornet_deploy.data.cityscapes import CITYSCAPES
     from fornet_deploy.runtimes.registry import load_runner
 
     bundle = Bundle.open(tiny_bundle)
@@ -339,7 +340,8 @@ def test_device_split_of_a_runner_that_measures_it(tiny_bundle):
     executions = iter(range(100))
     with load_runner(bundle, "ort", "fp32", "cpu") as runner:
         runner.last_timings = lambda: {"h2d_ms": 1.0, "compute_ms": float(next(executions)), "d2h_ms": 0.5}
-        result, _ = _measure(runner, cfg, BenchEnvironment(), bench_preprocessing(bundle, (64, 128)), frames, None)
+        result, _ = _measure(runner, cfg, BenchEnvironment(), bench_preprocessing(bundle, (64, 128)), frames,
+                              CITYSCAPES, None)
     split = result["device_split"]
     assert set(split) == {"h2d", "compute", "d2h"} and split["compute"]["n"] == 3
     assert split["compute"]["p50_ms"] == 3.0 and split["h2d"]["mean_ms"] == 1.0  # warm-up runs 0, 1 left out

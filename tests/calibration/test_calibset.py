@@ -12,7 +12,7 @@ import pytest
 from fornet_deploy.calibration import calibset
 from fornet_deploy.calibration.calibset import CalibrationSet, select_calibration_images
 from fornet_deploy.contract import CALIBRATION_DIR
-from fornet_deploy.data.cityscapes import find_samples, load_sample
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.errors import FornetError
 
@@ -28,7 +28,7 @@ def data(tiny_data, tmp_path) -> Path:
 
 
 def _classes(samples) -> set[int]:
-    return {int(c) for s in samples for c in np.unique(load_sample(s)[1]) if c != 255}
+    return {int(c) for s in samples for c in np.unique(open_dataset(s.image.parents[3]).load(s)[1]) if c != 255}
 
 
 def test_greedy_cover_takes_the_rarest_class_first():
@@ -40,7 +40,7 @@ def test_greedy_cover_takes_the_rarest_class_first():
 
 
 def test_selection_is_seeded_and_covers_every_class(tiny_data):
-    everything = find_samples(tiny_data, "train")
+    everything = open_dataset(tiny_data).samples("train")
     picked = select_calibration_images(tiny_data, num=4, seed=0)
     assert picked == select_calibration_images(tiny_data, num=4, seed=0)
     assert picked == sorted(picked, key=lambda s: s.name) and len(set(picked)) == 4
@@ -64,7 +64,7 @@ def test_batches_use_the_one_preprocessing(tiny_data):
     batches = list(calib.batches(batch_size=2))
     assert [b.shape for b in batches] == [(2, 3, 64, 128), (1, 3, 64, 128)]
     assert batches[0].dtype == np.float32
-    np.testing.assert_array_equal(batches[1][0], preprocess(load_sample(calib.samples[2])[0], pre)[0])
+    np.testing.assert_array_equal(batches[1][0], preprocess(open_dataset(tiny_data).load(calib.samples[2])[0], pre)[0])
 
 
 def test_key_follows_model_images_and_preprocessing(data):

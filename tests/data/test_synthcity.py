@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fornet_deploy.data.cityscapes import LABEL_ID_BY_NAME, LABELS, find_samples, load_sample
+from fornet_deploy.data.cityscapes import LABEL_ID_BY_NAME, LABELS
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.data.synthcity import MANIFEST_NAME, SynthCityConfig, generate, render_scene
 from fornet_deploy.errors import FornetError
 
@@ -32,11 +33,11 @@ def dataset(tmp_path_factory) -> tuple[Path, dict, list]:
 def test_layout_is_read_back_by_the_cityscapes_loader(dataset):
     out, _, _ = dataset
     for split, n in (("train", 3), ("val", 2)):
-        samples = find_samples(out, split)
+        samples = open_dataset(out).samples(split)
         assert len(samples) == n
         for sample in samples:
             assert sample.image.name.endswith("_000019_leftImg8bit.png")
-            image, train_ids = load_sample(sample)
+            image, train_ids = open_dataset(out).load(sample)
             assert image.shape == (128, 256, 3) and image.dtype == np.uint8
             assert train_ids.shape == (128, 256) and train_ids.dtype == np.uint8
             assert (train_ids != 255).all()  # every pixel gets a class
@@ -84,7 +85,7 @@ def test_image_does_not_depend_on_how_many_are_generated(dataset, tmp_path):
 def test_rerun_with_fewer_images_removes_the_extra_ones(tmp_path):
     generate(tmp_path, SynthCityConfig(train=3, val=1, **SMALL))
     generate(tmp_path, SynthCityConfig(train=1, val=1, **SMALL))
-    assert len(find_samples(tmp_path, "train")) == 1
+    assert len(open_dataset(tmp_path).samples("train")) == 1
     assert len(list(tmp_path.glob("gtFine/train/*/*.png"))) == 1
 
 
@@ -153,11 +154,11 @@ def test_an_interrupted_dataset_is_refused_until_the_named_command_finishes_it(t
         generate(out, SynthCityConfig(train=3, val=2, seed=7, **SMALL), progress=interrupt)
     for split in ("train", "val"):  # what train, eval and calibrate read through
         with pytest.raises(FornetError, match="incomplete SynthCity dataset") as info:
-            find_samples(out, split)
+            open_dataset(out).samples(split)
         assert "\n" not in str(info.value)
     command = shlex.split(str(info.value).split("`")[1])
     assert command[:2] == ["fornet-deploy", "synthcity"]
     result = run_cli(*command[1:])
     assert result.returncode == 0, result.stderr
-    assert len(find_samples(out, "train")) == 3
+    assert len(open_dataset(out).samples("train")) == 3
     assert _files(out) == _files(dataset[0])  # the command names the interrupted run's settings

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fornet_deploy.data.cityscapes import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_BY_NAME
+from fornet_deploy.data.cityscapes import CITYSCAPES, CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_BY_NAME
 from fornet_deploy.errors import FornetError
 from fornet_deploy.evaluation.metrics import (
     SegmentationMetrics,
@@ -189,7 +189,7 @@ def test_out_of_range_predictions_count_as_wrong():
 def test_out_of_range_predictions_do_not_crash_the_accumulator():
     gt = np.zeros((4, 4), dtype=np.uint8)
     pred = np.full((4, 4), IGNORE_INDEX, dtype=np.uint8)  # uint8 garbage equal to ignore
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES)
     metrics.update(pred, gt)
     assert metrics.result()["pixel_accuracy"] == 0.0
 
@@ -270,7 +270,7 @@ def pole_scene():
 def test_missed_pole_by_hand():
     gt = pole_scene()
     pred = np.full((8, 8), BUILDING, dtype=np.int64)
-    metrics = SegmentationMetrics(boundary_width=1)
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES, 1)
     metrics.update(pred, gt)
     result = metrics.result()
 
@@ -289,7 +289,7 @@ def test_missed_pole_by_hand():
 
 
 def test_missed_pole_wider_band_by_hand():
-    metrics = SegmentationMetrics(boundary_width=2)
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES, 2)
     metrics.update(np.full((8, 8), BUILDING), pole_scene())
     # Band = columns 1-5: building 32 px right, pole 8 px wrong -> 32 / 40.
     assert metrics.result()["boundary_iou"] == pytest.approx(32 / 40 / 2)
@@ -299,7 +299,7 @@ def test_shifted_pole_uses_prediction_band_by_hand():
     gt = pole_scene()
     pred = np.full((8, 8), BUILDING)
     pred[:, 4] = POLE  # one pixel off
-    metrics = SegmentationMetrics(boundary_width=1)
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES, 1)
     metrics.update(pred, gt)
     result = metrics.result()
 
@@ -349,7 +349,7 @@ def test_topk_coverage_shape_mismatch_raises():
 def test_metrics_topk_coverage_by_hand():
     mask = np.zeros((8, 8), dtype=bool)
     mask[:, 3] = True  # exactly the missed pole
-    metrics = SegmentationMetrics(boundary_width=1)
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES, 1)
     metrics.update(np.full((8, 8), BUILDING), pole_scene(), mask)
     result = metrics.result()
     assert result["topk_coverage_boundary"] == pytest.approx(8 / 24)  # band columns 2-4
@@ -357,7 +357,7 @@ def test_metrics_topk_coverage_by_hand():
 
 
 def test_topk_coverage_is_none_without_mask():
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES)
     metrics.update(np.full((8, 8), BUILDING), pole_scene())
     assert metrics.result()["topk_coverage_boundary"] is None
     assert metrics.result()["topk_coverage_errors"] is None
@@ -365,14 +365,14 @@ def test_topk_coverage_is_none_without_mask():
 
 def test_topk_mask_shape_must_match_prediction():
     with pytest.raises(FornetError, match="shape"):
-        SegmentationMetrics().update(np.zeros((8, 8), int), pole_scene(), np.zeros((1, 1), bool))
+        SegmentationMetrics.for_labels(CITYSCAPES).update(np.zeros((8, 8), int), pole_scene(), np.zeros((1, 1), bool))
 
 
 # ------------------------------------------------------------------ result and merge
 
 
 def test_result_is_json_serialisable_and_complete():
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics.for_labels(CITYSCAPES)
     empty = metrics.result()
     assert json.loads(json.dumps(empty, allow_nan=False)) == empty
     assert empty["miou"] is None and empty["num_images"] == 0
@@ -396,14 +396,16 @@ def test_generic_class_names_when_not_cityscapes():
     assert list(metrics.result()["iou_per_class"]) == ["class_0", "class_1", "class_2"]
 
 
-def test_default_thin_ids_need_cityscapes_classes():
+def test_thin_ids_must_be_classes_of_the_model():
+    assert SegmentationMetrics(num_classes=5).result()["thin_iou"] is None  # no thin classes by default
     with pytest.raises(ValueError, match="thin_class_ids"):
-        SegmentationMetrics(num_classes=5)
+        SegmentationMetrics(num_classes=5, thin_class_ids=(5,))
+    SegmentationMetrics(num_classes=5, thin_class_ids=(4,))
 
 
 def test_merge_rejects_different_settings():
     with pytest.raises(ValueError, match="merge"):
-        SegmentationMetrics(boundary_width=3).merge(SegmentationMetrics(boundary_width=2))
+        SegmentationMetrics.for_labels(CITYSCAPES, 3).merge(SegmentationMetrics.for_labels(CITYSCAPES, 2))
 
 
 # ------------------------------------------------------------------------- agreement

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fornet_deploy.contract import IMPORTANCE, LOGITS, SHIPPED_WEIGHTS, TOPK_MASK
-from fornet_deploy.data.cityscapes import find_samples
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.data.transforms import Preprocessing, preprocess
 from fornet_deploy.errors import FornetError
 from fornet_deploy.io import read_image
@@ -37,7 +37,7 @@ def legacy_bisection_mask(importance: torch.Tensor, k: int, steps: int = 32) -> 
 
 def images(root: Path, count: int) -> torch.Tensor:
     """The first ``count`` val images of a SynthCity/Cityscapes folder, preprocessed (NCHW)."""
-    samples = find_samples(root, "val")[:count]
+    samples = open_dataset(root).samples("val")[:count]
     return torch.from_numpy(preprocess([read_image(s.image) for s in samples], Preprocessing()))
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fornet_deploy.bundle import Bundle, transaction
 from fornet_deploy.contract import TRT_CALIBRATION_CACHE
-from fornet_deploy.data.cityscapes import find_samples
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.data.transforms import Preprocessing, normalize
 from fornet_deploy.errors import FornetError
 from fornet_deploy.io import read_image
@@ -63,7 +63,7 @@ def test_equal_std_is_reproduced_on_a_real_image(order, tiny_bundle, tiny_data, 
     bundle = with_preprocessing(tiny_bundle, tmp_path, pre)
     summary = package(bundle, "deepstream", tmp_path / "ds", DeepStreamOptions())
     assert summary["single_scale_cost"] is None  # nothing to measure: it is exact
-    image = read_image(find_samples(tiny_data, "val")[0].image)  # a SynthCity frame, 128x256
+    image = read_image(open_dataset(tiny_data).samples("val")[0].image)  # a SynthCity frame, 128x256
     exact = normalize(image, pre)[None]
     scaling = written_scaling(tmp_path / "ds")
     assert scaling.color_format == (0 if order == "RGB" else 1)

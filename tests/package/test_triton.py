@@ -57,7 +57,7 @@ def test_config_parses_with_tritons_schema_and_matches_the_graph(kind, tiny_bund
     trt = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP32"
     classes = config.parameters["classes"].string_value.split(",")
-    assert classes == Bundle.open(bundle).manifest["classes"]
+    assert classes == Bundle.open(bundle).manifest["labels"]["classes"]
     assert (model / "labels.txt").read_text().splitlines() == classes
     assert summary["notes"] == ["no tensorrt_plan model: the bundle has no fp32 TensorRT engine"]
     marker = json.loads((tmp_path / "repo" / MARKER).read_text())

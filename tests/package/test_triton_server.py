@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from cli_helpers import run_cli
 
-from fornet_deploy.data.cityscapes import find_samples
+from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.io import read_image
 from fornet_deploy.package import package
 from fornet_deploy.package.triton import TritonOptions, read_config
@@ -147,7 +147,7 @@ def test_triton_serves_the_repository_with_predicts_labels(kind, tiny_bundle, st
     repository = tmp_path / "repo"
     package(bundle, "triton", repository, TritonOptions(max_batch=4))  # the repository as users get it
     python_stand_in(repository / "fornet_ort_fp32")
-    image = find_samples(tiny_data, "val")[0].image
+    image = open_dataset(tiny_data).samples("val")[0].image
     predicted = run_cli("predict", str(image), "--bundle", str(bundle), "--out", str(tmp_path / "preds"))
     assert predicted.returncode == 0, predicted.stderr
     expected = read_image(tmp_path / "preds" / f"{image.stem}_trainIds.png")[..., 0]

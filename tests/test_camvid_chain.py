@@ -1,0 +1,78 @@
+"""Issue 22's chain from the command line, with no Python: an 11-class CamVid-layout dataset
+-> train -> export -> calibrate both targets -> parity fp32/fp16/int8 -> eval -> predict a
+larger image -> bench -> package for Triton and DeepStream. Every step exits 0 and every
+output names CamVid's classes and uses its palette."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cli_helpers import run_cli
+from fornet_deploy.data.camvid import CAMVID
+
+pytestmark = pytest.mark.slow
+
+
+def _ok(*args: str):
+    result = run_cli(*args)
+    assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("chain")
+    data, run, bundle = root / "camvid", root / "run", root / "bundle"
+    _ok("synthcity", "--out", str(data), "--layout", "camvid", "--train", "4", "--val", "2", "--test", "2",
+        "--shape", "96x128", "--seed", "5")
+    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
+        "--shape", "64x96", "--val-interval", "2", "--train-split", "train+val", "--val-split", "test",
+        "--device", "cpu", "--json", str(root / "train.json"))
+    assert json.loads((root / "train.json").read_text())["iterations"] == 2
+    _ok("export", "--checkpoint", str(run / "best.safetensors"), "--out", str(bundle), "--shape", "96x128",
+        "--precision", "fp16")
+    return data, bundle, root
+
+
+def test_the_bundle_carries_camvid_labels(camvid_bundle):
+    _, bundle, _ = camvid_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["labels"] == CAMVID.to_dict() and manifest["model"]["num_classes"] == 11
+
+
+def test_calibrate_parity_eval_on_the_camvid_bundle(camvid_bundle):
+    data, bundle, root = camvid_bundle
+    for target in ("tensorrt", "cpu"):
+        _ok("calibrate", "--bundle", str(bundle), "--data", str(data), "--num-images", "3", "--target", target)
+    for precision in ("fp32", "fp16", "int8"):
+        result = run_cli("parity", "--bundle", str(bundle), "--precision", precision, "--data", str(data),
+                         "--split", "test", "--json", str(root / f"parity_{precision}.json"))
+        assert result.returncode in (0, 1), result.stderr  # a 2-iteration model may disagree: the run must finish
+        assert "Traceback" not in result.stderr
+    _ok("eval", "--bundle", str(bundle), "--data", str(data), "--split", "test", "--json", str(root / "eval.json"))
+    evaluation = json.loads((root / "eval.json").read_text())
+    assert list(evaluation["iou_per_class"]) == list(CAMVID.classes)
+    assert list(evaluation["thin_iou_per_class"]) == list(CAMVID.thin_names)
+    assert evaluation["format"] == "camvid" and evaluation["labels"] == "camvid"
+
+
+def test_predict_bench_package_on_the_camvid_bundle(camvid_bundle):
+    data, bundle, root = camvid_bundle
+    big = root / "big.png"
+    image = cv2.resize(cv2.imread(str(next((data / "test").glob("*.png")))), (960, 720))
+    cv2.imwrite(str(big), image)
+    _ok("predict", "--bundle", str(bundle), str(big), "--out", str(root / "pred"))
+    colours = cv2.imread(str(root / "pred" / "big_color.png"))[..., ::-1].reshape(-1, 3)
+    assert colours.shape[0] == 720 * 960
+    assert {tuple(c) for c in np.unique(colours, axis=0)} <= set(CAMVID.palette) | {(0, 0, 0)}
+    _ok("bench", "--bundle", str(bundle), "--iters", "2", "--warmup", "1")
+    _ok("package", "--bundle", str(bundle), "--target", "triton", "--out", str(root / "triton"), "--device", "cpu")
+    config = next((root / "triton").rglob("config.pbtxt")).read_text()
+    assert ",".join(CAMVID.classes) in config
+    _ok("package", "--bundle", str(bundle), "--target", "deepstream", "--out", str(root / "ds"))
+    assert (root / "ds" / "labels.txt").read_text().splitlines() == list(CAMVID.classes)
