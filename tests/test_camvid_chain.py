@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from cli_helpers import run_cli
+
 from fornet_deploy.data.camvid import CAMVID
 
 pytestmark = pytest.mark.slow

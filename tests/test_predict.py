@@ -22,7 +22,8 @@ from fornet_deploy.data.cityscapes import LABELS
 from fornet_deploy.data.formats import open_dataset
 from fornet_deploy.errors import FornetError
 from fornet_deploy.io import folder_lock
-from fornet_deploy.predict import PredictConfig, _Staging, collect_inputs, predict
+from fornet_deploy.predict import PredictConfig, collect_inputs, predict
+from fornet_deploy.predict.outputs import OutputStaging as _Staging
 
 VALID_LABEL_IDS = {label_id for label_id, _, train_id in LABELS if train_id != 255}
 ALL = PredictConfig(importance=True, mask=True, label_ids=True)
