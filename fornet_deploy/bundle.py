@@ -181,8 +181,9 @@ class Bundle:
 
     ``manifest`` keys: ``format``, ``version``, ``model`` (FoR-Net config), ``labels`` (the
     label set: read it with :func:`fornet_deploy.data.labels.manifest_label_set`; bundles
-    from before it have ``classes`` and ``palette``), ``preprocessing``, ``topk``, ``export`` and ``artifacts`` (file name ->
-    metadata with at least ``sha256``; derived artefacts also ``source`` and
+    from before it have ``classes`` and ``palette``), ``preprocessing``, ``topk``, ``export``
+    and ``artifacts`` (file name -> metadata with at least ``sha256``; derived artefacts also
+    ``source`` and
     ``source_sha256``; other keys such as ``kind`` and ``precision`` are free).
     """
 

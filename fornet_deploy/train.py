@@ -224,7 +224,8 @@ def validate(model: FoRNet, dataset: Dataset, split: str, device: torch.device, 
     fed at the size ``eval`` feeds them)."""
     pre = Preprocessing()
     with TorchRunner(model, topk=model.config.topk_mode, device=str(device)) as runner:
-        examples = dataset_examples(dataset, split, pre, limit, network_size=partial(network_size, runner.input_spec(), pre))
+        sized = partial(network_size, runner.input_spec(), pre)
+        examples = dataset_examples(dataset, split, pre, limit, network_size=sized)
         return evaluate_runner(runner, examples, dataset.labels)
 
 

@@ -80,7 +80,8 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "or
     dataset = open_dataset(data)
     check_compatible(labels, dataset.labels, f"dataset {data}")
     with load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as runner:
-        examples = dataset_examples(dataset, split, pre, limit, network_size=partial(network_size, runner.input_spec(), pre))
+        sized = partial(network_size, runner.input_spec(), pre)
+        examples = dataset_examples(dataset, split, pre, limit, network_size=sized)
         metrics = evaluate_runner(runner, examples, labels, boundary_width, progress,
                                   fixed_topk_ratio(bundle.section("topk")))
         info = runner.info().to_dict()

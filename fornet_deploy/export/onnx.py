@@ -248,7 +248,8 @@ def export_bundle(
     data = read_bytes(checkpoint, "checkpoint", MAX_FILE_BYTES)
     model, info = load_checkpoint_bytes(data, checkpoint)
     if labels is None:
-        labels = label_set_for(model.config.num_classes, checkpoint_labels(data, checkpoint), f"checkpoint {checkpoint}")
+        stored = checkpoint_labels(data, checkpoint)
+        labels = label_set_for(model.config.num_classes, stored, f"checkpoint {checkpoint}")
     elif labels.num_classes != model.config.num_classes:
         raise FornetError(f"--labels names {labels.num_classes} classes; checkpoint {checkpoint} has "
                           f"{model.config.num_classes}")
