@@ -29,7 +29,7 @@ def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("chain")
     data, run, bundle = root / "camvid", root / "run", root / "bundle"
     _ok("synthcity", "--out", str(data), "--layout", "camvid", "--train", "4", "--val", "2", "--test", "2",
-        "--shape", "96x128", "--seed", "5")
+        "--shape", "90x120", "--seed", "5")
     _ok("train", "--data", str(data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
         "--shape", "64x96", "--val-interval", "2", "--train-split", "train+val", "--val-split", "test",
         "--device", "cpu", "--json", str(root / "train.json"))

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ...contract import MAX_SIDE
 from ...errors import FornetError
 from ...io import atomic_write_json, read_json, write_png
 from .. import camvid
@@ -97,8 +98,8 @@ def _check_config(out: Path, config: SynthCityConfig) -> None:
         )
     for name in ("height", "width"):
         value = getattr(config, name)
-        if value < 64 or value % 32:
-            raise FornetError(f"synthcity {name} must be a multiple of 32 and at least 64, got {value}")
+        if not 64 <= value <= MAX_SIDE:  # any size: every stage resizes or pads to the network's needs
+            raise FornetError(f"synthcity {name} must be from 64 to {MAX_SIDE} pixels, got {value}")
     if config.seed < 0:
         raise FornetError(f"synthcity seed must be non-negative, got {config.seed}")
     if out.exists() and not out.is_dir():
