@@ -19,8 +19,11 @@ Transactions
     (``COMMIT.json`` in the staging folder, written atomically) is the commit point, then
     the files are renamed into place and the manifest last. Killed before the journal, the
     bundle is as it was (the next writer deletes the staging folder); killed after it, the
-    next command that opens the bundle completes the renames. A failed write into a fresh
-    folder leaves no folder behind.
+    next command that opens the bundle completes the renames. Ctrl-C or SIGTERM while a
+    stage writes is exit 130 with the staging folder removed. A failed write into a fresh
+    folder leaves no folder behind. Staging, commit and recovery are the writer of
+    :mod:`fornet_deploy.staging`, which predict shares (:data:`LAYOUT` is how the bundle
+    differs).
 Writer lock
     A writer holds ``flock`` on ``.lock`` for its whole stage and reads the manifest under
     it, so two writers never lose each other's update: the second fails at once with one
@@ -41,7 +44,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,13 +52,18 @@ from typing import Any, Iterator, NamedTuple
 
 from .contract import FORMATS, MANIFEST, PRECISIONS, engine_format
 from .errors import WRITE_ERRNOS, FornetError
-from .io import atomic_write_json, now_iso, read_json, sha256_file
+from .io import now_iso, read_json, sha256_file
+from .staging import JOURNAL as JOURNAL  # the name of a commit's journal in a staging folder
+from .staging import Layout, Staging, pending, recover, staged
 
 BUNDLE_FORMAT = "fornet-deploy-bundle"
 BUNDLE_VERSION = 1
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
-JOURNAL = "COMMIT.json"
+# The staged writer as a bundle uses it (fornet_deploy/staging.py): the journal landing in a
+# ".staging-*" folder is the decision; the old manifest stays until the new one replaces it
+# (readers complete a pending commit first, :func:`_settle`); everything fsynced.
+LAYOUT = Layout(what="bundle folder", prefix=STAGING_PREFIX, claim=MANIFEST, durable=True, lock_file=LOCK)
 # A killed commit is completed by the next command; one still running holds the lock for
 # the few renames it has left, which a reader waits out for at most this long.
 COMMIT_WAIT_S = 30.0
@@ -308,6 +315,12 @@ class _Lock:
     def release(self) -> None:
         os.close(self.fd)  # closing the last descriptor drops the flock
 
+    def __enter__(self) -> "_Lock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 def _try_lock(root: Path) -> _Lock | None:
     try:
@@ -316,67 +329,22 @@ def _try_lock(root: Path) -> _Lock | None:
         return None
 
 
-def _pending(root: Path) -> list[Path]:
-    return [d for d in root.glob(STAGING_PREFIX + "*") if (d / JOURNAL).is_file()]
-
-
-def _apply(root: Path, staging: Path) -> None:
-    """Carry out a journaled commit: files into place, stale files out, manifest last.
-    Idempotent, so a commit cut short by a kill is finished by running it again."""
-    journal = read_json(staging / JOURNAL, "bundle commit journal")
-    if not isinstance(journal, dict) or not all(isinstance(journal.get(k), list) for k in ("moves", "deletes")):
-        raise FornetError(f"{staging / JOURNAL} is not a commit journal of fornet-deploy")
-    for name in journal["moves"]:
-        if (staging / check_artifact_name(name)).exists():
-            os.replace(staging / name, root / name)
-    for name in journal["deletes"]:
-        (root / check_artifact_name(name)).unlink(missing_ok=True)
-    if (staging / MANIFEST).exists():
-        os.replace(staging / MANIFEST, root / MANIFEST)
-    _fsync_dir(root)
-    shutil.rmtree(staging)
-
-
-def _recover(root: Path) -> None:
-    """Under the writer lock: finish journaled commits, delete abandoned staging folders."""
-    for staging in sorted(root.glob(STAGING_PREFIX + "*")):
-        if (staging / JOURNAL).is_file():
-            _apply(root, staging)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _settle(root: Path) -> None:
     """Before reading: finish a commit a killed writer left, or wait for a running one."""
     deadline = time.monotonic() + COMMIT_WAIT_S
-    while _pending(root):
+    while pending(root, LAYOUT):
         try:
             lock = _try_lock(root)
         except FornetError:
             raise FornetError(f"bundle {root} holds an unfinished commit; open it once with write access "
                               "(any fornet-deploy command) to complete it") from None
         if lock is not None:
-            try:
-                _recover(root)
-            finally:
-                lock.release()
+            with lock:
+                recover(root, LAYOUT)
             return
         if time.monotonic() > deadline:
             raise FornetError(f"bundle {root} is in the middle of a commit by another command; run this again")
         time.sleep(0.05)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system syncs folders
-        _fsync(path)
 
 
 @dataclass
@@ -384,7 +352,7 @@ class Transaction:
     """One stage's writes to a bundle; see :func:`transaction`."""
 
     bundle: Bundle  # as committed when the transaction began: what the stage reads
-    staging: Path
+    staging: Staging
     manifest: dict  # what it will commit
     staged: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
@@ -395,11 +363,11 @@ class Transaction:
 
     def path(self, name: str) -> Path:
         """Where to write artefact ``name`` (in the staging folder)."""
-        return self.staging / check_artifact_name(name)
+        return self.staging.path(check_artifact_name(name))
 
     def scratch(self) -> Path:
         """A private folder for a tool's temporary files; removed with the staging folder."""
-        return Path(tempfile.mkdtemp(prefix=".scratch-", dir=self.staging))
+        return Path(tempfile.mkdtemp(prefix=".scratch-", dir=self.staging.folder))
 
     def record(self, name: str, **meta: Any) -> dict:
         """Record a file written to :meth:`path`; committed with the others."""
@@ -435,21 +403,26 @@ class Transaction:
         for name in stale:
             self.remove(name)
         check_manifest(self.manifest, f"bundle {self.root}")  # a bug guard: never commit what open refuses
-        atomic_write_json(self.staging / MANIFEST, self.manifest)
-        for name in self.staged:
-            _fsync(self.staging / name)
-        atomic_write_json(self.staging / JOURNAL, {"moves": sorted(self.staged), "deletes": sorted(self.removed)})
-        _fsync(self.staging / JOURNAL)  # the commit point: from here on the new state wins
-        _apply(self.root, self.staging)
+        self.staging.commit(self.manifest, sorted(self.staged), sorted(self.removed))
         return stale
 
 
-def _write_error(exc: OSError, root: Path, staging: Path | None) -> FornetError:
+def _write_error(exc: OSError, root: Path, staging: Path) -> FornetError:
     target = Path(exc.filename) if exc.filename else None
-    if target is not None and staging is not None and target.is_relative_to(staging):
+    if target is not None and target.is_relative_to(staging):
         target = root / target.name  # name the artefact, not its staging copy
     return FornetError(f"cannot write {target or 'into bundle ' + str(root)}: {exc.strerror}; "
                        "the bundle is as it was before this command")
+
+
+def _committed_manifest(root: Path, create: bool) -> dict:
+    """The manifest the last commit wrote (``create``: a new one when there is none)."""
+    if (root / MANIFEST).is_file():
+        return check_manifest(read_json(root / MANIFEST, "bundle manifest"), str(root / MANIFEST))
+    if create:
+        return {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": now_iso(), "artifacts": {}}
+    raise FornetError(f"bundle folder {root} has no {MANIFEST}: no export into it has finished "
+                      "(run `fornet-deploy export`)")
 
 
 @contextlib.contextmanager
@@ -460,46 +433,23 @@ def transaction(root: str | Path, command: str, create: bool = False) -> Iterato
     a killed writer left, reads the committed manifest (``create``: a new bundle when there
     is none), and yields a :class:`Transaction`: write files to ``txn.path(name)``, record
     them with ``txn.record(name, **meta)``. On a normal exit everything is committed in one
-    step; on an exception (or a kill) nothing is, and a folder this call created is removed.
-    A write that runs out of space or over the file-size limit is one line.
+    step; on an exception (or a kill, or Ctrl-C / SIGTERM: exit 130) nothing is, and a
+    folder this call created is removed. A write that runs out of space or over the
+    file-size limit is one line. The staging, commit and recovery are
+    :mod:`fornet_deploy.staging`'s, with this module's :data:`LAYOUT`.
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise FornetError(f"bundle path {root} exists and is not a folder")
     if not root.exists() and not create:
         raise FornetError(f"bundle folder {root} does not exist (create one with `fornet-deploy export`)")
-    created = not root.exists()
-    staging: Path | None = None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FornetError(f"cannot create bundle folder {root}: {exc.strerror}") from None
-    lock = _Lock(root, command)
-    try:
-        _recover(root)
-        if (root / MANIFEST).is_file():
-            manifest = check_manifest(read_json(root / MANIFEST, "bundle manifest"), str(root / MANIFEST))
-        elif create:
-            manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": now_iso(), "artifacts": {}}
-        else:
-            raise FornetError(f"bundle folder {root} has no {MANIFEST}: no export into it has finished "
-                              "(run `fornet-deploy export`)")
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-        txn = Transaction(Bundle(root, manifest), staging, json.loads(json.dumps(manifest)))
+    with staged(root, LAYOUT, lambda: _Lock(root, command)) as staging:
         try:
+            manifest = _committed_manifest(root, create)
+            txn = Transaction(Bundle(root, manifest), staging, json.loads(json.dumps(manifest)))
             yield txn
             txn.commit()
         except OSError as exc:
             if exc.errno in WRITE_ERRNOS:
-                raise _write_error(exc, root, staging) from None
+                raise _write_error(exc, root, staging.folder) from None
             raise
-    except BaseException:
-        if staging is not None and not (staging / JOURNAL).is_file():
-            shutil.rmtree(staging, ignore_errors=True)
-        if created and not (root / MANIFEST).exists():
-            with contextlib.suppress(OSError):
-                (root / LOCK).unlink()
-                root.rmdir()  # only when nothing else landed in it
-        raise
-    finally:
-        lock.release()

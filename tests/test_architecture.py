@@ -15,6 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "errors", "interrupts"),
     ("contract",),
     ("io",),
+    ("staging",),
     ("bundle",),
     ("model", "data"),
     ("runtimes",),

@@ -350,6 +350,19 @@ def test_export_interrupted_while_it_writes(bundle, other_checkpoint, sig):
         assert result.returncode == 130
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_stage_writes_is_exit_130_and_leaves_no_staging(bundle, other_checkpoint, sig):
+    """Issue 26: every signal exit is 130 and leaves no staging behind (SIGTERM ended the
+    process at once: exit 143, the staging folder left for the next writer to clear)."""
+    old = hashes(bundle)
+    result = signal_when_staging(["export", "--checkpoint", str(other_checkpoint), "--out", str(bundle),
+                                  "--shape", SHAPE], bundle, sig)
+    assert_one_line_error(result, "interrupted")
+    assert result.returncode == 130
+    assert not list(bundle.glob(STAGING_PREFIX + "*"))
+    assert assert_consistent(bundle) == old
+
+
 def test_calibrate_killed_midway_leaves_no_trace(bundle, tiny_data):
     def artefacts(root: Path) -> dict[str, str]:  # the calibration cache aside: a keyed cache, written atomically
         return {k: v for k, v in files(root).items() if not k.startswith((STAGING_PREFIX, "calibration/"))}

@@ -363,3 +363,44 @@ def test_an_image_that_declares_too_many_pixels(tiny_bundle, inputs, tmp_path):
                      "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "declares 30000x30000 pixels")
     assert result.returncode == 3 and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def archived_run(tiny_bundle, inputs, tmp_path) -> tuple[Path, Path]:
+    """Issue 26: an earlier run of the folder input, whose output folder ``scenes`` the user
+    moved to an archive and linked back; returns (output folder, archive)."""
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    predict(tiny_bundle, [inputs["folder"]], out, PredictConfig())
+    archive.mkdir()
+    os.replace(out / "scenes", archive / "scenes")
+    (out / "scenes").symlink_to(archive / "scenes")
+    return out, archive
+
+
+def test_a_new_run_deletes_nothing_through_a_symlink(tiny_bundle, inputs, archived_run, tmp_path):
+    """Issue 26 (both deleted the files behind the link): the earlier run's files now behind a
+    link, and a predictions.json listing ``sub/f`` with ``sub`` a link to ``../victim``."""
+    out, archive = archived_run
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("precious")
+    (out / "sub").symlink_to(Path("..") / "victim")
+    report = json.loads((out / "predictions.json").read_text())
+    (out / "predictions.json").write_text(json.dumps({**report, "files": [*report["files"], "sub/f"]}))
+    archived = listing(archive)
+    assert len(archived) == 6
+    summary = predict(tiny_bundle, [inputs["image"]], out, PredictConfig())
+    assert listing(archive) == archived and (victim / "f").read_text() == "precious"
+    assert (out / "scenes").is_symlink() and (out / "sub").is_symlink()  # links are not what a run wrote
+    assert json.loads((out / "predictions.json").read_text())["files"] == summary["files"]
+
+
+def test_a_run_that_would_write_through_a_symlink_is_refused(tiny_bundle, inputs, archived_run):
+    """The folder input again: its outputs would land behind the link, outside --out."""
+    out, archive = archived_run
+    archived, report = listing(archive), (out / "predictions.json").read_bytes()
+    result = run_cli("predict", str(inputs["folder"]), "--bundle", str(tiny_bundle), "--out", str(out))
+    assert_one_line_error(result, f"{out / 'scenes'} is a symbolic link", "as it was")
+    assert result.returncode == 3
+    assert listing(archive) == archived and (out / "predictions.json").read_bytes() == report
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "scenes"]  # no staging left

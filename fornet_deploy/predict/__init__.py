@@ -38,10 +38,14 @@ sources) before anything is written; outputs go to a hidden staging folder insid
 output folder and are moved into place only once the whole run has succeeded, by a commit
 whose guarantee is: **whenever ``predictions.json`` is present, the files it lists are
 exactly those of the run it describes, all in place with that run's content, and the files
-an earlier run listed that this one does not are gone.** The commit renames the staging
-folder to ``.predict-commit-*`` (the decision), moves the old report into it, moves the
-new files into place, deletes the earlier run's files that the new run does not rewrite,
-and renames the new report into place last. A run that fails or is interrupted (Ctrl-C,
+an earlier run listed that this one does not are gone.** The commit (:mod:`fornet_deploy.staging`,
+the writer the bundle uses too) writes a journal into the staging folder -- the new files,
+and the earlier run's files that the new run does not rewrite -- renames the folder to
+``.predict-commit-*`` (the decision), removes the old report, moves the new files into
+place, deletes those earlier files and renames the new report into place last. It moves
+and deletes only through real folders inside the output folder: a run whose outputs would
+land behind a symbolic link is refused before the commit (one line, the folder as it was),
+and a listed file behind a link, or a link itself, is never deleted. A run that fails or is interrupted (Ctrl-C,
 SIGTERM, an error) before the commit leaves the folder as it was; Ctrl-C or SIGTERM
 during the commit waits for it (the run completes); a ``kill -9`` during the commit
 leaves the folder without ``predictions.json`` -- it then claims no complete run -- and

@@ -6,80 +6,62 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import FornetError
+from ..interrupts import StopSignals
 from ..io import encode_png, folder_lock
+from ..staging import Layout, confined, staged
 from .sources import opencv_path, quiet_opencv
 
 REPORT_NAME = "predictions.json"
-_STAGING, _COMMIT = ".predict-", ".predict-commit-"  # hidden folders inside the output folder
-
-
-def _confined(rel: str) -> bool:
-    """Whether an output name stays inside the output folder: relative, no ``..``."""
-    path = PurePosixPath(rel)
-    return bool(rel) and not path.is_absolute() and ".." not in path.parts
+# The staged writer as predict uses it (fornet_deploy/staging.py): hidden staging folders in
+# the output folder; the decision renames one to ".predict-commit-*"; the old report goes
+# first, so a folder holding predictions.json never holds a half-moved run; no fsync (a
+# video's label maps are thousands of files, and a run can be repeated).
+LAYOUT = Layout(what="output folder", prefix=".predict-", claim=REPORT_NAME, committed_prefix=".predict-commit-",
+                withdraw_claim=True)
 
 
 class OutputStaging:
-    """Outputs are written into a hidden folder inside the output folder (same file system,
-    so the final moves are renames) and moved into place by :meth:`commit` (see the package
-    docstring for its guarantee).
+    """Outputs are written into a hidden folder inside the output folder and moved into
+    place by :meth:`commit` (see the package docstring for its guarantee), through the
+    staged writer of :mod:`fornet_deploy.staging`.
 
     Entering takes the output folder's lock and completes or removes what an earlier,
     killed run left. Leaving the ``with`` block on an exception removes the staged files
-    and the folders this run created, so the output folder is left as it was.
+    and the folders this run created, so the output folder is left as it was. ``stop``:
+    the run's signal routing (a live source ends at a frame on Ctrl-C), which the commit
+    defers.
     """
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, stop: StopSignals | None = None):
         self.out_dir = out_dir
         self.files: list[str] = []  # relative "/"-separated paths, in writing order
+        self._stop = stop
 
     def __enter__(self) -> "OutputStaging":
-        self._created = _missing_dirs(self.out_dir)
-        self._lock = contextlib.ExitStack()
-        try:
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self._lock.enter_context(folder_lock(self.out_dir, "output folder"))
-            except OSError as exc:
-                raise FornetError(f"cannot create output folder {self.out_dir}: {exc.strerror or exc}") from None
-            try:
-                _recover(self.out_dir)
-                self.root = Path(tempfile.mkdtemp(prefix=_STAGING, dir=self.out_dir))
-            except OSError as exc:
-                raise FornetError(f"cannot prepare output folder {self.out_dir} (completing an earlier, "
-                                  f"interrupted run's commit): {exc.strerror or exc}") from None
-        except BaseException:
-            self._undo()
-            raise
+        self._scope = contextlib.ExitStack()
+        lock = lambda: folder_lock(self.out_dir, "output folder")
+        self.staging = self._scope.enter_context(staged(self.out_dir, LAYOUT, lock, self._stop))
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)  # gone already after a commit
-        if exc_type is not None:
-            self._undo()
-        self._lock.close()
+    def __exit__(self, *exc) -> bool | None:
+        return self._scope.__exit__(*exc)
 
-    def _undo(self) -> None:
-        for folder in reversed(self._created):
-            with contextlib.suppress(OSError):  # not empty: it held files before this run
-                folder.rmdir()
-        self._lock.close()
+    @property
+    def folder(self) -> Path:
+        """The staging folder."""
+        return self.staging.folder
 
     def path(self, rel: str) -> Path:
         """A staged path for the output ``rel``, recorded as written."""
-        if not _confined(rel):  # names come from inputs: never let one climb out of --out
-            raise FornetError(f"output name {rel!r} would leave the output folder {self.out_dir}")
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.staging.path(rel)
         self.files.append(rel)
         return path
 
@@ -97,12 +79,10 @@ class OutputStaging:
         return VideoOut(self, rel, fps, hw)
 
     def commit(self, report: dict) -> None:
-        """Write the report and move the run into place (the package docstring's guarantee)."""
+        """Write the report and move the run into place, deleting the files the earlier
+        report lists that this run does not write (the package docstring's guarantee)."""
         try:
-            (self.root / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-            commit = self.root.with_name(_COMMIT + self.root.name[len(_STAGING):])
-            os.replace(self.root, commit)  # the decision: from here on the run completes
-            _finish_commit(self.out_dir, commit)
+            self.staging.commit(report, self.files, sorted(_listed(self.out_dir / REPORT_NAME)))
         except OSError as exc:
             raise FornetError(f"cannot move outputs into {self.out_dir}: {exc.strerror or exc}") from None
 
@@ -113,54 +93,7 @@ def _listed(report: Path) -> list[str]:
         files = json.loads(report.read_text()).get("files", [])
     except (OSError, ValueError, AttributeError):
         return []
-    return [f for f in files if isinstance(f, str) and _confined(f)] if isinstance(files, list) else []
-
-
-def _finish_commit(out_dir: Path, commit: Path) -> None:
-    """Roll a committed run forward into ``out_dir``; every step can be repeated, so a
-    commit cut short by a kill is completed by running this again."""
-    new_report, previous = commit / REPORT_NAME, commit / ".previous.json"
-    if not new_report.exists():  # the last step was done
-        shutil.rmtree(commit, ignore_errors=True)
-        return
-    if (out_dir / REPORT_NAME).exists() and not previous.exists():
-        os.replace(out_dir / REPORT_NAME, previous)  # the folder no longer claims the old run
-    new_files = _listed(new_report)
-    for rel in new_files:
-        if (commit / rel).exists():
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(commit / rel, out_dir / rel)
-    for rel in sorted(set(_listed(previous)) - set(new_files)):
-        target = out_dir / rel
-        if target.is_file() or target.is_symlink():
-            target.unlink()
-            for folder in target.parents:  # folders only the old run's files were in
-                if folder == out_dir:
-                    break
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-    os.replace(new_report, out_dir / REPORT_NAME)
-    shutil.rmtree(commit, ignore_errors=True)
-
-
-def _recover(out_dir: Path) -> None:
-    """Complete the commit of a run killed while committing; remove a killed run's staging."""
-    for entry in sorted(out_dir.iterdir()):
-        if entry.is_dir() and entry.name.startswith(_COMMIT):
-            _finish_commit(out_dir, entry)
-        elif entry.is_dir() and entry.name.startswith(_STAGING):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _missing_dirs(folder: Path) -> list[Path]:
-    """``folder`` and its ancestors that do not exist yet, outermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing[::-1]
+    return [f for f in files if isinstance(f, str) and confined(f)] if isinstance(files, list) else []
 
 
 class VideoOut:
@@ -174,7 +107,7 @@ class VideoOut:
         self.final = staging.path(rel)
         self.frames = 0
         self._stack = contextlib.ExitStack()
-        fd, tmp = tempfile.mkstemp(prefix=".video-", suffix=".mp4", dir=staging.root)
+        fd, tmp = tempfile.mkstemp(prefix=".video-", suffix=".mp4", dir=staging.folder)
         os.close(fd)
         self.tmp = Path(tmp)
         self.name = self._stack.enter_context(opencv_path(self.tmp))

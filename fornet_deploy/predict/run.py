@@ -225,7 +225,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
         meter = _Meter(runner, _progress_reporter(progress), _total(sources, cfg))
 
         records = []
-        with OutputStaging(out_dir) as staging:
+        with OutputStaging(out_dir, stop) as staging:
             for source in sources:
                 record = {"source": source.item.source, "kind": source.item.kind,
                           "size": list(source.hw), "network_size": list(source.net_hw)}
