@@ -416,7 +416,8 @@ def parity(
         ["images off k (Top-K cells)", _off_k(s), _check(s, "topk_count")],
         ["agreement mIoU", s["agreement_miou"], ""],
     ])
-    console.print(f"{'PASS' if s['passed'] else 'FAIL'}; report {report['report_path']}")
+    failed = ", ".join(check for check, ok in s["checks"].items() if not ok)
+    console.print(f"{'PASS' if s['passed'] else 'FAIL: ' + failed}; report {report['report_path']}")
     if not s["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
