@@ -102,3 +102,16 @@ def test_legacy_builds_on_tensorrt_10(fornet, precision, tmp_path):
         report = run_parity(reference, candidate, dataset_examples(data, "val", pre, 8), THRESHOLDS[precision])
     assert report["candidate"]["artifact"] == meta["engine"]
     assert report["summary"]["passed"], report["summary"]
+
+
+def test_build_trt_command(fornet, tmp_path):
+    """`build-trt` as a user runs it (the real entry point): exit 0, the engine's table, its JSON."""
+    from cli_helpers import run_cli
+
+    bundle, _ = fornet
+    result = run_cli("build-trt", "--bundle", str(bundle), "--fp16", "--json", str(tmp_path / "engine.json"))
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "engine.json").read_text())
+    assert meta["precision"] == "fp16" and meta["strongly_typed"] and meta["tf32"] is False
+    assert meta == json.loads((bundle / f"{meta['engine']}.json").read_text())
+    assert f"engine {meta['engine']}" in result.stdout and meta["tensorrt_version"] in result.stdout
