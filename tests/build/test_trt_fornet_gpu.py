@@ -26,7 +26,8 @@ from fornet_deploy.evaluation.parity import THRESHOLDS, parity_bundle, run_parit
 from fornet_deploy.runtimes.registry import load_runner
 from fornet_deploy.runtimes.trt.inspect import summarize_layers
 
-pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.slow]
+# Engine builds take minutes each on a small GPU: more than the suite's per-test timeout.
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SHAPE = (256, 512)
 
