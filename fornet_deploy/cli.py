@@ -430,7 +430,8 @@ def parity(
         ["images off k (Top-K cells)", _off_k(s), _check(s, "topk_count")],
         ["agreement mIoU", s["agreement_miou"], ""],
     ])
-    console.print(f"{'PASS' if s['passed'] else 'FAIL'}; report {report['report_path']}")
+    failed = ", ".join(check for check, ok in s["checks"].items() if not ok)
+    console.print(f"{'PASS' if s['passed'] else 'FAIL: ' + failed}; report {report['report_path']}")
     if not s["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
@@ -586,12 +587,14 @@ def demo(
     weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
     bench_iters: int = typer.Option(20, min=1, help="timed iterations per artefact"),
+    shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (multiples of 32)"),
+    num_images: int = typer.Option(50, min=1, help="SynthCity val images for parity and evaluation"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
     from .api import run_demo as run
 
-    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters,
-                 log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters, shape=_shape(shape),
+                 num_images=num_images, log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
                 [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
                  for p, s in result["parity"].items()])

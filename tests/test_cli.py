@@ -117,7 +117,7 @@ def test_every_size_option_is_spelled_shape():
                 assert not sizes.match(opt), f"{name} {opt}"
                 if "shape" in opt:
                     assert opt in ("--shape", "--min-shape", "--max-shape"), f"{name} {opt}"
-    for name in ("export", "bench", "predict", "train", "synthcity", "info", "build-trt"):
+    for name in ("export", "bench", "predict", "train", "synthcity", "info", "build-trt", "demo"):
         assert any("--shape" in getattr(p, "opts", []) for p in group.commands[name].params), name
 
 

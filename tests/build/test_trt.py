@@ -325,8 +325,14 @@ def test_build_engine_without_tensorrt_names_the_extra(tmp_path, monkeypatch):
 # --- the adapter against a stand-in TensorRT ------------------------------------------
 
 
+# Module attributes of the stand-in that are the tests' own, not TensorRT's (test_trt_bindings.py
+# checks every other public name of the stand-in against the real bindings of its version).
+TEST_HOOKS = {"calls", "cudart"}
+
+
 def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timing_cache_ok=True, dla_cores=0):
-    """A ``tensorrt`` module with the names ``version`` binds, recording what is called."""
+    """A ``tensorrt`` module with the names ``version`` binds, recording what is called; its
+    classes are module attributes under TensorRT's class names, and its own state is private."""
     legacy = version.startswith("10.")
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -351,8 +357,12 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
     trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"])
     trt.ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
 
+    class ITensor:
+        def __init__(self, name="", kind="FLOAT"):
+            self.name, self.dtype = name, types.SimpleNamespace(name=kind)  # DataType.FLOAT.name
+
     def tensor(kind):
-        return None if kind == "NONE" else types.SimpleNamespace(dtype=types.SimpleNamespace(name=kind))
+        return None if kind == "NONE" else ITensor(kind=kind)
 
     class Layer:
         def __init__(self, view):
@@ -385,7 +395,7 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
             self.num_layers = len(self._layers)
 
         def get_input(self, i):
-            return types.SimpleNamespace(name="image")
+            return ITensor("image")
 
         def get_layer(self, i):
             return self._layers[i]
@@ -412,19 +422,18 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
             return ParserError(*parse_errors[i])
 
     class OptimizationProfile:
-        def set_shape(self, name, min, opt, max):
-            self.shape = (name, min, opt, max)
+        def set_shape(self, input, min, opt, max):
+            self._shape = (input, min, opt, max)
 
     class TimingCache:
         def __init__(self, data):
-            self.data = data
+            self._data = data
 
         def serialize(self):
-            return memoryview(self.data + b"+timings")
+            return memoryview(self._data + b"+timings")
 
     class Config:
         def __init__(self):
-            self.profiles = []
             self._timing = TimingCache(b"")
 
         def set_flag(self, flag):
@@ -437,7 +446,7 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
             calls["workspace"] = (pool.name, size)
 
         def add_optimization_profile(self, profile):
-            self.profiles.append(profile.shape)
+            calls.setdefault("profiles", []).append(profile._shape)
 
         def create_timing_cache(self, data):
             return TimingCache(bytes(data))
@@ -452,7 +461,7 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
     if legacy:
 
         def set_calibration_profile(self, profile):
-            calls["calibration_profile"] = profile.shape
+            calls["calibration_profile"] = profile._shape
 
         Config.set_calibration_profile = set_calibration_profile
         Config.int8_calibrator = None
@@ -467,7 +476,7 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
         num_DLA_cores = dla_cores
 
         def __init__(self, logger):
-            self.logger = logger
+            self._logger = logger
 
         def create_network(self, flags):
             return Network(flags)
@@ -487,11 +496,13 @@ def fake_tensorrt(version: str, layers=(), parse_errors=(), build_ok=True, timin
                     calls["calibration_batches"] += 1
                 calibrator.write_calibration_cache(memoryview(b"TRT-100300-EntropyCalibration2\nimage: 3c010a14\n"))
             if not build_ok:
-                self.logger.log(ILogger.Severity.ERROR, "out of memory while building")
+                self._logger.log(ILogger.Severity.ERROR, "out of memory while building")
                 return None
             return memoryview(b"ENGINE " + version.encode())
 
-    trt.Builder, trt.OnnxParser = Builder, OnnxParser
+    trt.Builder, trt.OnnxParser, trt.ParserError, trt.INetworkDefinition = Builder, OnnxParser, ParserError, Network
+    trt.ILayer, trt.ITensor = LegacyLayer if legacy else Layer, ITensor
+    trt.IBuilderConfig, trt.IOptimizationProfile, trt.ITimingCache = Config, OptimizationProfile, TimingCache
     return trt
 
 
@@ -531,7 +542,7 @@ def test_strongly_typed_build_writes_engine_and_metadata(tmp_path, with_fake, ve
     assert calls["cleared"] == ["TF32"]  # TensorRT's default is TF32 on
     assert calls["config"].profiling_verbosity == trt.ProfilingVerbosity.DETAILED
     assert calls["workspace"] == ("WORKSPACE", 256 << 20)
-    assert calls["config"].profiles == [("image", [1, 3, 64, 128], [1, 3, 64, 128], [2, 3, 128, 256])]
+    assert calls["profiles"] == [("image", [1, 3, 64, 128], [1, 3, 64, 128], [2, 3, 128, 256])]
     assert timing.read_bytes() == b"+timings"
 
     name = "model.fp16.1x3x64x128-1x3x64x128-2x3x128x256.engine"

@@ -26,7 +26,8 @@ from fornet_deploy.evaluation.parity import THRESHOLDS, parity_bundle, run_parit
 from fornet_deploy.runtimes.registry import load_runner
 from fornet_deploy.runtimes.trt.inspect import summarize_layers
 
-pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.slow]
+# Engine builds take minutes each on a small GPU: more than the suite's per-test timeout.
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SHAPE = (256, 512)
 
@@ -102,3 +103,16 @@ def test_legacy_builds_on_tensorrt_10(fornet, precision, tmp_path):
         report = run_parity(reference, candidate, dataset_examples(data, "val", pre, 8), THRESHOLDS[precision])
     assert report["candidate"]["artifact"] == meta["engine"]
     assert report["summary"]["passed"], report["summary"]
+
+
+def test_build_trt_command(fornet, tmp_path):
+    """`build-trt` as a user runs it (the real entry point): exit 0, the engine's table, its JSON."""
+    from cli_helpers import run_cli
+
+    bundle, _ = fornet
+    result = run_cli("build-trt", "--bundle", str(bundle), "--fp16", "--json", str(tmp_path / "engine.json"))
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "engine.json").read_text())
+    assert meta["precision"] == "fp16" and meta["strongly_typed"] and meta["tf32"] is False
+    assert meta == json.loads((bundle / f"{meta['engine']}.json").read_text())
+    assert f"engine {meta['engine']}" in result.stdout and meta["tensorrt_version"] in result.stdout

@@ -16,6 +16,7 @@ from onnx import TensorProto, numpy_helper
 from fornet_deploy.calibration.placement import (
     INT8_MAX,
     OPSET,
+    POOL_OPS,
     activation_scale,
     conv_supported,
     fp32_name,
@@ -31,16 +32,38 @@ from fornet_deploy.export.fp16 import in_fp32_scope
 from fornet_deploy.export.lint import lint_tensorrt
 from fornet_deploy.export.qdq_lint import qdq_counts
 
-# What the default FoR-Net gives (docs/research/int8-placement.md, section 4: option (ii)).
-FORNET_CONVS, FORNET_ACTIVATIONS = 44, 39
-FORNET_RESIDUAL_ADDS = ["/backbone/stage1/stage1.0/Add", "/backbone/stage2/stage2.1/Add",
-                        "/backbone/stage3/stage3.1/Add", "/backbone/stage3/stage3.2/Add",
-                        "/backbone/stage4/stage4.1/Add"]
-
 
 @pytest.fixture(scope="module")
 def graphs(fornet_bundle):
     return onnx.load(str(fornet_bundle / ONNX_FP32)), onnx.load(str(fornet_bundle / ONNX_FP16))
+
+
+@pytest.fixture(scope="module")
+def expected(graphs) -> dict:
+    """What the rules give on the real FoR-Net, derived from the graph and the model, not read
+    off a run of the placement (docs/research/int8-placement.md, section 4, option (ii))."""
+    from fornet_deploy.contract import SHIPPED_WEIGHTS
+    from fornet_deploy.model.checkpoint import load_checkpoint
+
+    _, fp16 = graphs
+    convs = [n for n in fp16.graph.node if n.op_type == "Conv" and not in_fp32_scope(n.name)]
+    model = load_checkpoint(SHIPPED_WEIGHTS)[0]
+    residual = [onnx_scope(name) + "/Add" for name, m in model.named_modules() if getattr(m, "residual", False)]
+    return {
+        "convs": len(convs),  # every conv outside the FP32 scopes (all are wide enough)
+        "activations": len({n.input[0] for n in convs}),  # one pair per conv data input
+        "residual_blocks": residual,
+        "pools": sorted(n.name for n in fp16.graph.node if n.op_type in POOL_OPS and not in_fp32_scope(n.name)),
+    }
+
+
+def onnx_scope(module: str) -> str:
+    """PyTorch's exporter names a module's nodes by its path, a list's items as ``list.index``:
+    ``backbone.stage1.0`` -> ``/backbone/stage1/stage1.0``."""
+    parts: list[str] = []
+    for part in module.split("."):
+        parts.append(f"{parts[-1]}.{part}" if part.isdigit() else part)
+    return "/" + "/".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +84,31 @@ def _consumers(model):
     return out
 
 
-def test_every_conv_outside_the_scopes_is_quantized_on_its_inputs_only(graphs):
+def test_every_conv_outside_the_scopes_is_quantized_on_its_inputs_only(graphs, expected):
     _, fp16 = graphs
-    plan = plan_qdq(to_opset(fp16))
+    model = to_opset(fp16)
+    plan = plan_qdq(model)
     convs = [n for n in fp16.graph.node if n.op_type == "Conv"]
     outside = {n.name for n in convs if not in_fp32_scope(n.name)}
-    assert set(plan.weights) == outside and len(outside) == FORNET_CONVS and not plan.skipped_convs
-    assert len(plan.activations) == FORNET_ACTIVATIONS
+    assert set(plan.weights) == outside and len(outside) == expected["convs"] and not plan.skipped_convs
+    assert len(plan.activations) == expected["activations"]
     for tensor in plan.activations:  # each quantized tensor is some quantized conv's data input
         assert any(c.input[0] == tensor for c in convs if c.name in outside), tensor
     readers = [name for rs in plan.activations.values() for name, _ in rs]
     assert not any(in_fp32_scope(name) for name in readers)  # the scopes are never rewired
-    assert sorted(plan.residual_adds) == FORNET_RESIDUAL_ADDS
-    assert plan.pooled == ["/neck/context/context.0/GlobalAveragePool"]
+    assert plan.pooled == expected["pools"] and plan.pooled  # the neck's context pooling
+    # Every residual block of the backbone is routed; the neck's (smooth16, smooth8) are not:
+    # their result goes on to a float op (an upsampling), so no Conv + Add writes INT8 there.
+    nodes, consumers = {n.name: n for n in model.graph.node}, _consumers(model)
+    assert set(expected["residual_blocks"]) <= set(nodes)
+    backbone = [add for add in expected["residual_blocks"] if add.startswith("/backbone/")]
+    assert sorted(plan.residual_adds) == sorted(backbone) and len(backbone) >= 4
+    for add in set(expected["residual_blocks"]) - set(backbone):
+        result = nodes[add].output[0]
+        after = consumers[result]
+        if [c.op_type for c in after] == ["Relu"]:
+            after = consumers[after[0].output[0]]
+        assert any(c.name not in plan.weights for c in after), add
 
 
 def test_residual_adds_read_the_residual_through_its_dq_and_fuse_the_conv_side(graphs):
@@ -90,13 +125,14 @@ def test_residual_adds_read_the_residual_through_its_dq_and_fuse_the_conv_side(g
         assert producers[conv_side[0]].name in plan.weights and len(consumers[conv_side[0]]) == 1
 
 
-def test_the_tensorrt_graph_lints_clean_and_computes_in_fp16_outside_the_scopes(quantized, graphs):
+def test_the_tensorrt_graph_lints_clean_and_computes_in_fp16_outside_the_scopes(quantized, graphs, expected):
     model, summary, _ = quantized
     assert lint_tensorrt(model) == []  # no placement finding, no FP32 island or tail, no blocker
     counts = qdq_counts(model)
-    assert counts["quantized_convs"] == FORNET_CONVS and counts["fp32_compute_nodes_outside_scopes"] == 0
-    assert counts["quantize_linear"] == counts["dequantize_linear"] == FORNET_CONVS + FORNET_ACTIVATIONS
-    assert summary["quantized_convs"] == FORNET_CONVS and summary["opset"] == OPSET
+    convs, pairs = expected["convs"], expected["convs"] + expected["activations"]  # a pair per weight and input
+    assert counts["quantized_convs"] == convs and counts["fp32_compute_nodes_outside_scopes"] == 0
+    assert counts["quantize_linear"] == counts["dequantize_linear"] == pairs
+    assert summary["quantized_convs"] == convs and summary["opset"] == OPSET
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == OPSET
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {i.name: i.type.tensor_type.elem_type for i in (*inferred.graph.value_info, *inferred.graph.input)}
@@ -203,3 +239,185 @@ def test_scales_are_positive_fp16_and_cover_the_range(weight, amax):
     assert scale.dtype == np.float16 and scale > 0
     if amax / INT8_MAX >= np.finfo(np.float16).tiny:
         assert abs(amax / float(scale) - INT8_MAX) <= INT8_MAX * 2**-10
+
+
+# --- one rule at a time, on small hand-built graphs ------------------------------------------
+
+C = 16  # channels: wide enough that every conv has INT8 kernels (conv_supported)
+
+
+class Net:
+    """A small FP16 graph (as placement sees it: the mixed FP16 export) built node by node;
+    the image ``x`` is 1 x 16 x 8 x 8."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.rng = np.random.default_rng(0)
+
+    def conv(self, name: str, x: str) -> str:
+        weight = f"{name}.weight"
+        values = self.rng.standard_normal((C, C, 3, 3)).astype(np.float16)
+        self.initializers.append(numpy_helper.from_array(values, weight))
+        return self.op("Conv", name, x, weight, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+    def op(self, op_type: str, name: str, *inputs: str, **attributes) -> str:
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [f"{name}:out"], name=name, **attributes))
+        return f"{name}:out"
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value.astype(np.float16), name))
+        return name
+
+    def model(self, *outputs: str) -> onnx.ModelProto:
+        image = onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, C, 8, 8])
+        results = [onnx.helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs]
+        graph = onnx.helper.make_graph(self.nodes, "rules", [image], results, self.initializers)
+        return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def readers(plan, tensor: str) -> set[str]:
+    return {name for name, _ in plan.activations.get(tensor, [])}
+
+
+def stem(net: Net) -> str:
+    """x -> Conv -> Relu: ``r``, a tensor the next conv quantizes."""
+    return net.op("Relu", "stem/relu", net.conv("stem", "x"))
+
+
+def test_rule_qdq_on_the_inputs_of_weighted_ops_only():
+    net = Net()
+    r = stem(net)
+    b = net.conv("b", r)
+    out = net.op("Mul", "scale", net.op("Sigmoid", "gate", b), net.constant("k", np.array(2.0)))
+    plan = plan_qdq(net.model(out))
+    assert plan.weights == {"stem": "stem.weight", "b": "b.weight"}  # each conv's weight, per channel
+    assert set(plan.activations) == {"x", r}  # each conv's data input, once
+    assert readers(plan, "x") == {"stem"} and readers(plan, r) == {"b"}
+    # what the rule derives for the whole graph: a pair per conv weight and per conv data input
+    model, summary = tensorrt_graph(net.model(out), {t: (-1.0, 1.0) for t in ("x", r)})
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == len([n for n in net.nodes if n.op_type == "Conv"]) + len({"x", r})
+    conv_inputs = {i for n in net.nodes if n.op_type == "Conv" for i in n.input}
+    assert {q.input[0] for q in quantize} == conv_inputs  # never a conv output, Sigmoid or Mul
+    assert lint_tensorrt(model) == [] and summary["quantized_convs"] == 2
+
+
+def test_rule_no_qdq_around_relu_or_batchnorm():
+    net = Net()
+    r = stem(net)
+    bn = net.op("BatchNormalization", "b/bn", net.conv("b", r), *(net.constant(f"bn.{p}", np.full(C, v))
+                                                                  for p, v in (("scale", 1), ("bias", 0),
+                                                                               ("mean", 0), ("var", 1))))
+    relu = net.op("Relu", "b/relu", bn)
+    out = net.conv("c", relu)
+    plan = plan_qdq(net.model(out))
+    assert set(plan.activations) == {"x", r, relu}  # what the convs read, after the ReLU
+    assert not {"stem:out", "b:out", bn} & set(plan.activations)  # not the conv / BN outputs the ReLUs read
+    model, _ = tensorrt_graph(net.model(out), {t: (-1.0, 1.0) for t in plan.activations})
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type in ("Relu", "BatchNormalization")):
+        assert producers[node.input[0]].op_type not in ("DequantizeLinear", "QuantizeLinear"), node.name
+
+
+def residual_block(net: Net, r: str, name: str) -> tuple[str, str]:
+    """``relu(conv(r) + r)``: (the Add's name, the block's output)."""
+    return name, net.op("Relu", f"{name}/relu", net.op("Add", name, net.conv(f"{name}/conv", r), r))
+
+
+def test_rule_a_residual_add_reads_its_residual_through_the_dq_when_its_result_is_requantized():
+    net = Net()
+    r = stem(net)
+    add, z = residual_block(net, r, "block")
+    plan = plan_qdq(net.model(net.conv("next", z)))
+    assert plan.residual_adds == [add]
+    assert ("block", 1) in plan.activations[r]  # the residual (input 1) through r's DQ
+    assert "block/conv:out" not in plan.activations  # the conv side stays fused into Conv + Add
+
+
+def test_rule_residual_adds_that_cannot_fuse_keep_their_float_inputs():
+    def plan_of(build) -> list[str]:
+        net = Net()
+        outputs = build(net, stem(net))
+        return plan_qdq(net.model(*outputs), fanout="convs").residual_adds
+
+    def not_requantized(net, r):  # the result feeds a float op only
+        return [net.op("Sigmoid", "out", residual_block(net, r, "block")[1])]
+
+    def conv_side_read_twice(net, r):  # the conv output has a second reader: no Conv + Add fusion
+        y = net.conv("block/conv", r)
+        z = net.op("Relu", "block/relu", net.op("Add", "block", y, r))
+        return [net.conv("next", z), net.op("Sigmoid", "probe", y)]
+
+    def broadcast(net, r):  # the residual is a pooled 1 x 1 map (quantized: a conv reads it too)
+        pooled = net.op("GlobalAveragePool", "gap", r)
+        z = net.op("Relu", "block/relu", net.op("Add", "block", net.conv("block/conv", r), pooled))
+        return [net.conv("next", z), net.conv("context", pooled)]
+
+    def constant(net, r):
+        z = net.op("Relu", "block/relu", net.op("Add", "block", net.conv("block/conv", r),
+                                                 net.constant("bias", np.ones((1, C, 1, 1)))))
+        return [net.conv("next", z)]
+
+    def residual_not_quantized(net, r):  # no conv reads the residual: there is no DQ to read
+        s = net.op("Sigmoid", "s", r)
+        z = net.op("Relu", "block/relu", net.op("Add", "block", net.conv("block/conv", r), s))
+        return [net.conv("next", z)]
+
+    def fused(net, r):  # the positive case, for contrast
+        return [net.conv("next", residual_block(net, r, "block")[1])]
+
+    assert plan_of(fused) == ["block"]
+    for build in (not_requantized, conv_side_read_twice, broadcast, constant, residual_not_quantized):
+        assert plan_of(build) == [], build.__name__
+
+
+def test_rule_a_residual_read_by_a_kept_add_counts_as_requantized():
+    """Chained blocks: the first Add's result is re-quantized by the second block's conv and
+    read as the second Add's residual; it stays only while the second Add stays."""
+    def plan_of(last_reader) -> list[str]:
+        net = Net()
+        first, z = residual_block(net, stem(net), "first")
+        second, w = residual_block(net, z, "second")
+        return sorted(plan_qdq(net.model(last_reader(net, w))).residual_adds)
+
+    assert plan_of(lambda net, w: net.conv("next", w)) == ["first", "second"]
+    assert plan_of(lambda net, w: net.op("Sigmoid", "out", w)) == []  # the second goes, and with it the first
+
+
+@pytest.mark.parametrize("fanout", ["shared", "convs"])
+def test_rule_a_shape_reads_the_float_tensor(fanout):
+    net = Net()
+    r = stem(net)
+    outputs = [net.conv("b", r), net.op("Shape", "size", r), net.op("Sigmoid", "probe", r)]
+    plan = plan_qdq(net.model(*outputs), fanout=fanout)
+    assert "size" not in readers(plan, r)  # shape arithmetic never reads a DQ
+    assert readers(plan, r) == ({"b", "probe"} if fanout == "shared" else {"b"})
+
+
+@pytest.mark.parametrize("fanout", ["shared", "convs"])
+def test_rule_pools_read_the_dq_except_inside_the_fp32_scopes(fanout):
+    net = Net()
+    r = stem(net)
+    outputs = [net.conv("b", r), net.op("GlobalAveragePool", "/neck/gap", r),
+               net.op("GlobalAveragePool", "/focus/selector/gap", r)]
+    plan = plan_qdq(net.model(*outputs), fanout=fanout)
+    assert plan.pooled == ["/neck/gap"]
+    assert readers(plan, r) == {"b", "/neck/gap"}
+
+
+@pytest.mark.parametrize("fanout", ["shared", "convs"])
+def test_rule_the_selector_and_topk_scopes_are_never_quantized(fanout):
+    net = Net()
+    r = stem(net)
+    importance = net.op("Sigmoid", "/focus/selector/Sigmoid", net.conv("/focus/selector/score/Conv", r))
+    threshold = net.op("ReduceMax", "/focus/topk/ReduceMax", importance, keepdims=1)
+    mask = net.op("GreaterOrEqual", "/focus/topk/GreaterOrEqual", importance, threshold)
+    cell = net.op("Mul", "/focus/topk/Mul", r, net.op("Cast", "/focus/topk/Cast", mask, to=TensorProto.FLOAT16))
+    plan = plan_qdq(net.model(net.conv("b", r), cell), fanout=fanout)
+    assert set(plan.weights) == {"stem", "b"}  # not the selector's conv
+    assert readers(plan, r) == {"b"}  # neither the selector conv nor the Top-K reads r's DQ
+    only_selector = Net()
+    r = stem(only_selector)
+    scores = only_selector.conv("/focus/selector/score/Conv", r)
+    assert set(plan_qdq(only_selector.model(scores), fanout=fanout).activations) == {"x"}  # r is not quantized

@@ -1,7 +1,10 @@
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
+from fornet_deploy.evaluation.agreement import ImageAgreement
 from fornet_deploy.evaluation.parity import THRESHOLDS, compare_outputs, parity_bundle
 
 
@@ -124,3 +127,162 @@ def test_a_swap_far_from_the_kth_score_still_fails_the_logit_check():
     result = compare_outputs("img", reference, candidate, (32, 64), k=8)
     assert result.near_tie_cells == 1  # only the (k+1)-th cell ties with the k-th
     assert abs(result.max_abs_logit_outside_ties - 0.2) < 1e-5
+
+
+# --- the verdict: every check driven to each outcome at its threshold ---------------------
+
+# The thresholds as parity.py documents them: changing one is changing the promise, so the
+# boundary tests below are built from these numbers, not from THRESHOLDS itself.
+DOCUMENTED = {"fp32": (1e-3, 0.9999, 0.999), "fp16": (None, 0.999, 0.999), "int8": (None, 0.98, 0.95)}
+
+
+def test_the_thresholds_are_the_documented_ones():
+    table = {p: (t.max_abs_logit, t.min_argmax_agreement, t.min_mask_agreement) for p, t in THRESHOLDS.items()}
+    assert table == DOCUMENTED
+
+
+def agreeing_image(name: str = "img", **changes):
+    """An image on which the candidate equals the reference: every check passes (k = 4 cells)."""
+    same = ImageAgreement(name, max_abs_logit=0.0, max_abs_logit_outside_ties=0.0, mean_abs_logit=0.0,
+                          logits_compared="logits", argmax_agreement=1.0, mask_agreement=1.0, mask_count_reference=4,
+                          mask_count_candidate=4, mask_k=4, mask_extra=0, near_tie_cells=0)
+    return replace(same, **changes)
+
+
+def verdict(images, precision: str) -> dict:
+    from fornet_deploy.evaluation.metrics import SegmentationMetrics
+    from fornet_deploy.evaluation.parity import summarize
+
+    return summarize(images, SegmentationMetrics(num_classes=2, thin_class_ids=()), THRESHOLDS[precision])
+
+
+def below(x: float) -> float:
+    return float(np.nextafter(x, -np.inf))
+
+
+def above(x: float) -> float:
+    return float(np.nextafter(x, np.inf))
+
+
+def boundary_cases():
+    """pytest params (precision, check, changes just inside the threshold, changes just past it)."""
+    for precision, (max_abs, min_argmax, min_mask) in DOCUMENTED.items():
+        cases = {
+            "argmax_agreement": ({"argmax_agreement": min_argmax}, {"argmax_agreement": below(min_argmax)}),
+            "mask_agreement": ({"mask_agreement": min_mask}, {"mask_agreement": below(min_mask)}),
+            "topk_count-extra": ({}, {"mask_count_candidate": 5, "mask_extra": 1}),
+            "topk_count-missing": ({}, {"mask_count_candidate": 3, "mask_extra": -1}),
+            "topk_count-reference": ({}, {"mask_count_reference": 5}),  # the reference itself off k
+        }
+        if max_abs is not None:
+            cases["max_abs_logit"] = ({"max_abs_logit": max_abs, "max_abs_logit_outside_ties": max_abs},
+                                      {"max_abs_logit": above(max_abs), "max_abs_logit_outside_ties": above(max_abs)})
+            # near-tie Top-K swaps move logits near the swapped cells: the check reads the rest
+            ties = {"max_abs_logit": 0.5, "near_tie_cells": 2}
+            cases["max_abs_logit-near-ties"] = ({**ties, "max_abs_logit_outside_ties": max_abs},
+                                                {**ties, "max_abs_logit_outside_ties": above(max_abs)})
+        for case, (inside, past) in cases.items():
+            yield pytest.param(precision, case.split("-")[0], inside, past, id=f"{precision}-{case}")
+
+
+@pytest.mark.parametrize("precision, check, inside, past", list(boundary_cases()))
+def test_each_check_passes_at_its_threshold_and_fails_just_past_it(precision, check, inside, past):
+    passing = verdict([agreeing_image(**inside)], precision)
+    assert passing["checks"][check] is True and passing["passed"] is True
+    failing = verdict([agreeing_image(**past)], precision)
+    assert {name for name, ok in failing["checks"].items() if not ok} == {check}  # named, and the only one
+    assert failing["passed"] is False
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_one_failing_image_among_agreeing_ones_fails_the_artefact(precision):
+    images = [agreeing_image(f"img{i}") for i in range(3)]
+    assert verdict(images, precision)["passed"] is True
+    off_k = verdict([*images, agreeing_image("bad", mask_count_candidate=5, mask_extra=1)], precision)
+    assert off_k["checks"]["topk_count"] is False and off_k["passed"] is False
+    if precision == "fp32":
+        worse = verdict([*images, agreeing_image("bad", max_abs_logit=0.1, max_abs_logit_outside_ties=0.1)], precision)
+        assert worse["max_abs_logit_outside_ties"] == 0.1 and worse["passed"] is False
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_is_judged_on_predictions_not_logits(precision):
+    summary = verdict([agreeing_image(max_abs_logit=5.0, max_abs_logit_outside_ties=5.0)], precision)
+    assert "max_abs_logit" not in summary["checks"] and summary["passed"] is True
+
+
+def test_a_graph_without_top_k_outputs_is_judged_on_argmax_and_logits_only():
+    image = agreeing_image(mask_agreement=None, mask_count_reference=None, mask_count_candidate=None, mask_k=None,
+                           mask_extra=None, near_tie_cells=None)
+    summary = verdict([image], "fp32")
+    assert set(summary["checks"]) == {"argmax_agreement", "max_abs_logit"} and summary["passed"] is True
+    assert verdict([replace(image, argmax_agreement=0.5)], "fp32")["passed"] is False
+
+
+# --- `fornet-deploy parity` as a user runs it ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failing_bundle(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle whose CPU FP32 graph (what `parity` runs on a CPU) adds 2e-3
+    to every class's classifier bias: the same labels and Top-K, logits off by 2x the FP32
+    tolerance. Re-recorded through the bundle API, so it is a valid, consistent artefact."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from fornet_deploy.bundle import Bundle
+    from fornet_deploy.runtimes.registry import resolve_format
+
+    root = tmp_path_factory.mktemp("failing") / "bundle"
+    shutil.copytree(tiny_bundle, root, ignore=shutil.ignore_patterns("parity"))
+    bundle = Bundle.open(root)
+    artifact = resolve_format(bundle, "ort", "fp32", "cpu").artifact
+    model = onnx.load(root / artifact)
+    (bias,) = [i for i in model.graph.initializer if i.name == "model.head.classifier.bias"]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(2e-3), bias.name))
+    onnx.save(model, root / artifact)
+    entry = {k: v for k, v in bundle.artifacts[artifact].items() if k not in ("sha256", "bytes", "created")}
+    bundle.record(artifact, **entry)
+    return root
+
+
+def test_parity_command_exits_1_and_names_the_failing_check(failing_bundle, tmp_path):
+    from cli_helpers import run_cli
+
+    result = run_cli("parity", "--bundle", str(failing_bundle), "--num-images", "2", "--out", str(tmp_path / "p"),
+                     "--json", str(tmp_path / "parity.json"))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "parity.json").read_text())
+    s = report["summary"]
+    assert s["passed"] is False and s["images"] == 2
+    assert s["checks"] == {"argmax_agreement": True, "max_abs_logit": False, "mask_agreement": True,
+                           "topk_count": True}
+    assert 1.9e-3 < s["max_abs_logit_outside_ties"] < 2.1e-3 and s["argmax_agreement"] == 1.0
+    assert json.loads((tmp_path / "p" / "parity.json").read_text())["summary"] == s
+    row = next(line for line in result.stdout.splitlines() if "away from near-tie Top-K swaps" in line)
+    assert "FAIL" in row
+    assert "FAIL: max_abs_logit; report" in result.stdout
+
+
+def test_parity_command_exits_0_on_a_passing_artefact_with_its_table_and_json(tiny_bundle, tiny_data, tmp_path):
+    from cli_helpers import run_cli
+
+    result = run_cli("parity", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--num-images", "2",
+                     "--out", str(tmp_path / "p"), "--json", str(tmp_path / "parity.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "parity.json").read_text())
+    s = report["summary"]
+    assert s["passed"] is True and s["images"] == 2 and all(s["checks"].values())
+    assert set(s["checks"]) == {"argmax_agreement", "max_abs_logit", "mask_agreement", "topk_count"}
+    assert s["logits_compared"] == ["coarse_logits"] and s["max_abs_logit"] <= 1e-3
+    assert report["candidate"]["backend"] == "onnxruntime" and report["reference"]["backend"] == "torch"
+    assert len(report["images"]) == 2 and len(report["pictures"]) == 2
+    assert all((tmp_path / "p" / picture).is_file() for picture in report["pictures"])
+    for label in ("argmax agreement", "Top-K mask agreement", "images off k (Top-K cells)",
+                  "away from near-tie Top-K swaps"):
+        row = next(line for line in result.stdout.splitlines() if label in line)
+        assert "ok" in row and "FAIL" not in row, row
+    assert "PASS; report" in result.stdout

@@ -116,6 +116,11 @@ def test_activation_without_cuda_python_names_the_extra(tmp_path, monkeypatch):
 # --- the runner against a stand-in engine and CUDA ------------------------------------
 
 
+# Module attributes of the stand-in that are the tests' own, not TensorRT's (test_trt_bindings.py
+# checks every other public name of the stand-in against the real bindings of its version).
+TEST_HOOKS = {"events", "cudart"}
+
+
 def fake_tensorrt(version="10.3.0", deserialize_ok=True):
     """Engine with an FP16 input, FP16 logits = 2 * image[:, :2] and int64 labels = argmax,
     computed from the device memory of the installed FakeCudart (``trt.cudart``)."""
@@ -134,30 +139,30 @@ def fake_tensorrt(version="10.3.0", deserialize_ok=True):
 
     class Context:
         def __init__(self):
-            self.addresses, self.shape = {}, None
+            self._addresses, self._shape = {}, None
 
         def set_input_shape(self, name, shape):
-            self.shape = tuple(shape)
-            return self.shape[3] <= 128  # this "engine" refuses shapes its metadata allows
+            self._shape = tuple(shape)
+            return self._shape[3] <= 128  # this "engine" refuses shapes its metadata allows
 
         def get_tensor_shape(self, name):
-            n, _, h, w = self.shape
+            n, _, h, w = self._shape
             return (n, 2, h, w) if name == LOGITS else (n, h, w)
 
         def set_tensor_address(self, name, address):
-            self.addresses[name] = address
+            self._addresses[name] = address
             return True
 
         def execute_async_v3(self, stream_handle):
             memory = trt.cudart.device_memory
             assert stream_handle in trt.cudart.streams
             trt.events.append("execute")
-            count = int(np.prod(self.shape))
-            image = np.frombuffer(memory[self.addresses["image"]][: count * 2], np.float16).reshape(self.shape)
+            count = int(np.prod(self._shape))
+            image = np.frombuffer(memory[self._addresses["image"]][: count * 2], np.float16).reshape(self._shape)
             logits = (2 * image[:, :2]).astype(np.float16)
             labels = logits.argmax(1).astype(np.int64)
             for name, value in ((LOGITS, logits), (LABELS, labels)):
-                memory[self.addresses[name]][: value.nbytes] = value.tobytes()
+                memory[self._addresses[name]][: value.nbytes] = value.tobytes()
             return True
 
     class Inspector:
@@ -187,16 +192,17 @@ def fake_tensorrt(version="10.3.0", deserialize_ok=True):
 
     class Runtime:
         def __init__(self, logger):
-            self.logger = logger
+            self._logger = logger
 
         def deserialize_cuda_engine(self, data):
             trt.events.append(("deserialize", bytes(data), getattr(self, "DLA_core", None), trt.cudart.current))
             if not deserialize_ok:
-                self.logger.log(ILogger.Severity.ERROR, "plan was built for another platform")
+                self._logger.log(ILogger.Severity.ERROR, "plan was built for another platform")
                 return None
             return Engine()
 
     trt.ILogger, trt.Runtime = ILogger, Runtime
+    trt.ICudaEngine, trt.IExecutionContext, trt.EngineInspector = Engine, Context, Inspector
     return trt
 
 
