@@ -124,9 +124,9 @@ DATASET_CLASS_LITERALS = {"sidewalk", "traffic light", "traffic sign", "vegetati
                           "Pavement", "SignSymbol", "Bicyclist", "Pedestrian"}
 
 
-def dataset_knowledge(path: Path) -> list[str]:
+def dataset_knowledge(path: Path, package: Path = PACKAGE) -> list[str]:
     """What ``path`` knows of a particular dataset's classes: imports and literals."""
-    found = sorted(name for name in imports_of(path) if name.startswith(DATASET_MODULES))
+    found = sorted(name for name in imports_of(path, package) if name.startswith(DATASET_MODULES))
     found += sorted({node.value for node in ast.walk(ast.parse(path.read_text()))
                      if isinstance(node, ast.Constant) and node.value in DATASET_CLASS_LITERALS})
     return found
@@ -139,16 +139,11 @@ def test_only_the_data_layer_knows_a_datasets_classes():
 
 
 def test_the_dataset_check_sees_a_planted_import_and_literal(tmp_path):
-    planted = tmp_path / "planted.py"
-    planted.write_text("from fornet_deploy.data.cityscapes import CLASS_NAMES\nTHIN = ('pole', 'traffic light')\n")
-    module = PACKAGE / "bench" / "planted.py"  # where imports_of resolves it, without writing there
-    original = module_name
-    globals()["module_name"] = lambda path: "fornet_deploy.bench.planted" if path == planted else original(path)
-    try:
-        assert dataset_knowledge(planted) == ["fornet_deploy.data.cityscapes", "traffic light"]
-    finally:
-        globals()["module_name"] = original
-    assert not module.exists()
+    package = tmp_path / "fornet_deploy"  # a stand-in package: nothing is written into the real one
+    (package / "bench").mkdir(parents=True)
+    planted = package / "bench" / "planted.py"
+    planted.write_text("from ..data.cityscapes import CLASS_NAMES\nTHIN = ('pole', 'traffic light')\n")
+    assert dataset_knowledge(planted, package) == ["fornet_deploy.data.cityscapes", "traffic light"]
 
 
 def print_graph() -> None:
