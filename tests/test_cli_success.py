@@ -47,11 +47,12 @@ def test_info(tmp_path, tiny_checkpoint):
 
 
 def test_synthcity(tmp_path):
-    from fornet_deploy.data.cityscapes import find_samples
+    from fornet_deploy.data.formats import open_dataset
 
     stdout = ok(run_cli("synthcity", "--out", str(tmp_path / "d"), "--train", "2", "--val", "1", "--shape", "64x128"))
-    assert f"wrote 2 train + 1 val images to {tmp_path / 'd'}" in stdout.replace("\n", "")
-    assert len(find_samples(tmp_path / "d", "train")) == 2 and len(find_samples(tmp_path / "d", "val")) == 1
+    assert f"wrote 2 train + 1 val + 0 test images (cityscapes layout) to {tmp_path / 'd'}" in stdout.replace("\n", "")
+    dataset = open_dataset(tmp_path / "d")
+    assert len(dataset.samples("train")) == 2 and len(dataset.samples("val")) == 1
 
 
 def test_train_then_export_the_trained_checkpoint(tmp_path, tiny_data):

@@ -115,9 +115,11 @@ def test_render_scene_returns_image_and_label_ids_of_the_requested_size():
     [
         SynthCityConfig(train=0, val=0, **SMALL),
         SynthCityConfig(train=-1, val=2, **SMALL),
-        SynthCityConfig(train=1, height=100, width=256),
+        SynthCityConfig(train=1, height=63, width=256),  # any size from 64 px: 100x250 is fine
         SynthCityConfig(train=1, height=32, width=256),
-        SynthCityConfig(train=1, height=128, width=250),
+        SynthCityConfig(train=1, height=128, width=9000),
+        SynthCityConfig(train=1, layout="kitti", **SMALL),
+        SynthCityConfig(train=1, test=-1, **SMALL),
         SynthCityConfig(train=1, seed=-1, **SMALL),
         SynthCityConfig(train=1.5, **SMALL),
     ],
