@@ -36,7 +36,9 @@ class InputSpec:
     name: str = INPUT_NAME
     dtype: str = "float32"
     shape: tuple[int | None, ...] = (None, INPUT_CHANNELS, None, None)
-    stride: int = STRIDE  # H and W must be multiples of this
+    # The network pads H and W up to multiples of this itself (any size runs); kept for callers
+    # that choose a size for speed.
+    stride: int = STRIDE
     # Inclusive (min, max) bounds for dynamic dims, e.g. a TensorRT optimization profile.
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
@@ -50,7 +52,7 @@ class InputSpec:
         self.check_shape(tuple(batch.shape))
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
-        """Rank, fixed dims, stride and profile bounds, with the fix in the message."""
+        """Rank, fixed dims, size bounds and profile bounds, with the fix in the message."""
         if len(shape) != len(self.shape):
             raise FornetError(
                 f"input '{self.name}' must have {len(self.shape)} dims (NCHW), got shape {tuple(shape)}"
@@ -62,8 +64,8 @@ class InputSpec:
                     f"{format_shape(self.shape)} (dim {axis} must be {want})"
                 )
         h, w = shape[2], shape[3]
-        if h % self.stride or w % self.stride:
-            raise FornetError(f"input size {h}x{w} is not a multiple of the network stride {self.stride}")
+        if min(shape) < 1:
+            raise FornetError(f"input '{self.name}' has shape {format_shape(shape)}: every dim must be at least 1")
         if max(h, w) > MAX_SIDE or shape[0] > MAX_BATCH:
             raise FornetError(f"input shape {format_shape(shape)} is beyond the supported {MAX_BATCH} images of at "
                               f"most {MAX_SIDE} pixels per side")
