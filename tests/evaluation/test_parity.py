@@ -124,3 +124,12 @@ def test_a_swap_far_from_the_kth_score_still_fails_the_logit_check():
     result = compare_outputs("img", reference, candidate, (32, 64), k=8)
     assert result.near_tie_cells == 1  # only the (k+1)-th cell ties with the k-th
     assert abs(result.max_abs_logit_outside_ties - 0.2) < 1e-5
+
+
+def test_near_tie_cells_at_a_size_that_is_not_a_multiple_of_8():
+    """29x61 pixels: ceil(29/8) x ceil(61/8) = 4 x 8 cells, the last row and column partly image."""
+    reference, candidate = _swap_outputs(swap_rank=8)
+    for outputs in (reference, candidate):
+        outputs["logits"] = outputs["logits"][..., :29, :61]
+    result = compare_outputs("img", reference, candidate, (29, 61), k=8)
+    assert result.near_tie_cells == 2 and result.max_abs_logit_outside_ties == 0.0
