@@ -268,15 +268,15 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
          bench_iters: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
          log: Callable[[str], None] = print) -> dict:
     """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
-    SynthCity images' and the export's H x W (multiples of 32); ``num_images``: the SynthCity
+    SynthCity images' and the export's H x W (any size from 64 px); ``num_images``: the SynthCity
     val images that parity and evaluation run on."""
-    from .contract import check_stride
+    from .contract import check_size
     from .demo import DemoConfig
     from .demo import run_demo as run
 
     _positive(train_iterations, "--train-iterations")
     _positive(bench_iters, "--bench-iters")
     _positive(num_images, "--num-images")
-    check_stride(*shape)  # before anything is written
+    check_size(*shape)  # before anything is written
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
                           synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iters), log=log)

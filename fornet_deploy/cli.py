@@ -260,7 +260,8 @@ def train_cmd(
 def export(
     checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors)"),
     out: Path = typer.Option(..., help="bundle folder to create or update"),
-    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
+    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW, any size (padded to a multiple "
+                                                             "of 32 in the graph, outputs cropped back)"),
     batch: int = typer.Option(1, min=1),
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
     topk: TopkForm = typer.Option("threshold", help="threshold (export-friendly) or exact (torch.topk)"),

@@ -11,7 +11,8 @@ runners, the command line and the docs cannot drift apart:
 * the table of deployable formats (runtime x precision -> file, the graph it is made
   from, the command that makes it, where it runs), which drives runner selection, the
   engine builder, the benchmark matrix, the CLI's choices and the docs;
-* image sizes: one parser (``HxW``), one formatter and one stride check.
+* image sizes: one parser (``HxW``), one formatter, one bounds check and the size arithmetic
+  of padding to the stride (the network takes any size, see :data:`STRIDE`).
 
 This module imports nothing of the package but :mod:`fornet_deploy.errors`.
 """
@@ -30,17 +31,20 @@ from .errors import FornetError, OptionError
 INPUT_NAME = "image"
 LOGITS = "logits"  # N x C x H x W float32
 LABELS = "labels"  # N x H x W, train ids (in-graph ArgMax)
-IMPORTANCE = "importance"  # N x 1 x H/8 x W/8 float32 in (0, 1)
-TOPK_MASK = "topk_mask"  # N x 1 x H/8 x W/8 float32 in {0, 1}
+# The 1/8-scale maps hold the cells that hold image: ceil(H/8) x ceil(W/8) (output_side).
+IMPORTANCE = "importance"  # N x 1 x ceil(H/8) x ceil(W/8) float32 in (0, 1)
+TOPK_MASK = "topk_mask"  # N x 1 x ceil(H/8) x ceil(W/8) float32 in {0, 1}
 OUTPUT_NAMES = (LOGITS, LABELS, IMPORTANCE, TOPK_MASK)
 # The head's logits before the final x4 upsample: what a CPU graph (``model.cpu.onnx``,
 # ``model.int8.cpu.onnx``) outputs where its source gives ``logits``, so parity still has
 # logits to compare without the graph computing the full-resolution ones.
-COARSE_LOGITS = "coarse_logits"  # N x C x H/4 x W/4 float32
+COARSE_LOGITS = "coarse_logits"  # N x C x ceil(H/4) x ceil(W/4) float32
 EXPORT_OUTPUTS = (*OUTPUT_NAMES, COARSE_LOGITS)  # what `export --outputs` may name
 INPUT_CHANNELS = 3
 
-# H and W of every input must be multiples of this (five stride-2 stages to 1/32).
+# Five stride-2 stages to 1/32: the network runs on H and W rounded up to multiples of this.
+# An input of any other size is padded at the bottom and right inside the network (and the
+# graph) and every output is cropped back to the cells that hold image (model/fornet.py).
 STRIDE = 32
 # Scale of the importance map and the Top-K mask relative to the input.
 FOCUS_SCALE = 8
@@ -191,17 +195,21 @@ def format_shape(shape: Sequence[int | None]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 
 
-def nearest_valid(value: int, stride: int = STRIDE) -> int:
-    """The multiple of ``stride`` nearest to ``value`` (halves round up), at least ``stride``."""
-    return max(stride, (2 * value + stride) // (2 * stride) * stride)
-
-
-def check_stride(height: int, width: int, stride: int = STRIDE) -> None:
-    """H and W must be positive multiples of the network stride, at most :data:`MAX_SIDE`."""
-    if height <= 0 or width <= 0 or height % stride or width % stride:
-        raise FornetError(
-            f"input size {height}x{width} is not a multiple of the network stride {stride}; "
-            f"use e.g. {nearest_valid(height, stride)}x{nearest_valid(width, stride)}"
-        )
+def check_size(height: int, width: int) -> None:
+    """An input size the network takes: H and W from 1 to :data:`MAX_SIDE` (any size: the
+    network pads to :data:`STRIDE` itself)."""
+    if height <= 0 or width <= 0:
+        raise FornetError(f"input size {height}x{width} must be positive")
     if max(height, width) > MAX_SIDE:
         raise FornetError(f"input size {height}x{width} is larger than the supported {MAX_SIDE} pixels per side")
+
+
+def padded_side(side: int, stride: int = STRIDE) -> int:
+    """The side the network runs at: ``side`` rounded up to a multiple of ``stride``."""
+    return -(-side // stride) * stride
+
+
+def output_side(side: int, scale: int) -> int:
+    """Cells of a 1/``scale`` output along a side of ``side`` pixels: ``ceil(side / scale)``,
+    the cells that hold at least one image pixel (the padding's cells are cropped)."""
+    return -(-side // scale)

@@ -34,7 +34,7 @@ def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
         "--shape", "64x96", "--val-interval", "2", "--train-split", "train+val", "--val-split", "test",
         "--device", "cpu", "--json", str(root / "train.json"))
     assert json.loads((root / "train.json").read_text())["iterations"] == 2
-    _ok("export", "--checkpoint", str(run / "best.safetensors"), "--out", str(bundle), "--shape", "96x128",
+    _ok("export", "--checkpoint", str(run / "best.safetensors"), "--out", str(bundle), "--shape", "90x120",
         "--precision", "fp16")
     return data, bundle, root
 

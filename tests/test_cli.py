@@ -22,11 +22,23 @@ def test_export_a_corrupt_checkpoint(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_export_mismatched_shape_and_lint_of_a_corrupt_onnx(tmp_path, tiny_checkpoint):
-    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--shape", "100x64")
-    assert_one_line_error(result, "multiple of the network stride 32")
+def test_export_shape_out_of_bounds_and_lint_of_a_corrupt_onnx(tmp_path, tiny_checkpoint):
+    result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--shape", "9000x64")
+    assert_one_line_error(result, "larger than the supported 8192")
     (tmp_path / "x.onnx").write_bytes(b"\x08\x07garbage")
     assert_one_line_error(run_cli("lint", str(tmp_path / "x.onnx")), "not a valid ONNX model")
+
+
+def test_export_at_sizes_that_are_not_multiples_of_32(tmp_path, tiny_checkpoint):
+    """CamVid's 360x480 and a camera's 1080x1920: padded inside the graph, outputs cropped."""
+    import json
+
+    for shape, extra in (("360x480", ()), ("1080x1920", ("--dynamic",))):
+        out = tmp_path / shape
+        result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--shape", shape, *extra)
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["artifacts"]["model.onnx"]["export_shape"] == [1, 3, *map(int, shape.split("x"))]
 
 
 def test_parity_on_a_tampered_bundle(tmp_path, tiny_checkpoint):

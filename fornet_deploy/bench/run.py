@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..bundle import Bundle
-from ..contract import DEVICES, Format, check_batch, check_stride, format_shape, formats_for
+from ..contract import DEVICES, Format, check_batch, check_size, format_shape, formats_for
 from ..data.labels import LabelSet, manifest_label_set
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
@@ -85,7 +85,7 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
         raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
     check_batch(cfg.batch)
     if cfg.shape is not None:
-        check_stride(*cfg.shape)
+        check_size(*cfg.shape)
     check_device(cfg.device, env.jetson_root)
 
 

@@ -92,7 +92,7 @@ from ..contract import (
     PRECISIONS,
     TRT_CALIBRATION_CACHE,
     check_choice,
-    check_stride,
+    check_size,
     format_shape,
     onnx_graph,
 )
@@ -138,7 +138,7 @@ class Profile:
                     f"profile {label} shape {format_shape(shape)} has {shape[1]} channels, FoR-Net takes {INPUT_CHANNELS}"
                 )
             try:
-                check_stride(shape[2], shape[3])
+                check_size(shape[2], shape[3])
             except FornetError as exc:
                 raise FornetError(f"profile {label} shape {format_shape(shape)}: {exc}") from None
         if not all(lo <= o <= hi for lo, o, hi in zip(self.min, self.opt, self.max)):

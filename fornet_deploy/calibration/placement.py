@@ -76,6 +76,11 @@ class QdqPlan:
                 "skipped_convs": dict(self.skipped_convs)}
 
 
+# Ops between the graph input and the first conv that leave it the image: the FP16 Cast and
+# the padding to the stride (a Pad in a static graph, Concats along H and W in a dynamic one).
+IMAGE_PASSTHROUGH = ("Cast", "Pad", "Concat")
+
+
 def conv_supported(weight_shape: tuple[int, ...], group: int, kernel: list[int], reads_graph_input: bool) -> str | None:
     """Why TensorRT's INT8 kernels would not pay for this conv, or None.
 
@@ -121,8 +126,11 @@ def plan_qdq(model: onnx.ModelProto, fanout: str = "shared") -> QdqPlan:
     plan = QdqPlan()
 
     def reads_graph_input(tensor: str) -> bool:
-        p = producer.get(tensor)
-        return tensor in graph_inputs or (p is not None and p.op_type == "Cast" and p.input[0] in graph_inputs)
+        """The image itself, cast, or padded to the stride (model/padding.py: a Pad, or a Concat
+        whose first input is the image side)."""
+        while tensor not in graph_inputs and tensor in producer and producer[tensor].op_type in IMAGE_PASSTHROUGH:
+            tensor = producer[tensor].input[0]
+        return tensor in graph_inputs
 
     quantized: set[str] = set()
     for node in graph.node:

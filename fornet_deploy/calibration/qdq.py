@@ -24,7 +24,8 @@ collects nothing.
     (:func:`excluded_nodes`): the selector / Top-K subgraph (a quantized importance map
     creates ties), the nodes that read its outputs (ONNX Runtime puts one Q/DQ pair on a
     tensor for *all* its consumers, so quantizing ``mask * s`` would round the importance map
-    the Top-K reads too) and the nodes that compute a graph output, so every output is
+    the Top-K reads too) and the nodes that compute a graph output (through the crop to the
+    image, at an export size that is not a multiple of the stride), so every output is
     computed in float rather than read from a DequantizeLinear.
 
 ``quant_pre_process`` is not used: the export is already simplified and shape-inferred, and
@@ -92,14 +93,28 @@ TARGETS = {
 
 def excluded_nodes(proto: onnx.ModelProto) -> list[str]:
     """Nodes the CPU graph keeps float: the FP32 scopes, their direct consumers and the
-    graph-output producers (module docstring)."""
+    graph-output producers, an output's crop to the image included (module docstring)."""
     scope = set(fp32_scope_nodes(proto))
     scope_tensors = {o for n in proto.graph.node if n.name in scope for o in n.output}
-    graph_outputs = {o.name for o in proto.graph.output}
+    outputs = _output_sources(proto)
     return [
         n.name for n in proto.graph.node
-        if n.name in scope or scope_tensors.intersection(n.input) or graph_outputs.intersection(n.output)
+        if n.name in scope or scope_tensors.intersection(n.input) or outputs.intersection(n.output)
     ]
+
+
+def _output_sources(proto: onnx.ModelProto) -> set[str]:
+    """The graph outputs and, behind an output cropped to the image (a chain of Slices,
+    model/padding.py), every tensor of the chain: the crop only selects what its source computed."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    sources = set()
+    for output in proto.graph.output:
+        name = output.name
+        sources.add(name)
+        while name in producer and producer[name].op_type == "Slice":
+            name = producer[name].input[0]
+            sources.add(name)
+    return sources
 
 
 def needed_tensors(proto: onnx.ModelProto) -> tuple[list[str], dict[str, str]]:

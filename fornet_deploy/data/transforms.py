@@ -27,7 +27,7 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     channel_order: str = "RGB"  # order of the network's input channels
     scale: float = 1.0 / 255.0  # applied before mean/std
-    # Resize policy: "none" keeps the image size (it must be a multiple of the stride);
+    # Resize policy: "none" keeps the image size (any size: the network pads to its stride);
     # "fixed" resizes bilinearly to (height, width) and the prediction back afterwards.
     resize: str = "none"
     height: int | None = None

@@ -58,8 +58,18 @@ def _outside(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     grown = np.pad(cells, 1)
     grown = np.logical_or.reduce([grown[1 + dy:grown.shape[0] - 1 + dy, 1 + dx:grown.shape[1] - 1 + dx]
                                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    scale_y, scale_x = shape[0] // cells.shape[0], shape[1] // cells.shape[1]
+    scale_y, scale_x = (_cell_side(side, count) for side, count in zip(shape, cells.shape))
     return ~np.kron(grown, np.ones((scale_y, scale_x), dtype=bool))[:shape[0], :shape[1]]
+
+
+def _cell_side(pixels: int, cells: int) -> int:
+    """Pixels of a map per 1/8-scale cell along one side: 8 at full resolution, 2 at 1/4 scale.
+    The cells are ceil(H/8) (the last one partly image at a size that is not a multiple of 8),
+    so the side is the power of two that covers ``pixels`` with ``cells`` and no fewer."""
+    side = 1
+    while side * cells < pixels:
+        side *= 2
+    return side
 
 
 def compare_outputs(name: str, reference: dict, candidate: dict, hw: tuple[int, int],

@@ -2,9 +2,11 @@
 
 A static look at the graph, so it runs anywhere (no TensorRT needed). Findings are
 ``blocker`` (the TensorRT ONNX parser/builder fails, or the engine would be wrong),
-``warning`` (works, but slow or needs an option such as an optimization profile) or
-``info``. Op restrictions follow the onnx-tensorrt operator matrix (docs/operators.md)
-for TensorRT 8.5-10.x; FoR-Net specifics (TopK K limit, FP32 selector) are added, and the
+``warning`` (works, but slow or needs an option such as an optimization profile; or known
+to fail on some TensorRT versions) or ``info``. Op restrictions follow the onnx-tensorrt
+operator matrix (docs/operators.md) for TensorRT 8.5-10.x, with the inputs it takes only as
+constants; a shape computed through a tensor of rank 2 or more is a warning (TensorRT's
+shape tensors are 0-D or 1-D). FoR-Net specifics (TopK K limit, FP32 selector) are added, and the
 Q/DQ placement and precision rules of :mod:`.qdq_lint` (conv-output Q/DQ, wrapped ReLUs,
 both Add inputs quantized, FP32 islands, an FP32 full-resolution tail: warnings, because
 TensorRT builds the graph but slower; an integer -> UINT8 Cast: a blocker). The report
@@ -42,6 +44,16 @@ TRT_UNSUPPORTED_OPS = frozenset({
 # Supported, but the output shape depends on the data (or the op runs as a slow loop).
 TRT_DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Loop", "Scan", "If"})
 TRT_RESIZE_TRANSFORMS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+# Inputs the TensorRT ONNX parser takes only as constants, by op: input index (onnx-tensorrt
+# docs/operators.md, 10.x: "`axes` must be an initializer" / "a constant tensor").
+TRT_CONSTANT_INPUTS = {
+    "Slice": 3, "Pad": 3, "Squeeze": 1, "Unsqueeze": 1, "CumSum": 1,
+    **{op: 1 for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+                        "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")},
+}
+# Inputs that TensorRT reads as a shape (shape tensors), by op: input indices.
+SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 4), "Pad": (1,),
+                "Tile": (1,), "Resize": (3,)}
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Q/DQ placement and precision rules (qdq_lint) that break the build; the rest slow it down.
 BLOCKING_RULES = frozenset({"int-to-uint8-cast"})
@@ -78,6 +90,7 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
     add = lambda sev, check, node, msg: findings.append(Finding(sev, check, node, msg))  # noqa: E731
     constants = _constants(model)
     producers = {out: node for node in model.graph.node for out in node.output}
+    ranks = _ranks(model)
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset > TRT_MAX_OPSET:
@@ -114,6 +127,16 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
                     f"{TRT_MAX_TOPK_K} (export with --topk threshold)")
             else:
                 add("info", "topk", name, "TopK with a constant K: fixed to the export resolution")
+        constant_input = TRT_CONSTANT_INPUTS.get(node.op_type)
+        if constant_input is not None and len(node.input) > constant_input and node.input[constant_input] \
+                and node.input[constant_input] not in constants:
+            add("blocker", "constant-input", name, f"{node.op_type}'s input {constant_input} is computed at run time; "
+                "the TensorRT ONNX parser takes it only as an initializer")
+        wide = _wide_shape_source(node, producers, constants, ranks)
+        if wide is not None:
+            add("warning", "shape-tensor", name, f"{node.op_type} reads a shape computed through '{wide}' (rank >= 2): "
+                "TensorRT's shape tensors are 0-D or 1-D (\"IShuffleLayer applied to shape tensor must have 0 or 1 "
+                "reshape dimensions\", onnx/onnx-tensorrt#264), e.g. F.pad with traced amounts")
         if node.op_type == "Resize":
             mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
             mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -134,6 +157,38 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
     for hit in rule_hits(model):
         add("blocker" if hit.rule in BLOCKING_RULES else "warning", hit.rule, hit.node, hit.message)
     return findings
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor shape inference knows (graph inputs, outputs, intermediates)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph shape inference cannot type still gets the other checks
+        inferred = model
+    graph = inferred.graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.input, *graph.output, *graph.value_info)
+            if v.type.tensor_type.HasField("shape")}
+
+
+def _wide_shape_source(node: onnx.NodeProto, producers: dict, constants: dict, ranks: dict[str, int]) -> str | None:
+    """A tensor of rank >= 2 that a shape input of ``node`` is computed through, if any.
+
+    Walks up from the shape inputs (:data:`SHAPE_INPUTS`) through computed tensors; a
+    ``Shape`` node ends the walk (its input's values are not read), as do constants.
+    """
+    stack = [node.input[i] for i in SHAPE_INPUTS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen or tensor in constants:
+            continue
+        seen.add(tensor)
+        if ranks.get(tensor, 0) >= 2:
+            return tensor
+        producer = producers.get(tensor)
+        if producer is not None and producer.op_type != "Shape":
+            stack.extend(i for i in producer.input if i)
+    return None
 
 
 def _lint_qdq(node: onnx.NodeProto, name: str, constants: dict) -> list[Finding]:

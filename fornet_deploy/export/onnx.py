@@ -42,7 +42,7 @@ from ..contract import (
     TOPK_FORMS,
     TOPK_MASK,
     check_batch,
-    check_stride,
+    check_size,
 )
 from ..data.labels import LabelSet, label_set_for
 from ..data.transforms import Preprocessing
@@ -87,7 +87,7 @@ class ExportConfig:
         for name, value in (("height", self.height), ("width", self.width)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise OptionError(f"export {name} must be an integer, got {value!r}")
-        check_stride(self.height, self.width)
+        check_size(self.height, self.width)
         check_batch(self.batch)
         unknown = [o for o in self.outputs if o not in EXPORT_OUTPUTS]
         if unknown or not self.outputs:
@@ -103,16 +103,21 @@ class ExportConfig:
 
 
 class ExportWrapper(nn.Module):
-    """Returns the requested outputs as a tuple in a fixed order (ONNX needs one)."""
+    """Returns the requested outputs as a tuple in a fixed order (ONNX needs one).
 
-    def __init__(self, model: FoRNet, outputs: tuple[str, ...], labels_dtype: str):
+    ``dynamic``: the graph takes any size, so the model pads and crops by the runtime shape
+    (``FoRNet.forward_all(traced_size=True)``); a static graph gets constant amounts.
+    """
+
+    def __init__(self, model: FoRNet, outputs: tuple[str, ...], labels_dtype: str, dynamic: bool = False):
         super().__init__()
         self.model = model
         self.outputs = outputs
         self.labels_dtype = labels_dtype
+        self.dynamic = dynamic
 
     def forward(self, image):
-        out = self.model.forward_all(image)
+        out = self.model.forward_all(image, traced_size=self.dynamic)
         if (IMPORTANCE in self.outputs or TOPK_MASK in self.outputs) and out[IMPORTANCE] is None:
             raise FornetError("this model has no selector (focus='none'): drop importance/topk_mask from --outputs")
         out[LABELS] = labels_from_logits(out[LOGITS], self.labels_dtype)
@@ -139,7 +144,7 @@ def export_onnx_model(model: FoRNet, cfg: ExportConfig) -> onnx.ModelProto:
     """Trace a model to an ONNX ModelProto (checked, shape-inferred, simplified)."""
     cfg.validate()
     model = model.eval().set_topk_mode(cfg.topk)
-    wrapper = ExportWrapper(model, cfg.outputs, cfg.labels_dtype).eval()
+    wrapper = ExportWrapper(model, cfg.outputs, cfg.labels_dtype, cfg.dynamic).eval()
     dummy = torch.zeros(cfg.batch, 3, cfg.height, cfg.width)
     dynamic_axes = _dynamic_axes(cfg.outputs) if cfg.dynamic else None
     buffer = io.BytesIO()
@@ -173,10 +178,16 @@ def _dynamic_axes(outputs: tuple[str, ...]) -> dict:
     return axes
 
 
+# onnxsim passes left out: fusing two consecutive Slices (a crop to the image, one per axis,
+# model/padding.py) names the fused node without its module scope ("Slice_1" for
+# "/focus/selector/Slice"), and the FP32 scopes (contract.FP32_SCOPES) go by those names.
+SKIPPED_SIMPLIFICATIONS = ["fuse_consecutive_slices"]
+
+
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnxsim
 
-    simplified, ok = onnxsim.simplify(proto)
+    simplified, ok = onnxsim.simplify(proto, skipped_optimizers=SKIPPED_SIMPLIFICATIONS)
     if not ok:  # pragma: no cover - onnxsim's own self-check failed; keep the original
         warnings.warn("onnxsim could not validate the simplified model; keeping the unsimplified graph")
         return proto

@@ -27,6 +27,12 @@ logits nearly decide. :func:`cpu_graph` swaps it for one of :data:`~fornet_deplo
 ``full``
     The export's own tail, unchanged (and the full-resolution logits with it).
 
+An export at a size that is not a multiple of the stride crops its full-resolution logits to
+the image (one ``Slice`` per cropped axis between the Resize and the ArgMax, model/fornet.py):
+a cheap tail computes its labels on the padded map the same way and crops them with the same
+``ends`` (constants, or the runtime image size in a dynamic graph), and crops the
+``coarse_logits`` it exposes to ``ceil(ends / 4)``, the cells that hold image, as the model does.
+
 Only graphs that ONNX Runtime runs on a CPU get a cheap tail (``model.cpu.onnx``, written by
 ``export``, and the U8S8 ``model.int8.cpu.onnx`` made by ``calibrate --target cpu``):
 ``model.onnx`` keeps ``full``, so every graph TensorRT consumes (``model.onnx`` itself,
@@ -66,16 +72,27 @@ def phase_weights() -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Crop:
+    """One ``Slice`` that crops the full-resolution logits to the image along ``axis`` (2 or 3)."""
+
+    axis: int
+    starts: str  # tensor names, as the Slice reads them (constant 0)
+    ends: str  # the image's size along the axis: a constant, or computed from its runtime shape
+
+
+@dataclass(frozen=True)
 class Tail:
     """The export's tail in a graph: ``coarse`` (the 1/4-scale logits) -> ``nodes`` -> ``labels``."""
 
     coarse: str
-    nodes: tuple[str, ...]  # the Resize, the ArgMax and the Casts behind labels
+    nodes: tuple[str, ...]  # the Resize, the crops, the ArgMax and the Casts behind labels
     labels_type: int  # TensorProto element type of the labels output
+    crops: tuple[Crop, ...] = ()  # between the Resize and the ArgMax, in graph order
 
 
 def find_tail(graph: onnx.GraphProto) -> Tail:
-    """The tail behind the ``labels`` output: Cast(s) <- ArgMax(axis 1) <- Resize(x4, linear).
+    """The tail behind the ``labels`` output: Cast(s) <- ArgMax(axis 1) [<- crop Slice(s)] <-
+    Resize(x4, linear).
 
     Works on the FP32 export and on graphs derived from it (the quantizer keeps node names
     and the float Resize); anything else is one line.
@@ -93,18 +110,44 @@ def find_tail(graph: onnx.GraphProto) -> Tail:
         chain.append(node)
         node = producer.get(node.input[0])
     argmax = node
-    resize = producer.get(argmax.input[0]) if argmax is not None and argmax.op_type == "ArgMax" else None
+    node = producer.get(argmax.input[0]) if argmax is not None and argmax.op_type == "ArgMax" else None
+    slices = []
+    while node is not None and node.op_type == "Slice":
+        slices.insert(0, node)
+        node = producer.get(node.input[0])
+    resize = node
     if resize is None or resize.op_type != "Resize" or _attr(argmax, "axis", 0) != 1:
         raise FornetError("the labels output is not Resize -> ArgMax(axis=1) -> Cast: not a FoR-Net export")
     if (_attr(resize, "mode", b"nearest") != b"linear"
             or _attr(resize, "coordinate_transformation_mode") != b"half_pixel"):
         raise FornetError("the tail's Resize is not bilinear with half_pixel coordinates")
-    tail = [resize, argmax, *chain]
+    crops = tuple(_crop(s, _constants(graph)) for s in slices)
+    tail = [resize, *slices, argmax, *chain]
     inside = {out for n in tail for out in n.output} - {LABELS, LOGITS}
     outside = [c.name for name in inside for c in consumers.get(name, []) if c not in tail]
     if outside or any(c not in tail for c in consumers.get(resize.output[0], [])):
         raise FornetError(f"the tail's tensors are read by other nodes ({outside}); cannot replace it")
-    return Tail(resize.input[0], tuple(n.name for n in tail), labels.type.tensor_type.elem_type)
+    return Tail(resize.input[0], tuple(n.name for n in tail), labels.type.tensor_type.elem_type, crops)
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _crop(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> Crop:
+    """A crop of the logits to the image: Slice from 0 along one spatial axis, step 1."""
+    starts, ends = node.input[1], node.input[2]
+    axes = constants.get(node.input[3]) if len(node.input) > 3 else None
+    steps = constants.get(node.input[4]) if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
+    start = constants.get(starts)
+    if (axes is None or axes.size != 1 or int(axes.reshape(-1)[0]) not in (2, 3, -2, -1) or start is None
+            or np.any(start != 0) or steps is None or np.any(steps != 1)):
+        raise FornetError(f"the tail's Slice {node.name} is not a crop of the logits from 0 along H or W")
+    return Crop(int(axes.reshape(-1)[0]) % 4, starts, ends)
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -152,24 +195,33 @@ class _Builder:
         return self.op("Slice", data, self.const(starts), self.const(ends), self.const(axes))
 
 
-def _labels_op(b: _Builder, labels_type: int, op_type: str, *inputs: str, **attrs) -> None:
-    """The op that makes the (N, H, W) uint8 labels, writing the ``labels`` output itself
-    (no copy), or through a Cast to the export's other labels dtype."""
+def _write_labels(b: _Builder, labels: str, labels_type: int) -> None:
+    """The ``labels`` output from the (N, H, W) uint8 ``labels`` the last node wrote: that node
+    writes the output itself (no copy), or a Cast to the export's other labels dtype does."""
     if labels_type == TensorProto.UINT8:
-        b.op(op_type, *inputs, output=LABELS, **attrs)
+        b.nodes[-1].output[0] = LABELS
     else:
-        b.op("Cast", b.op(op_type, *inputs, **attrs), output=LABELS, to=labels_type)
+        b.op("Cast", labels, output=LABELS, to=labels_type)
 
 
-def _nearest(b: _Builder, coarse: str, labels_type: int) -> None:
+def _crop_like(b: _Builder, tensor: str, crops: tuple[Crop, ...], axis_shift: int = 0, scale: int = 1) -> str:
+    """``tensor`` cropped as the logits were: per crop, a Slice along ``axis + axis_shift`` to
+    ``ceil(ends / scale)`` (the same ``ends`` when ``scale`` is 1)."""
+    for crop in crops:
+        ends = crop.ends if scale == 1 else b.op("Div", b.op("Add", crop.ends, b.const([scale - 1])), b.const([scale]))
+        tensor = b.op("Slice", tensor, crop.starts, ends, b.const([crop.axis + axis_shift]), base="crop")
+    return tensor
+
+
+def _nearest(b: _Builder, coarse: str) -> str:
     nhwc = b.op("Transpose", coarse, perm=[0, 2, 3, 1])
     quarter = b.op("ArgMax", nhwc, base="argmax_quarter", axis=3, keepdims=0)  # (N, h, w)
-    _labels_op(b, labels_type, "Resize", b.op("Cast", quarter, to=TensorProto.UINT8), "",
-               b.const([1, 4, 4], np.float32), base="nearest_x4", mode="nearest",
-               coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor")  # (N, 4h, 4w)
+    return b.op("Resize", b.op("Cast", quarter, to=TensorProto.UINT8), "", b.const([1, 4, 4], np.float32),
+                base="nearest_x4", mode="nearest", coordinate_transformation_mode="half_pixel",
+                nearest_mode="round_prefer_floor")  # (N, 4h, 4w)
 
 
-def _refine(b: _Builder, coarse: str, labels_type: int) -> None:
+def _refine(b: _Builder, coarse: str) -> str:
     """The exact tail (module docstring); any batch, size and class count, no fixed budget."""
     nhwc = b.op("Transpose", coarse, perm=[0, 2, 3, 1])  # (N, h, w, C): classes contiguous
     quarter = b.op("ArgMax", nhwc, base="argmax_quarter", axis=3, keepdims=0)  # (N, h, w)
@@ -223,7 +275,7 @@ def _refine(b: _Builder, coarse: str, labels_type: int) -> None:
     view = b.op("Reshape", tiles, view_shape)
     view = b.op("ScatterND", view, where, updates, base="write_refined")
     tiles = b.op("Reshape", view, b.op("Gather", b.op("Shape", tiles), b.const([0, 2, 3]), axis=0))  # (N, 4h+4, 4w+4)
-    _labels_op(b, labels_type, "Slice", tiles, *(b.const(v) for v in ([2, 2], [-2, -2], [1, 2])))  # (N, 4h, 4w)
+    return b.op("Slice", tiles, *(b.const(v) for v in ([2, 2], [-2, -2], [1, 2])))  # (N, 4h, 4w)
 
 
 _BUILDERS = {"refine": _refine, "nearest": _nearest}
@@ -233,8 +285,8 @@ def cpu_graph(proto: onnx.ModelProto, tail: str) -> onnx.ModelProto:
     """A copy of an exported graph (FP32, or the U8S8 Q/DQ graph made from it) with ``tail``.
 
     ``labels`` keeps its name, dtype and shape; a ``logits`` output becomes
-    ``coarse_logits`` (N x C x H/4 x W/4, the tensor the tail starts from). ``full``
-    returns the graph unchanged.
+    ``coarse_logits`` (N x C x ceil(H/4) x ceil(W/4): the tensor the tail starts from,
+    cropped as the logits were). ``full`` returns the graph unchanged.
     """
     check_choice(tail, TAILS, "tail")
     if tail == "full":
@@ -246,13 +298,19 @@ def cpu_graph(proto: onnx.ModelProto, tail: str) -> onnx.ModelProto:
     kept = [n for n in graph.node if n.name not in found.nodes]
     del graph.node[:]
     graph.node.extend(kept)
-    coarse = _expose(graph, found.coarse) if any(o.name == LOGITS for o in graph.output) else found.coarse
     b = _Builder(graph)
-    _BUILDERS[tail](b, coarse, found.labels_type)
-    graph.node.extend(b.nodes)
     outputs = [o for o in graph.output if o.name != LOGITS]
-    if coarse == COARSE_LOGITS and not any(o.name == COARSE_LOGITS for o in outputs):
+    coarse = found.coarse
+    if len(outputs) < len(graph.output) and not any(o.name == COARSE_LOGITS for o in outputs):
+        if found.crops:  # the model's coarse_logits: the head's output, cropped to the image
+            _crop_like(b, coarse, found.crops, scale=4)
+            b.nodes[-1].output[0] = COARSE_LOGITS
+        else:
+            coarse = _expose(graph, coarse)
         outputs.insert(0, helper.make_tensor_value_info(COARSE_LOGITS, TensorProto.FLOAT, None))
+    labels = _crop_like(b, _BUILDERS[tail](b, coarse), found.crops, axis_shift=-1)  # (N, H, W): no class axis
+    _write_labels(b, labels, found.labels_type)
+    graph.node.extend(b.nodes)
     del graph.output[:]
     graph.output.extend(outputs)
     _drop_unused_initializers(graph)

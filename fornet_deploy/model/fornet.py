@@ -12,6 +12,10 @@ Segmentation" (arXiv 2605.02764; only the abstract is public, see docs/design.md
                                    │           F' = F + M * s * E   (gradient reaches s; M is constant) │
                                    └── head: upsample F' to 1/4, concat detail, conv, classify, upsample x4
 
+Any input size: H and W from 1 to contract.MAX_SIDE. The network runs on the input padded at
+the bottom and right to multiples of the stride (32) and crops every output back to the image
+(see :class:`FoRNet`); a multiple of 32 runs exactly as it always did, with no pad and no crop.
+
 Every architectural choice is a field of :class:`FoRNetConfig` so a user can match their
 own checkpoint. ``focus="none"`` gives the ablation without selector/Top-K (F' = F + E,
 same budget); ``focus="adaptive"`` selects a scene-dependent number of regions.
@@ -27,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import COARSE_LOGITS, IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_stride
+from ..contract import COARSE_LOGITS, FOCUS_SCALE, IMPORTANCE, LOGITS, STRIDE, TOPK_FORMS, TOPK_MASK, check_size
 from ..errors import FornetError, OptionError
+from .padding import Size, ceil_div, crop_top_left, image_size, pad_bottom_right, round_up
 from .topk import DEFAULT_STEPS, RATIO_DENOMINATOR, TopK, ratio_numerator, search_schedule
 
 # The module names "focus", "selector" and "topk" below make the ONNX node-name scopes
@@ -44,6 +49,13 @@ MAX_BRANCHES = 8
 MAX_DILATION = 64
 MAX_BISECTION_STEPS = 64
 MAX_PARAMETERS = 100_000_000  # checked on the meta device before any weight is allocated
+# What the padding to the stride holds (model/padding.py): zeros, i.e. the mean colour once
+# normalized, as mmsegmentation's and detectron2's test-time padding. Against edge replication
+# on SynthCity crops (benchmarks/pad_mode.py, docs/benchmarks.md section 11): mIoU 0.609 vs
+# 0.607, 0.589 vs 0.565 on the 32 px next to the padding; edge replication agrees more often
+# with the unpadded scene's labels (99.4 % vs 99.2 % of pixels) but loses the thin classes.
+PAD_MODE = "constant"
+COARSE_SCALE = 4  # the head's logits are at 1/4 scale
 
 
 @dataclass(frozen=True)
@@ -268,11 +280,12 @@ class MultiScaleBranches(nn.Module):
 
 
 class Selector(nn.Module):
-    """Region scores, one per 1/8-scale position: ``(logits, importance = sigmoid(logits))``.
+    """Region scores, one per 1/8-scale cell that holds image: ``(logits, importance = sigmoid(logits))``.
 
     The Top-K selects on the logits (same order as the importance, but no saturation into
     ties at 0.0/1.0); the importance weights the enhancement and is the exported output.
-    Both are computed here so that their ONNX nodes carry the "/focus/selector/" scope.
+    Both are computed here, and cropped here to the ``cells`` (h, w) that hold image (None:
+    all of them), so that their ONNX nodes carry the "/focus/selector/" scope and stay FP32.
     """
 
     def __init__(self, channels: int, hidden: int):
@@ -280,16 +293,22 @@ class Selector(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True))
         self.score = nn.Conv2d(hidden, 1, 1)
 
-    def forward(self, x):
+    def forward(self, x, cells: tuple[Size, Size] | None = None):
         logits = self.score(self.conv(x))
-        return logits, torch.sigmoid(logits)
+        importance = torch.sigmoid(logits)  # before the crop: the values of the padded map's cells, bit for bit
+        if cells is None:
+            return logits, importance
+        return crop_top_left(logits, *cells), crop_top_left(importance, *cells)
 
 
 class FocusModule(nn.Module):
     """F' = F + M * s * E(F): multi-scale enhancement emphasised on the selected regions.
 
     ``M`` = Top-K of the selector's logits (exactly k positions, see model/topk.py),
-    ``s`` = sigmoid(logits), the importance map.
+    ``s`` = sigmoid(logits), the importance map. On a padded input both cover only the
+    ``cells`` that hold image (the Top-K ranks those alone, so k = ceil(ratio * their
+    number) and a padded cell is never selected); ``M * s`` is zero-padded back to the
+    feature map's size, so the padding's cells are not enhanced.
     """
 
     def __init__(self, cfg: FoRNetConfig):
@@ -308,13 +327,18 @@ class FocusModule(nn.Module):
                 max_ratio=cfg.adaptive_max_ratio,
             )
 
-    def forward(self, x):
+    def forward(self, x, cells: tuple[Size, Size] | None = None, padded: tuple[Size, Size] | None = None):
+        """``cells``: (h, w) of the cells that hold image, ``padded``: x's (h, w); both None
+        when every cell holds image (then no crop and no pad: the graph of a stride multiple)."""
         enhanced = self.enhance(x)
         if not self.uses_selector:
             return x + enhanced, None, None
-        logits, importance = self.selector(x)
+        logits, importance = self.selector(x, cells)
         mask = self.topk(logits.detach())  # selection is not differentiable; s is
-        return x + mask * importance * enhanced, importance, mask
+        gate = mask * importance
+        if cells is not None:
+            gate = pad_bottom_right(gate, *padded)
+        return x + gate * enhanced, importance, mask
 
 
 class Head(nn.Module):
@@ -333,7 +357,25 @@ class Head(nn.Module):
 class FoRNet(nn.Module):
     """FoR-Net. ``forward(x)`` -> logits (N, C, H, W); ``forward_all`` also returns the
     head's logits before the x4 upsample (``coarse_logits``, 1/4 scale), the importance map
-    and the Top-K mask (1/8 scale)."""
+    and the Top-K mask (1/8 scale).
+
+    Any H x W (1 to contract.MAX_SIDE). The input is padded at the bottom and right to
+    ``Hp x Wp``, the next multiples of the stride, with zeros (:data:`PAD_MODE`); the network
+    runs at that size, and every output is cropped to the cells that hold image:
+
+    * ``logits`` (N, C, H, W): the x4 upsample of the padded head output, cropped (its last
+      rows and columns interpolate towards the first padded cell, as the interior does
+      towards its neighbours);
+    * ``coarse_logits`` (N, C, ceil(H/4), ceil(W/4)): the head output, cropped;
+    * ``importance`` and ``topk_mask`` (N, 1, ceil(H/8), ceil(W/8)): the Top-K ranks these
+      cells only, so it selects exactly ``k = ceil(ratio * ceil(H/8) * ceil(W/8))`` of them
+      (adaptive K: its count and bounds on them too) under topk.py's rule, and no padded
+      cell is ever selected or enhanced.
+
+    Everything else is the network on the padded input: ``logits`` are those of the model
+    run on the explicitly padded image with its Top-K restricted to the same cells, cropped.
+    A multiple of the stride is neither padded nor cropped (the same ops as before).
+    """
 
     output_stride = STRIDE
 
@@ -350,18 +392,34 @@ class FoRNet(nn.Module):
             return
         if x.ndim != 4 or x.shape[1] != 3:
             raise FornetError(f"FoR-Net takes an N x 3 x H x W batch, got shape {tuple(x.shape)}")
-        check_stride(int(x.shape[-2]), int(x.shape[-1]), self.output_stride)
+        check_size(int(x.shape[-2]), int(x.shape[-1]))
 
     def forward_features(self, x):
         x4, x8, x16, x32 = self.backbone(x)
         return x4, self.neck(x8, x16, x32)
 
-    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def forward_all(self, x: torch.Tensor, traced_size: bool = False) -> dict[str, torch.Tensor | None]:
+        """Every output (class docstring). ``traced_size``: take H and W from the runtime
+        shape as tensors (a dynamic-shape export: the pad and crop amounts become shape
+        arithmetic in the graph, there whatever the traced example's size); by default they
+        are Python ints (eager, a static export: constants, and no pad or crop node at a
+        multiple of the stride)."""
         self.check_input(x)
+        height, width = image_size(x, traced_size)
+        aligned = not traced_size and height % self.output_stride == 0 and width % self.output_stride == 0
+        cells = padded_cells = None
+        if not aligned:
+            padded = round_up(height, self.output_stride), round_up(width, self.output_stride)
+            x = pad_bottom_right(x, *padded, PAD_MODE)
+            cells = ceil_div(height, FOCUS_SCALE), ceil_div(width, FOCUS_SCALE)
+            padded_cells = ceil_div(padded[0], FOCUS_SCALE), ceil_div(padded[1], FOCUS_SCALE)
         x4, features = self.forward_features(x)
-        focused, importance, mask = self.focus(features)
+        focused, importance, mask = self.focus(features, cells, padded_cells)
         coarse = self.head(focused, x4)
         logits = F.interpolate(coarse, scale_factor=4.0, mode="bilinear", align_corners=False)
+        if not aligned:
+            logits = crop_top_left(logits, height, width)
+            coarse = crop_top_left(coarse, ceil_div(height, COARSE_SCALE), ceil_div(width, COARSE_SCALE))
         return {LOGITS: logits, COARSE_LOGITS: coarse, IMPORTANCE: importance, TOPK_MASK: mask}
 
     def forward(self, x: torch.Tensor, return_all: bool = False):

@@ -23,6 +23,14 @@ Selection rule (both modes, PyTorch and the exported ONNX graph)
     ``k`` positions of that ranking: **always exactly ``k``** ones per image, ties or not.
     On a map of distinct values this is ``torch.topk``'s selection.
 
+What the map is, in FoR-Net
+    The selector's logits of the 1/8-scale cells that hold image: ``h x w = ceil(H/8) x
+    ceil(W/8)`` for an H x W input. An input that is not a multiple of the stride is padded
+    inside the network (model/fornet.py), and the padding's cells are cropped off *before*
+    this module sees the map: they are never ranked, ``k = ceil(ratio * h * w)`` counts the
+    image's cells only (adaptive K counts and clamps on them too), and the mask output is
+    that ``h x w`` map, so "exactly k per image" holds on it as it stands.
+
 The search (``threshold``), and why a fixed number of rounds is exact
     Every float32 value (±inf included, ±0 as one value) lies in one of 512 *slots*: -inf;
     the 254 negative binades; [-(2^-126 - 2^-149), 0] (negative denormals and zero); the
@@ -116,7 +124,8 @@ SELECTIONS = ("fixed", "adaptive")
 
 RATIO_DENOMINATOR = 1000  # ratios are multiples of 1/1000
 # The selection both modes make, as recorded in a bundle's manifest and ONNX metadata.
-SELECTION_RULE = ("exactly k = ceil(ratio*h*w) positions per image (adaptive: clamp(count(s >= tau))): the k highest "
+SELECTION_RULE = ("exactly k = ceil(ratio*h*w) positions per image (adaptive: clamp(count(s >= tau))) of the "
+                  "h x w = ceil(H/8) x ceil(W/8) cells that hold image (padding never ranked): the k highest "
                   "selector logits; ties at the k-th value by lowest row-major index; +-inf ordinary extremes; "
                   "NaN ranks below -inf")
 

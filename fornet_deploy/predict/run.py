@@ -35,9 +35,8 @@ class PredictConfig:
     runtime: str = "ort"
     precision: str = "fp32"
     device: str = "cpu"
-    # Network input (H, W). None: the image's own size when it is a multiple of the network
-    # stride, else the nearest multiple (or the artefact's size when its shape is fixed);
-    # the prediction is always resized back to the image's size.
+    # Network input (H, W). None: the image's own size on a dynamic artefact, else the
+    # artefact's fixed size; the prediction is always resized back to the image's size.
     shape: tuple[int, int] | None = None
     overlay_alpha: float = 0.5
     importance: bool = False

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle
-from ..contract import IMPORTANCE, TOPK_MASK, check_stride
+from ..contract import IMPORTANCE, TOPK_MASK, check_size
 from ..data.labels import LabelSet, default_label_set, manifest_label_set
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError
@@ -41,9 +41,9 @@ class Segmenter:
             prediction = segment(rgb_image)          # H x W x 3 uint8
             prediction.labels                        # H x W train ids
 
-    ``shape`` fixes the network input (H, W); without it, an image runs at its own size when
-    that is a multiple of the network stride, else at the nearest multiple (or at the
-    artefact's fixed size, or the preprocessing's fixed resize); the prediction is always
+    ``shape`` fixes the network input (H, W); without it, an image runs at its own size on a
+    dynamic artefact (the network pads to its stride and crops itself), else at the
+    artefact's fixed size or the preprocessing's fixed resize; the prediction is always
     resized back to the image.
     """
 
@@ -67,7 +67,7 @@ class Segmenter:
     def __enter__(self) -> "Segmenter":
         self.runner.activate()
         if self.shape is not None:
-            check_stride(*self.shape, self.runner.input_spec().stride)
+            check_size(*self.shape)
         return self
 
     def __exit__(self, *exc) -> None:

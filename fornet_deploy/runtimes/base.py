@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, STRIDE, format_shape, nearest_valid
+from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, format_shape
 from ..errors import FornetError
 
 
@@ -36,7 +36,6 @@ class InputSpec:
     name: str = INPUT_NAME
     dtype: str = "float32"
     shape: tuple[int | None, ...] = (None, INPUT_CHANNELS, None, None)
-    stride: int = STRIDE  # H and W must be multiples of this
     # Inclusive (min, max) bounds for dynamic dims, e.g. a TensorRT optimization profile.
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
@@ -50,7 +49,7 @@ class InputSpec:
         self.check_shape(tuple(batch.shape))
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
-        """Rank, fixed dims, stride and profile bounds, with the fix in the message."""
+        """Rank, fixed dims, size bounds and profile bounds, with the fix in the message."""
         if len(shape) != len(self.shape):
             raise FornetError(
                 f"input '{self.name}' must have {len(self.shape)} dims (NCHW), got shape {tuple(shape)}"
@@ -62,8 +61,8 @@ class InputSpec:
                     f"{format_shape(self.shape)} (dim {axis} must be {want})"
                 )
         h, w = shape[2], shape[3]
-        if h % self.stride or w % self.stride:
-            raise FornetError(f"input size {h}x{w} is not a multiple of the network stride {self.stride}")
+        if min(shape) < 1:
+            raise FornetError(f"input '{self.name}' has shape {format_shape(shape)}: every dim must be at least 1")
         if max(h, w) > MAX_SIDE or shape[0] > MAX_BATCH:
             raise FornetError(f"input shape {format_shape(shape)} is beyond the supported {MAX_BATCH} images of at "
                               f"most {MAX_SIDE} pixels per side")
@@ -172,8 +171,8 @@ def network_size(spec: InputSpec, preprocessing, image_hw: tuple[int, int],
     """The network input (H, W) an image of size ``image_hw`` is resized to, the one rule of
     every stage that feeds images (predict, eval, parity, calibrate, package): ``shape``
     when given, else the preprocessing's fixed resize, else the artefact's fixed size, else
-    (a dynamic artefact) the image's own size rounded to the nearest multiple of the stride.
-    Predictions are resized back to the image (labels nearest-neighbour)."""
+    (a dynamic artefact) the image's own size: the network pads to its stride and crops
+    itself. Predictions are resized back to the image (labels nearest-neighbour)."""
     if shape is not None:
         return int(shape[0]), int(shape[1])
     if preprocessing.resize == "fixed":
@@ -181,4 +180,4 @@ def network_size(spec: InputSpec, preprocessing, image_hw: tuple[int, int],
     fixed_h, fixed_w = spec.shape[2:]
     if fixed_h is not None and fixed_w is not None:
         return fixed_h, fixed_w
-    return nearest_valid(image_hw[0], spec.stride), nearest_valid(image_hw[1], spec.stride)
+    return int(image_hw[0]), int(image_hw[1])

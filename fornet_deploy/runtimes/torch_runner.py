@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, STRIDE, TOPK_MASK
+from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
 from ..errors import HardwareError
 from ..model.checkpoint import load_checkpoint
 from ..model.fornet import FoRNet
@@ -91,7 +91,7 @@ class TorchRunner(Runner):
         return (*always, IMPORTANCE, TOPK_MASK) if has_selector else always
 
     def input_spec(self) -> InputSpec:
-        return InputSpec(stride=STRIDE)
+        return InputSpec()
 
     @torch.inference_mode()
     def _infer_impl(self, batch: np.ndarray, outputs: tuple[str, ...] | None) -> dict[str, np.ndarray]:

@@ -67,13 +67,18 @@ def test_time_iterations_warms_up_untimed_and_reports_between_calls():
     assert timed.window[0] <= timed.window[1]
 
 
+def test_a_dynamic_bundle_benchmarks_a_size_that_is_not_a_multiple_of_32(tiny_bundle):
+    result = run_benchmark(tiny_bundle, BenchConfig(shape=(250, 500), **FAST))
+    assert result["config"]["shape"] == [250, 500]
+
+
 # --------------------------------------------------------------------------------------
 # Validation: before any work, one line
 # --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cfg, words", [
-    (BenchConfig(shape=(250, 500)), ["250x500", "32", "256x512"]),
+    (BenchConfig(shape=(9000, 500)), ["9000x500", "larger than the supported 8192"]),
     (BenchConfig(batch=0), ["--batch", ">= 1"]),
     (BenchConfig(iters=0), ["--iters", ">= 1"]),
     (BenchConfig(warmup=-1), ["--warmup"]),

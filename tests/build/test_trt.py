@@ -58,8 +58,9 @@ def test_profile_rules():
         Profile((1, 3, 128, 128), (1, 3, 64, 64), (1, 3, 256, 256))
     with pytest.raises(FornetError, match="min <= opt <= max"):
         Profile((1, 3, 64, 64), (4, 3, 64, 64), (2, 3, 64, 64))
-    with pytest.raises(FornetError, match="multiple of the network stride 32"):
-        Profile((1, 3, 64, 64), (1, 3, 64, 80), (1, 3, 64, 96))
+    assert Profile((1, 3, 33, 47), (1, 3, 360, 480), (1, 3, 1080, 1920)).tag() == "1x3x33x47-1x3x360x480-1x3x1080x1920"
+    with pytest.raises(FornetError, match="larger than the supported 8192"):
+        Profile((1, 3, 64, 64), (1, 3, 64, 80), (1, 3, 64, 8200))
     with pytest.raises(FornetError, match="1 channels, FoR-Net takes 3"):
         Profile((1, 1, 64, 64), (1, 1, 64, 64), (1, 1, 64, 64))
     with pytest.raises(FornetError, match="not NCHW"):

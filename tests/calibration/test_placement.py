@@ -421,3 +421,21 @@ def test_rule_the_selector_and_topk_scopes_are_never_quantized(fanout):
     r = stem(only_selector)
     scores = only_selector.conv("/focus/selector/score/Conv", r)
     assert set(plan_qdq(only_selector.model(scores), fanout=fanout).activations) == {"x"}  # r is not quantized
+
+
+def test_the_padding_to_the_stride_leaves_the_first_conv_reading_the_image(tiny_config):
+    """A narrow first conv (3 -> 8 channels) is quantized because it reads the image (ModelOpt's
+    rule); padded to the stride (a Pad folded into it, or a dynamic graph's Concats) it still
+    does: the same placement at 384x480, 360x480 and in a dynamic graph."""
+    import torch
+
+    from fornet_deploy.export.fp16 import to_mixed_fp16
+    from fornet_deploy.export.onnx import ExportConfig, export_onnx_model
+    from fornet_deploy.model.fornet import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config).eval()
+    plans = [plan_qdq(to_mixed_fp16(export_onnx_model(model, ExportConfig(height=h, width=480, dynamic=d)))[0])
+             for h, d in ((384, False), (360, False), (360, True))]
+    assert "/backbone/stem/stem.0/stem.0.0/Conv" in plans[0].weights
+    assert plans[0].summary() == plans[1].summary() == plans[2].summary()

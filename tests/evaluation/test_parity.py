@@ -286,3 +286,12 @@ def test_parity_command_exits_0_on_a_passing_artefact_with_its_table_and_json(ti
         row = next(line for line in result.stdout.splitlines() if label in line)
         assert "ok" in row and "FAIL" not in row, row
     assert "PASS; report" in result.stdout
+
+
+def test_near_tie_cells_at_a_size_that_is_not_a_multiple_of_8():
+    """29x61 pixels: ceil(29/8) x ceil(61/8) = 4 x 8 cells, the last row and column partly image."""
+    reference, candidate = _swap_outputs(swap_rank=8)
+    for outputs in (reference, candidate):
+        outputs["logits"] = outputs["logits"][..., :29, :61]
+    result = compare_outputs("img", reference, candidate, (29, 61), k=8)
+    assert result.near_tie_cells == 2 and result.max_abs_logit_outside_ties == 0.0

@@ -106,3 +106,57 @@ def test_every_exported_graph_keeps_labels_tensorrt_can_build(tmp_path, tiny_che
         assert report["passed"] and report["counts"].get("int-to-uint8-cast") is None, (name, report["findings"])
     for name in GRAPHS[:3]:  # no placement finding, no FP32 tail or island in the INT8 graph either
         assert lint_file(bundle / name)["warnings"] == 0, (name, lint_file(bundle / name)["findings"])
+
+
+def test_inputs_tensorrt_takes_only_as_constants():
+    """onnx-tensorrt's operator matrix: Slice's and Pad's `axes` must be initializers."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["dims"], name="shape"),
+        helper.make_node("Slice", ["dims", "zero", "one"], ["axis"], name="pick"),
+        helper.make_node("Slice", ["x", "zero", "one", "axis"], ["computed"], name="computed_axes"),
+        helper.make_node("Slice", ["x", "zero", "one", "one"], ["constant"], name="constant_axes"),
+    ]
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("zero", 0), ("one", 1))]
+    model = _model(nodes, inits, [_vi("x", [4, 4])], [_vi("computed", None), _vi("constant", None)])
+    assert [(f.severity, f.check, f.node) for f in lint_tensorrt(model)] == [
+        ("blocker", "constant-input", "computed_axes")]
+
+
+def _traced(module, dynamic: bool) -> onnx.ModelProto:
+    import io
+    import warnings
+
+    import onnxsim
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, 3, 60, 60),), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}} if dynamic else None)
+    return onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))[0]
+
+
+def test_a_shape_computed_through_a_2d_tensor_warns():
+    """F.pad with traced amounts exports its pads through a Reshape to (-1, 2) and a Transpose,
+    which TensorRT's 0-D/1-D shape tensors refuse; FoR-Net's own traced pad (model/padding.py)
+    keeps every shape 1-D, and constant pads are no shape computation at all."""
+    import torch
+    import torch.nn.functional as F
+
+    from fornet_deploy.model.padding import pad_bottom_right, round_up
+
+    class FPad(torch.nn.Module):
+        def forward(self, x):
+            return F.pad(x, (0, (-x.shape[-1]) % 32, 0, (-x.shape[-2]) % 32))
+
+    class OwnPad(torch.nn.Module):
+        def forward(self, x):
+            shape = torch._shape_as_tensor(x)
+            return pad_bottom_right(x, round_up(shape[2], 32), round_up(shape[3], 32))
+
+    findings = lint_tensorrt(_traced(FPad(), dynamic=True))
+    assert [f.check for f in findings if f.severity != "info"] == ["dynamic-shape", "shape-tensor"]
+    assert "IShuffleLayer" in findings[1].message
+    assert [f.check for f in lint_tensorrt(_traced(OwnPad(), dynamic=True))] == ["dynamic-shape"]
+    assert lint_tensorrt(_traced(FPad(), dynamic=False)) == []

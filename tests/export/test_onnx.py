@@ -70,8 +70,8 @@ def test_bundle_with_a_changed_file_is_rejected(tmp_path, tiny_checkpoint):
 
 
 def test_bad_export_arguments_write_nothing(tmp_path, tiny_checkpoint):
-    with pytest.raises(FornetError, match="multiple of the network stride"):
-        export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(height=100, width=64))
+    with pytest.raises(FornetError, match="must be positive"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(height=0, width=64))
     with pytest.raises(FornetError, match="--outputs"):
         export_bundle(tiny_checkpoint, tmp_path / "b", ExportConfig(outputs=("logits", "probs")))
     with pytest.raises(FornetError, match="does not exist"):

@@ -184,6 +184,40 @@ def test_unknown_tail_and_foreign_graphs_are_one_line():
         cpu_graph(nearest, "refine")
 
 
+def cropped_tail(height: int, width: int, start: int = 0) -> onnx.ModelProto:
+    """export_tail with the crop of an export at a size that is not a multiple of the stride:
+    the logits Sliced to height x width (one Slice per axis) between the Resize and the ArgMax."""
+    proto = export_tail()
+    graph = proto.graph
+    resize = next(n for n in graph.node if n.op_type == "Resize")
+    resize.output[0] = "/Resize_output_0"
+    crops = [helper.make_node("Slice", ["/Resize_output_0", "start", "height", "axis2"], ["/Slice_output_0"],
+                              name="/Slice"),
+             helper.make_node("Slice", ["/Slice_output_0", "start", "width", "axis3"], [LOGITS], name="/Slice_1")]
+    index = list(graph.node).index(resize) + 1
+    for offset, node in enumerate(crops):
+        graph.node.insert(index + offset, node)
+    graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), name) for name, v in (
+        ("start", start), ("height", height), ("width", width), ("axis2", 2), ("axis3", 3)))
+    return proto
+
+
+@pytest.mark.parametrize("tail", ["refine", "nearest"])
+def test_a_cropped_tail_crops_labels_and_coarse_logits_alike(tail):
+    coarse = np.random.default_rng(4).integers(-3, 4, size=(2, 5, 6, 9)).astype(np.float32)  # exact, with ties
+    proto = cropped_tail(17, 29)
+    want = session(proto)(coarse)
+    got = session(cpu_graph(proto, tail))(coarse)
+    uncropped = session(cpu_graph(export_tail(), tail))(coarse)
+    assert want[LABELS].shape == got[LABELS].shape == (2, 17, 29)
+    np.testing.assert_array_equal(got[LABELS], uncropped[LABELS][:, :17, :29])
+    if tail == "refine":
+        np.testing.assert_array_equal(got[LABELS], want[LABELS])
+    np.testing.assert_array_equal(got[COARSE_LOGITS], coarse[:, :, :5, :8])  # ceil(17/4) x ceil(29/4)
+    with pytest.raises(FornetError, match="not a crop of the logits"):
+        find_tail(cropped_tail(17, 29, start=1).graph)
+
+
 def test_calibrated_graph_applies_the_bundles_tail_to_the_cpu_target_only():
     proto = export_tail()
     assert calibrated_graph(proto, "tensorrt", {"cpu_tail": "refine"}) is proto

@@ -51,9 +51,11 @@ def test_selector_gets_gradient_through_importance(tiny_config):
     assert model.focus.selector.score.weight.grad.abs().sum() > 0
 
 
-def test_input_not_multiple_of_stride_is_a_clear_error(tiny_config):
-    with pytest.raises(FornetError, match="multiple of the network stride 32"):
-        build_model(tiny_config)(torch.randn(1, 3, 100, 64))
+def test_input_size_out_of_bounds_is_a_clear_error(tiny_config):
+    with pytest.raises(FornetError, match="larger than the supported 8192"):
+        build_model(tiny_config)(torch.randn(1, 3, 8193, 1))
+    with pytest.raises(FornetError, match="must be positive"):
+        build_model(tiny_config)(torch.randn(1, 3, 0, 64))
     with pytest.raises(FornetError, match="N x 3 x H x W"):
         build_model(tiny_config)(torch.randn(1, 1, 64, 64))
 

@@ -127,6 +127,17 @@ def test_engine_with_a_batch_profile_becomes_a_batching_plan_model(tiny_bundle, 
     assert summary["notes"] == [] and set(summary["models"]) == {"fornet_ort_fp32", "fornet_trt_fp32"}
 
 
+def test_engine_profile_at_a_size_that_is_not_a_multiple_of_32(tiny_bundle, tmp_path):
+    """A dynamic graph pads and crops by its runtime shape: the dims the profile fixes (CamVid's
+    360x480) are worked out through that shape arithmetic, the outputs cropped to the image."""
+    bundle = add_engine(tiny_bundle, tmp_path, {"min": [1, 3, 360, 480], "opt": [1, 3, 360, 480],
+                                                "max": [4, 3, 360, 480]})
+    package(bundle, "triton", tmp_path / "repo", TritonOptions())
+    views = config_view(read_config(tmp_path / "repo" / "fornet_trt_fp32" / "config.pbtxt"))
+    assert views["logits"] == ("TYPE_FP32", [-1, 19, 360, 480]) and views["labels"] == ("TYPE_UINT8", [-1, 360, 480])
+    assert views["importance"] == views["topk_mask"] == ("TYPE_FP32", [-1, 1, 45, 60])
+
+
 def test_static_engine_spells_out_its_batch(static_bundle, tmp_path):
     bundle = add_engine(static_bundle, tmp_path, {"min": [1, 3, 128, 256], "opt": [1, 3, 128, 256],
                                                   "max": [1, 3, 128, 256]})
