@@ -25,6 +25,7 @@ from .contract import (
     CALIBRATION_PERCENTILE,
     DEFAULT_TAIL,
     FP32_SCOPES,
+    MAX_SIDE,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
@@ -270,13 +271,15 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
     SynthCity images' and the export's H x W (any size from 64 px); ``num_images``: the SynthCity
     val images that parity and evaluation run on."""
-    from .contract import check_size
+    from .data.synthcity.dataset import MIN_SIDE
     from .demo import DemoConfig
     from .demo import run_demo as run
 
     _positive(train_iterations, "--train-iterations")
     _positive(bench_iters, "--bench-iters")
     _positive(num_images, "--num-images")
-    check_size(*shape)  # before anything is written
+    if not all(MIN_SIDE <= side <= MAX_SIDE for side in shape):  # before anything is written
+        raise OptionError(f"--shape {shape[0]}x{shape[1]}: the demo's SynthCity images need {MIN_SIDE} to {MAX_SIDE} "
+                          "pixels per side")
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
                           synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iters), log=log)

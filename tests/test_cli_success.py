@@ -141,9 +141,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert "FAIL" not in stdout
 
 
-def test_demo_refuses_a_shape_off_the_stride_before_writing(tmp_path):
+def test_demo_refuses_a_shape_too_small_for_its_scenes_before_writing(tmp_path):
     from cli_helpers import assert_one_line_error
 
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--shape", "60x128")
-    assert_one_line_error(result, "not a multiple of the network stride 32")
+    assert_one_line_error(result, "need 64 to 8192 pixels per side")
+    assert result.returncode == 2
     assert not (tmp_path / "demo").exists()

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ...contract import MAX_SIDE
-from ...errors import FornetError
+from ...errors import FornetError, OptionError
 from ...io import atomic_write_json, read_json, write_png
 from .. import camvid
 from ..cityscapes import CITYSCAPES, IMAGE_SUFFIX, LABEL_ID_BY_NAME, LABEL_SUFFIX, label_ids_to_train_ids
@@ -33,6 +33,7 @@ SPLITS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ("test", 2, ("syntht",)),
 )
 LAYOUTS = ("cityscapes", "camvid")
+MIN_SIDE = 64  # smaller scenes have no room for the objects that make them a street
 
 # CamVid class of each Cityscapes name SynthCity draws; every other label id is void.
 _CAMVID_NAMES = {
@@ -98,8 +99,8 @@ def _check_config(out: Path, config: SynthCityConfig) -> None:
         )
     for name in ("height", "width"):
         value = getattr(config, name)
-        if not 64 <= value <= MAX_SIDE:  # any size: every stage resizes or pads to the network's needs
-            raise FornetError(f"synthcity {name} must be from 64 to {MAX_SIDE} pixels, got {value}")
+        if not MIN_SIDE <= value <= MAX_SIDE:  # any size: every stage resizes or pads to the network's needs
+            raise OptionError(f"synthcity {name} must be from {MIN_SIDE} to {MAX_SIDE} pixels, got {value}")
     if config.seed < 0:
         raise FornetError(f"synthcity seed must be non-negative, got {config.seed}")
     if out.exists() and not out.is_dir():
