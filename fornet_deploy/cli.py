@@ -583,7 +583,8 @@ def package_cmd(
                           + (f", mIoU {cost['miou_difference']:+.4f}" if "miou_difference" in cost else ""))
     for note in summary.get("notes", []):
         console.print(note)
-    console.print(f"wrote {len(summary['files'])} files to {out} (see {out / 'README.md'})")
+    console.print(f"wrote {len(summary['files'])} files, {summary['bytes'] / 1e6:.1f} MB, to {out} "
+                  f"(see {out / 'README.md'})")
     _write_json(json_out, summary)
 
 
