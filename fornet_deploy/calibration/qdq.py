@@ -176,6 +176,10 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: i
                      percentile: float = CALIBRATION_PERCENTILE) -> dict:
     """The library function behind ``fornet-deploy calibrate``; returns the manifest entry.
 
+    ``data_dir``: a dataset, a folder of images or a video file (:class:`.calibset.CalibrationSet`:
+    selection, resizing to the network input, key); the entry's ``calibration`` records its
+    ``source``, ``network_size`` and what was ``resized``.
+
     ``progress(done, total)`` counts the images of a range collection (none when the ranges
     are cached). ``target="tensorrt"`` on a bundle without ``model.fp16.onnx`` makes it first
     (``export --precision fp16``, its own commit).
