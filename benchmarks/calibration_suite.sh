@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/benchmarks.md section 9 (calibration: time, ranges, INT8 accuracy by method), re-run
 # from the shipped weights; run it on an idle machine (the JSON records the load):
-#   bash benchmarks/calibration_suite.sh            (~20 min on 2 cores, ~4 GB of disk in $WORK)
+#   bash benchmarks/calibration_suite.sh            (~20 min on 2 cores, ~1.5 GB of disk in $WORK)
 set -euo pipefail
 WORK=${WORK:-runs/calibration}
 RESULTS=${RESULTS:-docs/results}

@@ -12,7 +12,7 @@ copy of BUNDLE (no cached images or ranges):
                    (load average before / after; ``others``: the share of all CPUs that other
                    processes used, from /proc/stat, the measure that does not count our own
                    threads); then ``--target cpu``, which reuses the cached ranges.
-``--reference``    ONNX Runtime's own calibrator on the same cached images, as ``quantize_static``
+``--reference``    ONNX Runtime's own calibrator on the same images (decoded again), as ``quantize_static``
                    drove it before (``collect.onnxruntime_ranges``: threshold search restricted
                    to the tensors the quantizers read, the rest takes days); per tensor
                    ``max(|d low|, |d high|) / (high - low)`` of the bundle's cached ranges against
@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 
 from fornet_deploy.bundle import Bundle
+from fornet_deploy.calibration.calibset import bundle_calibration_set
 from fornet_deploy.calibration.collect import onnxruntime_ranges, with_aliases
 from fornet_deploy.calibration.qdq import QUANTIZED_OPS, excluded_nodes, needed_tensors, quantize_cpu
 from fornet_deploy.contract import CALIBRATION_DIR, CALIBRATION_PERCENTILE, ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ
@@ -143,7 +144,10 @@ def run_one(bundle: Path, data: Path, args, work: Path) -> dict:
     row["collection"] = {k: v for k, v in entry["calibration"]["ranges"].items() if k not in ("coarsened",)}
     key = entry["calibration"]["key"]
     cache = copy / CALIBRATION_DIR
-    images = np.load(cache / f"calib_{key[:16]}.npy", mmap_mode="r")
+    row["calibration_folder_bytes"] = sum(p.stat().st_size for p in cache.iterdir())
+    # the images calibrate measured, streamed again (the bundle keeps none)
+    images = bundle_calibration_set(opened, opened.artifacts[ONNX_FP32]["input_shape"], data, num=args.num_images)
+    assert images.key(opened.sha256(ONNX_FP32)) == key
     suffix = f"{args.method}-{args.percentile!r}" if args.method == "percentile" else args.method
     ours = {k: tuple(v) for k, v in json.loads((cache / f"calib_{key[:16]}.{suffix}.ranges.json").read_text())[
         "ranges"].items()}
@@ -165,7 +169,11 @@ def run_one(bundle: Path, data: Path, args, work: Path) -> dict:
         row["reference"]["cpu_graph_identical"] = ours_graph.graph == onnx.load(str(reference_graph)).graph
         graphs["int8-cpu (ONNX Runtime's ranges)"] = reference_graph
     if args.old_path_timeout:
-        np.save(work / "images.npy", images)
+        stored = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.float32, shape=images.shape)
+        for index, image in enumerate(images):
+            stored[index] = image
+        stored.flush()
+        del stored
         row["old calibrate --target cpu"] = timed(
             [sys.executable, "-c", OLD_PATH, str(source), str(work / "images.npy"), args.method,
              str(work / "old.onnx"), str(args.percentile)], timeout=args.old_path_timeout)

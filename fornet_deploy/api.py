@@ -130,8 +130,10 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
 def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, method: str = "entropy",
               target: str = "tensorrt", seed: int = 0, percentile: float = CALIBRATION_PERCENTILE,
               progress: Progress | None = None) -> dict:
-    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced selection of ``data``'s
-    train images (selector / Top-K kept FP32); returns its manifest entry. ``tensorrt``
+    """INT8 Q/DQ graph calibrated on a deterministic selection of ``data`` (a dataset's train
+    split, class-balanced; a folder of images; or ``num_images`` frames spread evenly over a
+    video), each image resized to the network input (selector / Top-K kept FP32); returns
+    its manifest entry, which records what the images came from and what was resized. ``tensorrt``
     builds on ``model.fp16.onnx`` (made first when missing); the activation ranges are
     measured once per image set, method and percentile and cached in the bundle for both
     targets; ``progress(done, total)`` counts the images of a measurement."""

@@ -311,8 +311,8 @@ def lint(
 @app.command()
 def calibrate(
     bundle: Path = BUNDLE,
-    data: Path = typer.Option(..., help="dataset root (Cityscapes layout); images from its train split"),
-    num_images: int = typer.Option(64, min=1, help="calibration images"),
+    data: Path = typer.Option(..., help="a dataset (its train split), a folder of images, or a video file"),
+    num_images: int = typer.Option(64, min=1, help="calibration images (video: frames spread evenly)"),
     method: Method = typer.Option("entropy", help="calibration method"),
     target: Target = typer.Option("tensorrt", help="tensorrt: INT8 Q/DQ on the FP16 graph, placed for TensorRT; "
                                                    "cpu: U8S8 for ONNX Runtime on x86"),
@@ -320,19 +320,26 @@ def calibrate(
     percentile: float = typer.Option(CALIBRATION_PERCENTILE, help="--method percentile: the share of values kept"),
     json_out: Optional[Path] = JSON_OUT,
 ):
-    """INT8 Q/DQ graph calibrated on a deterministic, class-balanced image set (selector kept FP32);
-    the ranges are measured once per image set and method and shared by both targets."""
+    """INT8 Q/DQ graph calibrated on a deterministic image set, resized to the network input
+    (class-balanced from a labelled dataset; selector kept FP32); the ranges are measured once
+    per image set and method and shared by both targets."""
     from .api import calibrate as run
+    from .contract import ONNX_INT8_CPU, ONNX_INT8_QDQ
 
     with bar(f"calibrate {method} -> {target}") as update:
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
                     percentile=percentile, progress=update)
-    ranges = entry["calibration"]["ranges"]
+    calibration = entry["calibration"]
+    ranges, resized = calibration["ranges"], calibration["resized"]
     how = ("cached in the bundle" if ranges["cached"]
            else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}")
     print_table(f"INT8 ({target}) from {entry['source']}", ["field", "value"], [
-        ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
-        ["calibration key", entry["calibration"]["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],
+        ["file", ONNX_INT8_QDQ if target == "tensorrt" else ONNX_INT8_CPU], ["method", entry["method"]],
+        ["images", f"{calibration['num_images']} from {calibration['source']['kind']} {calibration['source']['path']} "
+                   f"({calibration['source']['selection']})"],
+        ["network input", "x".join(map(str, calibration["network_size"]))
+         + "".join(f", {n} resized {size}" for size, n in resized["sizes"].items())],
+        ["calibration key", calibration["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],
         *([["quantized convs", entry["placement"]["quantized_convs"]]] if "placement" in entry else []),
         ["nodes kept FP32", len(entry["excluded_nodes"])], ["sha256", entry["sha256"][:12]],
     ])
@@ -578,7 +585,8 @@ def package_cmd(
                           + (f", mIoU {cost['miou_difference']:+.4f}" if "miou_difference" in cost else ""))
     for note in summary.get("notes", []):
         console.print(note)
-    console.print(f"wrote {len(summary['files'])} files to {out} (see {out / 'README.md'})")
+    console.print(f"wrote {len(summary['files'])} files, {summary['bytes'] / 1e6:.1f} MB, to {out} "
+                  f"(see {out / 'README.md'})")
     _write_json(json_out, summary)
 
 

@@ -14,18 +14,15 @@ import onnx
 from onnxruntime.quantization import calibrate
 
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.calibration.calibset import CalibrationSet
+from fornet_deploy.calibration.calibset import bundle_calibration_set
 from fornet_deploy.calibration.collect import chunk_size
 from fornet_deploy.calibration.qdq import QUANTIZED_OPS, needed_tensors
-from fornet_deploy.data.transforms import Preprocessing
 
 calibrate.print = lambda *a, **k: None  # its collectors print progress lines
 bundle, data, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
 b = Bundle.open(bundle, verify=False)
-cache = tempfile.TemporaryDirectory(prefix="calib_replay.")  # the images, removed at exit
 needed = set(needed_tensors(onnx.load(f"{bundle}/model.onnx"))[0])
-images, _ = CalibrationSet.select(data, Preprocessing.from_dict(b.manifest["preprocessing"]), num=num).arrays(
-    cache.name, "w" * 64)
+images = np.stack(list(bundle_calibration_set(b, b.artifacts["model.onnx"]["input_shape"], data, num=num)))
 with tempfile.TemporaryDirectory() as tmp:
     cal = calibrate.create_calibrator(Path(f"{bundle}/model.onnx"), list(QUANTIZED_OPS),
                                       augmented_model_path=f"{tmp}/a.onnx",

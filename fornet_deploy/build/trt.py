@@ -658,16 +658,20 @@ def build_with_calibration_data(bundle_dir: str | Path, config: BuildConfig, cal
                                 num_images: int = 64, seed: int = 0,
                                 progress: Callable[[str], None] | None = None) -> dict:
     """``fornet-deploy build-trt``: :func:`build_engine`, plus the calibration set that the
-    legacy INT8 path (TensorRT 10.x entropy calibrator) reads from a dataset folder."""
+    legacy INT8 path (TensorRT 10.x entropy calibrator) reads from ``calib_data`` (a dataset,
+    a folder of images or a video; :class:`~..calibration.calibset.CalibrationSet`)."""
     if config.legacy_calibrator and config.precision == "int8" and config.calibration_batches is None:
         if calib_data is None:
-            raise FornetError("--legacy-calibrator --int8 needs --data DIR (Cityscapes layout) to calibrate on")
-        from ..calibration.calibset import CalibrationSet
-        from ..data.transforms import Preprocessing
+            raise FornetError("--legacy-calibrator --int8 needs --data (a dataset, a folder of images or a video) "
+                              "to calibrate on")
+        from ..calibration.calibset import bundle_calibration_set
 
         bundle = Bundle.open(bundle_dir, verify=False)
-        calib = CalibrationSet.select(calib_data, Preprocessing.from_dict(bundle.manifest["preprocessing"]),
-                                      num=num_images, seed=seed)
+        bundle.path(ONNX_FP32)  # one line when it is missing or changed
+        # resized to the network input as `calibrate` does (a dynamic graph: at the export shape);
+        # the manifest records the graph's input shape
+        calib = bundle_calibration_set(bundle, bundle.artifacts[ONNX_FP32]["input_shape"], calib_data,
+                                       num=num_images, seed=seed)
         config.calibration_batches = calib.batches(1)
         config.calibration_set_hash = calib.key(bundle.artifacts[ONNX_FP32]["sha256"])
     return build_engine(bundle_dir, config, progress)

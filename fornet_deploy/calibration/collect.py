@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnx
@@ -212,9 +212,29 @@ class _Statistics:
         return out
 
 
-def collect_ranges(model: onnx.ModelProto, images: np.ndarray, tensors: Sequence[str], config: CollectConfig,
+class Images(Protocol):
+    """N x 3 x H x W float32 images read once, in order: a numpy array, or a stream such as
+    :class:`~.calibset.CalibrationSet` (decoded on the way, never all in memory)."""
+
+    shape: tuple[int, ...]
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...  # each 3 x H x W
+
+
+def _chunks(images: Images, chunk: int) -> Iterator[list[np.ndarray]]:
+    """Lists of ``chunk`` 1 x 3 x H x W private copies: ONNX Runtime may return the graph
+    input (measured too) as its own buffer."""
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(np.array(image[None]))
+        if len(batch) == chunk:
+            yield batch
+            batch = []
+
+
+def collect_ranges(model: onnx.ModelProto, images: Images, tensors: Sequence[str], config: CollectConfig,
                    scratch: str | Path, progress: Progress | None = None) -> tuple[Ranges, CollectStats]:
-    """Ranges of ``tensors`` over ``images`` (N x 3 x H x W float32, may be memory-mapped).
+    """Ranges of ``tensors`` over ``images`` (:class:`Images`: read once, in order).
 
     The FP32 ``model`` runs once per image (ONNX Runtime, ``config.device``); the augmented
     graph is written to ``scratch``. Chunks of :func:`chunk_size` images are histogrammed in
@@ -235,35 +255,42 @@ def collect_ranges(model: onnx.ModelProto, images: np.ndarray, tensors: Sequence
     session = calibration_session(path, device, threads)
     input_name = session.get_inputs()[0].name
 
-    def run(first: int) -> tuple[dict[str, list[np.ndarray]], float]:
+    chunks = _chunks(images, chunk)
+
+    def run() -> tuple[dict[str, list[np.ndarray]], float]:
+        """The next chunk, read (decoded, for a stream) and run; in the background thread."""
         began = time.perf_counter()
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for index in range(first, first + chunk):
-            # a private copy: ONNX Runtime may return the graph input (measured too) as its own buffer
-            values = session.run(names, {input_name: np.array(images[index : index + 1])})
-            for name, value in zip(names, values):
+        batch = next(chunks, None)
+        if batch is None:
+            raise FornetError(f"the calibration images ended before the {count} announced")
+        for image in batch:
+            for name, value in zip(names, session.run(names, {input_name: image})):
                 outputs[name].append(value)
         return outputs, time.perf_counter() - began
 
     starts = list(range(0, count, chunk))
     # ONNX Runtime computes chunk k + 1 (its threads release the GIL) while this thread
     # histograms chunk k: at most two chunks of outputs are alive.
-    with ThreadPoolExecutor(1) as background:
-        pending = background.submit(run, starts[0])
-        try:
-            for k, first in enumerate(starts):
-                outputs, seconds = pending.result()
-                if k + 1 < len(starts):
-                    pending = background.submit(run, starts[k + 1])
-                stats.run_s += seconds
-                began = time.perf_counter()
-                for name in names:
-                    statistics.add(name, outputs.pop(name))
-                stats.stats_s += time.perf_counter() - began
-                if progress:
-                    progress(first + chunk, count)
-        finally:
-            pending.cancel()
+    try:
+        with ThreadPoolExecutor(1) as background:
+            pending = background.submit(run)
+            try:
+                for k, first in enumerate(starts):
+                    outputs, seconds = pending.result()
+                    if k + 1 < len(starts):
+                        pending = background.submit(run)
+                    stats.run_s += seconds
+                    began = time.perf_counter()
+                    for name in names:
+                        statistics.add(name, outputs.pop(name))
+                    stats.stats_s += time.perf_counter() - began
+                    if progress:
+                        progress(first + chunk, count)
+            finally:
+                pending.cancel()
+    finally:
+        chunks.close()  # a stream stops decoding (the background thread is done with it)
     began = time.perf_counter()
     ranges = statistics.ranges()
     stats.threshold_s = time.perf_counter() - began
@@ -274,7 +301,7 @@ def collect_ranges(model: onnx.ModelProto, images: np.ndarray, tensors: Sequence
     return ranges, stats
 
 
-def onnxruntime_ranges(model: str | Path, images: np.ndarray, op_types: Sequence[str], keep: Sequence[str],
+def onnxruntime_ranges(model: str | Path, images: Images, op_types: Sequence[str], keep: Sequence[str],
                        method: str, percentile: float = CALIBRATION_PERCENTILE) -> Ranges:
     """The reference :func:`collect_ranges` is checked against: ONNX Runtime's own calibrator
     as ``quantize_static`` ran it before (``create_calibrator`` over ``op_types``, signed
@@ -297,8 +324,8 @@ def onnxruntime_ranges(model: str | Path, images: np.ndarray, op_types: Sequence
                 Path(model), list(op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=methods[method], extra_options={"symmetric": False, "percentile": percentile})
             input_name = calibrator.infer_session.get_inputs()[0].name
-            for first in range(0, count, chunk):
-                feeds = iter([{input_name: np.array(images[i : i + 1])} for i in range(first, first + chunk)])
+            for batch in _chunks(images, chunk):
+                feeds = iter([{input_name: image} for image in batch])
                 get_next = {"get_next": lambda self: next(feeds, None)}
                 reader = type("Reader", (calibrate.CalibrationDataReader,), get_next)
                 calibrator.collect_data(reader())

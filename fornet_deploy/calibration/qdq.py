@@ -58,15 +58,13 @@ from ..contract import (
     ONNX_INT8_QDQ,
     check_choice,
 )
-from ..data.formats import open_dataset
-from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
 from ..export.fp16 import convert_fp16, fp32_scope_nodes
 from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
 from ..export.tail import calibrated_graph
 from ..io import atomic_write_json, read_json
 from ..runtimes.ort_runner import import_onnxruntime
-from .calibset import CalibrationSet
+from .calibset import CalibrationSet, bundle_calibration_set, check_source, graph_input_dims, tidy_cache
 from .collect import CollectConfig, Ranges, collect_ranges, quantizer_tensors, with_aliases
 from .placement import OPSET, range_tensors, tensorrt_graph
 
@@ -193,6 +191,10 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: i
                      percentile: float = CALIBRATION_PERCENTILE) -> dict:
     """The library function behind ``fornet-deploy calibrate``; returns the manifest entry.
 
+    ``data_dir``: a dataset, a folder of images or a video file (:class:`.calibset.CalibrationSet`:
+    selection, resizing to the network input, key); the entry's ``calibration`` records its
+    ``source``, ``network_size`` and what was ``resized``.
+
     ``progress(done, total)`` counts the images of a range collection (none when the ranges
     are cached). ``target="tensorrt"`` on a bundle without ``model.fp16.onnx`` makes it first
     (``export --precision fp16``, its own commit).
@@ -202,7 +204,7 @@ def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: i
     if not 0.0 < percentile <= 100.0:
         raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
     if target == "tensorrt" and not Bundle.open(bundle_dir, verify=False).has(ONNX_FP16):
-        open_dataset(data_dir).samples("train", require_labels=False)  # a wrong --data fails before anything is written
+        check_source(data_dir)  # a wrong --data fails before anything is written
         convert_fp16(bundle_dir)
     with transaction(bundle_dir, f"calibrate --target {target}") as txn:
         return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)
@@ -216,8 +218,7 @@ def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: 
     fp32 = load_onnx(fp32_path)
     source_path = bundle.path(spec.source)
     source = fp32 if spec.source == ONNX_FP32 else load_onnx(source_path)
-    calib = CalibrationSet.select(data_dir, Preprocessing.from_dict(bundle.section("preprocessing")),
-                                  num=num_images, seed=seed)
+    calib = bundle_calibration_set(bundle, graph_input_dims(fp32), data_dir, num=num_images, seed=seed)
     ranges, collected = _ranges(txn, calib, fp32, method, percentile, progress)
     out = txn.path(spec.artifact)
     if target == "tensorrt":
@@ -236,14 +237,17 @@ def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: 
     proto = _finish(out, source, target, method, collected["key"])
     check_runs(out, collected["input_shape"], f"the INT8 {target} graph")
     _store_ranges(txn.root, ranges, collected)
+    tidy_cache(txn.root, collected["key"])
     return txn.record(
         spec.artifact, kind="onnx", precision="int8", target=target, method=method,
         **({"percentile": percentile} if method == "percentile" else {}), source=spec.source,
         source_sha256=bundle.sha256(spec.source), opset=_opset(proto), activations=spec.activations,
         weights=spec.weights, per_channel=True, **details,
-        calibration={"key": collected["key"], "num_images": len(calib), "split": calib.split, "seed": seed,
-                     "images": [s.name for s in calib.samples], "ranges_from": ONNX_FP32,
-                     "ranges": {k: v for k, v in collected.items() if k not in ("key", "input_shape", "ranges")}},
+        calibration={"key": collected["key"], "num_images": len(calib), "source": calib.source, "seed": seed,
+                     "images": calib.names, "network_size": list(calib.size), "resized": calib.resized(),
+                     "ranges_from": ONNX_FP32,
+                     "ranges": {k: v for k, v in collected.items()
+                                if k not in ("key", "input_shape", "calibration_set", "ranges")}},
         excluded_scopes=list(FP32_SCOPES), excluded_nodes=excluded,
         quantizer={"ranges": f"fornet-deploy {__version__} (ONNX Runtime's {method} rules)",
                    "graph": (f"fornet-deploy {__version__} Q/DQ placement" if target == "tensorrt"
@@ -282,19 +286,19 @@ def _ranges(txn: Transaction, calib: CalibrationSet, fp32: onnx.ModelProto, meth
     the graph built from them has been written)."""
     fp32_sha = txn.bundle.sha256(ONNX_FP32)
     measured, aliases = needed_tensors(fp32)
-    key = calib.key(fp32_sha)
+    description = calib.describe()
+    key = calib.key(fp32_sha, description)
     path = _range_cache(txn.root, key, method, percentile)
     cached = _read_range_cache(path, key, method, percentile, measured)
     if cached is not None:
         return with_aliases(cached["ranges"], aliases), {**cached, "cached": True}
-    images, key = calib.arrays(txn.root, fp32_sha)
-    _check_input_shape(fp32, images)
+    _check_input_shape(fp32, calib.shape)
     config = CollectConfig(method=method, percentile=percentile)
-    ranges, stats = collect_ranges(fp32, images, measured, config, txn.scratch(), progress)
+    ranges, stats = collect_ranges(fp32, calib, measured, config, txn.scratch(), progress)
     collected = {"version": RANGES_VERSION, "key": key, "method": method,
                  "percentile": percentile if method == "percentile" else None,
-                 "input_shape": [1, *images.shape[1:]], "tensors": len(ranges), "onnxruntime": _ort_version(),
-                 **stats.to_dict(), "ranges": ranges, "cached": False}
+                 "input_shape": [1, *calib.shape[1:]], "tensors": len(ranges), "onnxruntime": _ort_version(),
+                 **stats.to_dict(), "calibration_set": description, "ranges": ranges, "cached": False}
     return with_aliases(ranges, aliases), collected
 
 
@@ -327,12 +331,14 @@ def _store_ranges(root: Path, ranges: Ranges, collected: dict) -> None:
     atomic_write_json(path, {k: v for k, v in collected.items() if k != "cached"})
 
 
-def _check_input_shape(proto: onnx.ModelProto, images: np.ndarray) -> None:
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if any(want is not None and want != got for want, got in zip(dims[1:], images.shape[1:])):
+def _check_input_shape(proto: onnx.ModelProto, shape: tuple[int, ...]) -> None:
+    """A bug guard, but for one case a manifest can cause: a fixed resize in its preprocessing
+    that disagrees with the graph (:func:`~..runtimes.base.network_size` obeys the resize)."""
+    dims = graph_input_dims(proto)
+    if any(want is not None and want != got for want, got in zip(dims[1:], shape[1:])):
         raise FornetError(
-            f"calibration images preprocess to {list(images.shape[1:])} but {ONNX_FP32} takes {dims[1:]}: "
-            "export at the data's size, or set a fixed resize in the preprocessing"
+            f"calibration images are resized to {list(shape[1:])} (the manifest's preprocessing) but {ONNX_FP32} "
+            f"takes {dims[1:]}: correct the preprocessing's height/width, or re-export"
         )
 
 

@@ -29,11 +29,13 @@ def is_package(path: Path) -> bool:
 
 def write_package(out: str | Path, target: str, write: Callable[[Path], dict]) -> dict:
     """Run ``write(folder)`` in a temporary folder beside ``out``, record every file it wrote
-    in the marker, and move the folder into place; returns ``write``'s summary plus ``files``."""
+    in the marker, and move the folder into place; returns ``write``'s summary plus ``files``
+    and ``bytes`` (the whole folder, marker included: what is copied to the server)."""
     out = Path(out)
     with atomic_folder(out, is_package) as tmp:
         summary = write(tmp)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         atomic_write_json(tmp / MARKER, {"format": PACKAGE_FORMAT, "target": target, "created": now_iso(),
                                          "fornet_deploy": __version__, **summary, "files": files})
-    return {**summary, "out": str(out), "files": sorted(files) + [MARKER]}
+        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+    return {**summary, "out": str(out), "files": sorted(files) + [MARKER], "bytes": size}

@@ -26,9 +26,13 @@ from fornet_deploy.errors import FornetError, OptionError
 
 
 @pytest.fixture(scope="module")
-def images(tiny_data, tmp_path_factory) -> np.ndarray:
-    selected = CalibrationSet.select(tiny_data, Preprocessing(), num=6)
-    return selected.arrays(tmp_path_factory.mktemp("cache"), "0" * 64)[0]
+def calibration_set(tiny_data) -> CalibrationSet:
+    return CalibrationSet.select(tiny_data, Preprocessing(), (128, 256), num=6)
+
+
+@pytest.fixture(scope="module")
+def images(calibration_set) -> np.ndarray:
+    return np.stack(list(calibration_set))
 
 
 @pytest.fixture
@@ -78,6 +82,27 @@ def test_ranges_are_onnxruntimes_bit_for_bit(fornet_bundle, images, tmp_path, tw
         assert stats.max_bins >= (2048 if method == "percentile" else 128) and not stats.coarsened
 
 
+def test_a_stream_gives_the_ranges_of_the_array(fornet_bundle, calibration_set, images, tmp_path, two_image_chunks):
+    """``calibrate`` streams its images (decoded on the way, never all in memory): the same
+    ranges as from the images in one array; a stream that ends early is one line."""
+    proto = onnx.load(str(fornet_bundle / ONNX_FP32))
+    measured, _ = needed_tensors(proto)
+    config = CollectConfig(method="entropy")
+    from_array = collect_ranges(proto, images, measured, config, tmp_path)[0]
+    assert collect_ranges(proto, calibration_set, measured, config, tmp_path)[0] == from_array
+    assert onnxruntime_ranges(fornet_bundle / ONNX_FP32, calibration_set, QUANTIZED_OPS, measured[:4], "minmax") == \
+        onnxruntime_ranges(fornet_bundle / ONNX_FP32, images, QUANTIZED_OPS, measured[:4], "minmax")
+
+    class Short:  # announces six images, yields four
+        shape = images.shape
+
+        def __iter__(self):
+            return iter(images[:4])
+
+    with pytest.raises(FornetError, match="ended before the 6 announced"):
+        collect_ranges(proto, Short(), measured, config, tmp_path)
+
+
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory) -> tuple[onnx.ModelProto, np.ndarray]:
     """The real FoR-Net graph and two SynthCity images at 256x512: at 128x256 one and two
@@ -89,7 +114,7 @@ def wide(tmp_path_factory) -> tuple[onnx.ModelProto, np.ndarray]:
     root = tmp_path_factory.mktemp("wide")
     generate(root / "data", SynthCityConfig(train=2, val=1, height=256, width=512, seed=1))
     export_bundle(SHIPPED_WEIGHTS, root / "bundle", ExportConfig(height=256, width=512))
-    images = CalibrationSet.select(root / "data", Preprocessing(), num=2).arrays(root / "cache", "0" * 64)[0]
+    images = np.stack(list(CalibrationSet.select(root / "data", Preprocessing(), (256, 512), num=2)))
     return onnx.load(str(root / "bundle" / ONNX_FP32)), images
 
 

@@ -14,8 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from fornet_deploy.bundle import Bundle, remake_command
-from fornet_deploy.calibration import qdq
-from fornet_deploy.calibration.calibset import CalibrationSet
+from fornet_deploy.calibration import calibset, qdq
 from fornet_deploy.calibration.qdq import calibrate_bundle, excluded_nodes, quantize_cpu
 from fornet_deploy.contract import (
     CALIBRATION_DIR,
@@ -88,7 +87,7 @@ def test_the_second_target_reuses_the_ranges(calibrated, tiny_data, monkeypatch)
         raise AssertionError("ranges collected again")
 
     monkeypatch.setattr(qdq, "collect_ranges", no_collection)
-    monkeypatch.setattr(CalibrationSet, "arrays", no_collection)  # not even the images are read
+    monkeypatch.setattr(calibset, "read_image", no_collection)  # not even the images are decoded
     again = calibrate_bundle(bundle, tiny_data, num_images=NUM, method="minmax", target="tensorrt")
     assert again["calibration"]["ranges"]["cached"] and (bundle / ONNX_INT8_QDQ).read_bytes() == before
 
@@ -137,7 +136,7 @@ def test_reruns_are_byte_identical(tiny_bundle, tiny_data, tmp_path, method):
         for target in ("tensorrt", "cpu"):
             calibrate_bundle(bundle, tiny_data, num_images=NUM, method=method, target=target, seed=3)
         graphs.append([(bundle / name).read_bytes() for name in (ONNX_INT8_QDQ, ONNX_INT8_CPU)])
-    (bundle / ONNX_INT8_QDQ).unlink()  # the cached ranges and images only
+    (bundle / ONNX_INT8_QDQ).unlink()  # from the cached ranges
     calibrate_bundle(bundle, tiny_data, num_images=NUM, method=method, target="tensorrt", seed=3)
     assert graphs[0] == graphs[1] and (bundle / ONNX_INT8_QDQ).read_bytes() == graphs[0][0]
 
@@ -258,3 +257,95 @@ def test_the_calibrate_command_end_to_end(tiny_bundle, tiny_data, tmp_path):
     bad = run_cli("calibrate", *common[:-2], "--method", "percentile", "--percentile", "120")
     assert_one_line_error(bad, "--percentile must be in (0, 100]")
     assert bad.returncode == 2
+
+
+def test_a_bundle_exported_at_one_size_calibrates_on_images_of_another(small_bundle, tiny_data, tmp_path):
+    """Issue 22: a 64x128 export on 128x256 images (it refused: "calibration images preprocess
+    to [3, 128, 256] but model.onnx takes [3, 64, 128]"); the resize is recorded."""
+    bundle = _copy(small_bundle, tmp_path)
+    for target in ("tensorrt", "cpu"):
+        entry = calibrate_bundle(bundle, tiny_data, num_images=2, method="minmax", target=target)
+        calibration = entry["calibration"]
+        assert calibration["network_size"] == [64, 128]
+        assert calibration["resized"] == {"images": 2, "sizes": {"128x256->64x128": 2}}
+        assert calibration["source"]["kind"] == "dataset" and calibration["source"]["format"] == "cityscapes"
+    assert Bundle.open(bundle).artifacts[ONNX_INT8_CPU]["calibration"]["ranges"]["cached"] is True
+    with OrtRunner(bundle / ONNX_INT8_QDQ) as runner:
+        assert runner(np.zeros((1, 3, 64, 128), np.float32))[LABELS].shape == (1, 64, 128)
+
+
+def test_a_dynamic_bundle_calibrates_at_its_export_shape(tiny_bundle, camvid_data, tmp_path):
+    """``export --dynamic`` at 128x256, CamVid-layout images of 96x128: fed at 128x256."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    entry = calibrate_bundle(bundle, camvid_data, num_images=2, method="minmax", target="cpu")
+    calibration = entry["calibration"]
+    assert calibration["network_size"] == [128, 256] and calibration["ranges"]["images"] == 2
+    assert calibration["resized"] == {"images": 2, "sizes": {"96x128->128x256": 2}}
+    assert calibration["source"]["format"] == "camvid"
+
+
+def _plant_float32_cache(bundle: Path) -> list[str]:
+    """What calibrate kept in a bundle before: normalised float32 images and their sidecar."""
+    folder = bundle / CALIBRATION_DIR
+    folder.mkdir(exist_ok=True)
+    np.save(folder / "calib_0123456789abcdef.npy", np.zeros((2, 3, 128, 256), np.float32))
+    (folder / "calib_0123456789abcdef.json").write_text(json.dumps({"key": "0123456789abcdef" * 4}))
+    return ["calib_0123456789abcdef.npy", "calib_0123456789abcdef.json"]
+
+
+def test_the_bundle_keeps_no_calibration_images(tiny_bundle, tiny_data, tmp_path):
+    """Issue 22: the bundle's calibration folder holds the range caches (a few KB), not the images;
+    an older bundle's float32 cache goes on the next calibrate, with or without a collection."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    old = _plant_float32_cache(bundle)
+    entry = calibrate_bundle(bundle, tiny_data, num_images=NUM, method="minmax", target="cpu")
+    key = entry["calibration"]["key"]
+    cache = bundle / CALIBRATION_DIR / f"calib_{key[:16]}.minmax.ranges.json"
+    assert sorted(p.name for p in (bundle / CALIBRATION_DIR).iterdir()) == [cache.name]
+    assert cache.stat().st_size < 64 << 10
+    stored = json.loads(cache.read_text())["calibration_set"]  # what the key was made of
+    assert [name for name, _ in stored["images"]] == entry["calibration"]["images"]
+    assert stored["network_size"] == [128, 256]
+
+    assert not set(old) & {p.name for p in (bundle / CALIBRATION_DIR).iterdir()}
+    _plant_float32_cache(bundle)
+    again = calibrate_bundle(bundle, tiny_data, num_images=NUM, method="minmax", target="tensorrt")
+    assert again["calibration"]["ranges"]["cached"]
+    assert sorted(p.name for p in (bundle / CALIBRATION_DIR).iterdir()) == [cache.name]
+
+
+def test_calibration_on_an_unlabelled_folder_and_a_video(tiny_bundle, tiny_data, video, tmp_path):
+    """Issue 25: frames from the user's own camera, no labels."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for image in sorted((tiny_data / "leftImg8bit" / "train").rglob("*.png"))[:4]:
+        shutil.copyfile(image, folder / image.name)
+    from_folder = calibrate_bundle(bundle, folder, num_images=3, method="minmax", target="cpu")["calibration"]
+    assert from_folder["source"] == {"kind": "images", "path": str(folder), "format": "images",
+                                     "selection": "seeded random (no labels)"}
+    assert from_folder["num_images"] == 3 and not from_folder["ranges"]["cached"]
+    from_video = calibrate_bundle(bundle, video, num_images=3, method="minmax", target="cpu")["calibration"]
+    assert from_video["source"] == {"kind": "video", "path": str(video), "frames": 20,
+                                    "selection": "3 frames spread evenly"}
+    assert from_video["images"] == ["clip_000003", "clip_000010", "clip_000016"]
+    assert from_video["resized"] == {"images": 3, "sizes": {"96x128->128x256": 3}}
+    assert from_video["key"] != from_folder["key"] and not from_video["ranges"]["cached"]
+    assert Bundle.open(bundle).artifacts[ONNX_INT8_CPU]["calibration"] == from_video
+
+
+def test_the_calibrate_command_on_a_video(tiny_bundle, video, tmp_path):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    bundle = _copy(tiny_bundle, tmp_path)
+    common = ["calibrate", "--bundle", str(bundle), "--num-images", "2", "--method", "minmax"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # cut short: no index
+    before = sorted(p.name for p in bundle.iterdir())
+    bad = run_cli(*common, "--data", str(broken))  # the default target would make the FP16 graph first
+    assert_one_line_error(bad, "cannot open video", str(broken))
+    assert bad.returncode == 3 and sorted(p.name for p in bundle.iterdir()) == before
+    ok = run_cli(*common, "--data", str(video), "--target", "cpu", "--json", str(tmp_path / "cpu.json"))
+    assert ok.returncode == 0, ok.stderr
+    assert "from video" in ok.stdout and "2 resized 96x128->128x256" in ok.stdout
+    assert json.loads((tmp_path / "cpu.json").read_text())["calibration"]["source"]["kind"] == "video"

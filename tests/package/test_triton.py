@@ -62,6 +62,8 @@ def test_config_parses_with_tritons_schema_and_matches_the_graph(kind, tiny_bund
     assert summary["notes"] == ["no tensorrt_plan model: the bundle has no fp32 TensorRT engine"]
     marker = json.loads((tmp_path / "repo" / MARKER).read_text())
     assert marker["files"]["fornet_ort_fp32/config.pbtxt"] == sha256_file(model / "config.pbtxt")
+    # its size, as `package` reports it: every file of the folder, the marker included
+    assert summary["bytes"] == sum((tmp_path / "repo" / f).stat().st_size for f in summary["files"])
 
 
 def test_cpu_repository_has_cpu_instances_and_no_accelerator(tiny_bundle, tmp_path):
@@ -175,6 +177,8 @@ def test_cli_package_triton(tiny_bundle, tmp_path):
                      "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "fornet_ort_fp32" in result.stdout
+    size = sum(p.stat().st_size for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    assert f"wrote 5 files, {size / 1e6:.1f} MB, to" in result.stdout
     assert read_config(tmp_path / "repo" / "fornet_ort_fp32" / "config.pbtxt").max_batch_size == 8
     bad = run_cli("package", "--bundle", str(tiny_bundle), "--target", "kubernetes", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2
