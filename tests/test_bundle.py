@@ -360,7 +360,11 @@ def test_a_signal_while_a_stage_writes_is_exit_130_and_leaves_no_staging(bundle,
     assert_one_line_error(result, "interrupted")
     assert result.returncode == 130
     assert not list(bundle.glob(STAGING_PREFIX + "*"))
-    assert assert_consistent(bundle) == old
+    after = assert_consistent(bundle)
+    # The signal lands while the stage stages its files (the bundle stays as it was) or, on a
+    # loaded machine, once the commit is decided (the commit completes first, then exit 130):
+    # never anything in between.
+    assert after == old or after[CHECKPOINT] == sha256_file(other_checkpoint), (after, old)
 
 
 def test_calibrate_killed_midway_leaves_no_trace(bundle, tiny_data):
