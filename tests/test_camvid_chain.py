@@ -28,12 +28,14 @@ def _ok(*args: str):
 def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("chain")
     data, run, bundle = root / "camvid", root / "run", root / "bundle"
-    _ok("synthcity", "--out", str(data), "--layout", "camvid", "--train", "4", "--val", "2", "--test", "2",
+    _ok("synthcity", "--out", str(data), "--layout", "camvid", "--train", "8", "--val", "2", "--test", "2",
         "--shape", "90x120", "--seed", "5")
-    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
-        "--shape", "64x96", "--val-interval", "2", "--train-split", "train+val", "--val-split", "test",
+    # 60 iterations (~30 s): enough for a selector whose Top-K is not a coin toss between
+    # near-equal scores, so reduced precision passes parity as it does on a trained model
+    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "60", "--batch-size", "4",
+        "--shape", "64x96", "--val-interval", "60", "--train-split", "train+val", "--val-split", "test",
         "--device", "cpu", "--json", str(root / "train.json"))
-    assert json.loads((root / "train.json").read_text())["iterations"] == 2
+    assert json.loads((root / "train.json").read_text())["iterations"] == 60
     _ok("export", "--checkpoint", str(run / "best.safetensors"), "--out", str(bundle), "--shape", "90x120",
         "--precision", "fp16")
     return data, bundle, root
@@ -48,17 +50,25 @@ def test_the_bundle_carries_camvid_labels(camvid_bundle):
 def test_calibrate_parity_eval_on_the_camvid_bundle(camvid_bundle):
     data, bundle, root = camvid_bundle
     for target in ("tensorrt", "cpu"):
-        _ok("calibrate", "--bundle", str(bundle), "--data", str(data), "--num-images", "3", "--target", target)
+        _ok("calibrate", "--bundle", str(bundle), "--data", str(data), "--num-images", "4", "--target", target)
     for precision in ("fp32", "fp16", "int8"):
-        result = run_cli("parity", "--bundle", str(bundle), "--precision", precision, "--data", str(data),
-                         "--split", "test", "--json", str(root / f"parity_{precision}.json"))
-        assert result.returncode in (0, 1), result.stderr  # a 2-iteration model may disagree: the run must finish
-        assert "Traceback" not in result.stderr
+        _ok("parity", "--bundle", str(bundle), "--precision", precision, "--data", str(data), "--split", "test",
+            "--json", str(root / f"parity_{precision}.json"))
     _ok("eval", "--bundle", str(bundle), "--data", str(data), "--split", "test", "--json", str(root / "eval.json"))
     evaluation = json.loads((root / "eval.json").read_text())
     assert list(evaluation["iou_per_class"]) == list(CAMVID.classes)
     assert list(evaluation["thin_iou_per_class"]) == list(CAMVID.thin_names)
     assert evaluation["format"] == "camvid" and evaluation["labels"] == "camvid"
+
+
+def test_a_dynamic_export_of_the_camvid_model(camvid_bundle):
+    data, _, root = camvid_bundle
+    dynamic = root / "dynamic"
+    _ok("export", "--checkpoint", str(root / "run" / "best.safetensors"), "--out", str(dynamic), "--dynamic",
+        "--shape", "90x120")
+    _ok("parity", "--bundle", str(dynamic), "--data", str(data), "--split", "test", "--json", str(root / "pd.json"))
+    report = json.loads((root / "pd.json").read_text())
+    assert report["summary"]["passed"] and report["resized"]["images"] == 0  # each image at its own 90x120
 
 
 def test_predict_bench_package_on_the_camvid_bundle(camvid_bundle):
