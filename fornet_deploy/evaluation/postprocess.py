@@ -24,8 +24,9 @@ def _resize(array: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.nd
 
 def label_outputs(available: tuple[str, ...], *extra: str) -> tuple[str, ...]:
     """The outputs to ask a runner for to get labels: ``labels`` when the artefact has it
-    (never the full-resolution logits then), else ``logits``; plus ``extra`` names."""
-    return (LABELS if LABELS in available else LOGITS, *extra)
+    (never the full-resolution logits then), else ``logits``; plus those of the ``extra``
+    names the artefact has (a runner refuses a name it does not produce)."""
+    return (LABELS if LABELS in available else LOGITS, *(name for name in extra if name in available))
 
 
 def compared_logits(reference: dict, candidate: dict) -> str | None:
