@@ -63,10 +63,12 @@ def _positive(value: int, option: str, least: int = 1) -> None:
         raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
 
 
-def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
-                   shape: tuple[int, int] | None = None, **runner_options) -> Segmenter:
+def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision: str | None = None,
+                   device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> Segmenter:
     """A :class:`~fornet_deploy.predict.Segmenter` (use it in a ``with`` block): an RGB uint8
-    image of any size in, a :class:`~fornet_deploy.predict.Prediction` at that size out."""
+    image of any size (or a batch: a list, an N x H x W x 3 array) in, a
+    :class:`~fornet_deploy.predict.Prediction` at that size out (one per image). ``precision``:
+    default fp32, or that of ``artifact=`` (a specific file of the bundle, e.g. ``model.onnx``)."""
     return Segmenter.from_bundle(bundle, runtime, precision, device, shape, **runner_options)
 
 
@@ -181,51 +183,67 @@ def lint(model: str | Path, target: str = "tensorrt") -> dict:
     return lint_file(model, target)
 
 
-def parity(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+def parity(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu",
            data: str | Path | None = None, *, split: str = "val", num_images: int | None = None,
            out: str | Path | None = None, json_out: str | Path | None = None, progress: Progress | None = None,
-           ort_provider: str | None = None) -> dict:
-    """An artefact against the PyTorch FP32 reference (exact Top-K): the report dict, with
-    ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``. ``ort_provider``
-    (cpu, cuda, tensorrt) picks ONNX Runtime's execution provider (default: the device's)."""
-    from .evaluation.parity import parity_bundle
+           ort_provider: str | None = None, artifact: str | None = None, atol: float | None = None,
+           min_argmax_agreement: float | None = None, min_mask_agreement: float | None = None) -> dict:
+    """The bundle's artefacts against the PyTorch FP32 reference (exact Top-K): every
+    artefact for (runtime, precision, device), or ``artifact`` alone (``precision``: default
+    fp32, or the artefact's own). Returns the run's report: ``summary["passed"]`` (all
+    passed), ``summary["failed"]`` (the failed checks by artefact) and ``artifacts`` (a
+    report each); diff pictures and ``parity.json`` in ``out``. ``atol``,
+    ``min_argmax_agreement``, ``min_mask_agreement`` replace the precision's documented
+    thresholds. ``ort_provider`` (cpu, cuda, tensorrt) picks ONNX Runtime's execution
+    provider (default: the device's)."""
+    from .evaluation.parity import parity_bundle, thresholds_for
+    from .runtimes.registry import artifact_precision
 
     _ort_provider(ort_provider, runtime)
+    if precision is not None:
+        check_choice(precision, PRECISIONS, "precision")
+    opened = Bundle.open(bundle, verify=False)
+    thresholds = thresholds_for(artifact_precision(opened, artifact, precision), atol, min_argmax_agreement,
+                                min_mask_agreement)
     return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress,
-                         ort_provider=ort_provider)
+                         ort_provider=ort_provider, artifact=artifact, thresholds=thresholds)
 
 
-def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
-             *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
+def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str | None = None,
+             device: str = "cpu", *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
              json_out: str | Path | None = None, progress: Progress | None = None,
-             ort_provider: str | None = None) -> dict:
+             ort_provider: str | None = None, artifact: str | None = None) -> dict:
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact
-    (``ort_provider``: as for :func:`parity`)."""
+    (``ort_provider``, ``artifact``, ``precision``: as for :func:`parity`)."""
     from .evaluation.evaluate import evaluate_bundle
 
     _ort_provider(ort_provider, runtime)
     return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
-                           progress, ort_provider=ort_provider)
+                           progress, ort_provider=ort_provider, artifact=artifact)
 
 
-def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu", *,
+def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu", *,
               shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
-              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False) -> dict:
+              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False,
+              artifact: str | None = None) -> dict:
     """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
     ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
     ``num_images`` images of ``data``); ``ort_provider``: as for :func:`parity`. TensorRT
     results add ``device_split``: input copy, execution and output copies by CUDA events.
     Every result row records ``machine_load`` (how much of the CPUs other processes took
     while it was timed; ``busy`` above 10 %); ``profile`` adds ONNX Runtime's profiler
-    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail)."""
+    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail).
+    ``artifact``, ``precision``: as for :func:`parity` (not with ``matrix``, which runs them all)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
 
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
+    if matrix and artifact is not None:
+        raise OptionError("--artifact picks one artefact; --matrix runs every artefact of the bundle")
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
                       iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
-                      profile=profile)
+                      profile=profile, artifact=artifact)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
                           progress=progress, json_out=json_out)
@@ -233,10 +251,12 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
 
 
 def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
-            precision: str = "fp32", device: str = "cpu", *, progress: Progress | None = None, **options) -> dict:
+            precision: str | None = None, device: str = "cpu", *, progress: Progress | None = None,
+            **options) -> dict:
     """Segment images, folders, videos and live sources (camera index, URL, GStreamer
     pipeline, as strings) into ``out`` (``options``: fields of
-    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``); returns the run's summary."""
+    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``, ``artifact``);
+    returns the run's summary."""
     from .predict import predict as run
 
     _ort_provider(options.get("ort_provider"), runtime)

@@ -66,6 +66,9 @@ Tail = Literal[TAILS]
 BUNDLE = typer.Option(..., help="deploy bundle folder")
 RUNTIME = typer.Option("ort", help="inference runtime")
 PRECISION = typer.Option("fp32", help="artefact precision")
+RUN_PRECISION = typer.Option(None, help="artefact precision [default: fp32, or the --artifact's]")
+ARTIFACT = typer.Option(None, help="a specific file of the bundle, e.g. model.onnx where a CPU runs model.cpu.onnx "
+                                   "[default: the format table's choice]")
 DEVICE = typer.Option("cpu", help="where to run")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
@@ -148,11 +151,17 @@ def _shape(text: Optional[str], option: str = "--shape") -> tuple[int, int] | No
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    """A rich table that never cuts a value: the first column (the names rows are found by)
+    keeps its width, the others wrap at spaces and fold long words."""
+    cells = [[_fmt(v) for v in r] for r in rows]
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[_fmt(v) for v in r])
+    for i, c in enumerate(columns):
+        if i == 0:
+            table.add_column(c, no_wrap=True, min_width=max([len(r[0]) for r in cells] + [len(c)]))
+        else:
+            table.add_column(c, overflow="fold")
+    for r in cells:
+        table.add_row(*r)
     console.print(table)
 
 
@@ -384,55 +393,39 @@ def build_trt(
 # --------------------------------------------------------------------------- verification
 
 
-def _off_k(summary: dict) -> str | None:
-    selection = summary.get("topk_selection")
-    if selection is None:
-        return None
-    return f"{selection['images_over_k'] + selection['images_under_k']} (extra cells {selection['extra_cells']})"
-
-
-def _check(summary: dict, key: str) -> str:
-    if key not in summary["checks"]:
-        return ""
-    return "ok" if summary["checks"][key] else "FAIL"
-
-
 @app.command()
 def parity(
     bundle: Path = BUNDLE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: Optional[Precision] = RUN_PRECISION,
     device: Device = DEVICE,
+    artifact: Optional[str] = typer.Option(None, help="check this file of the bundle only [default: every artefact "
+                                                      "for the runtime, precision and device]"),
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
     split: str = SPLIT,
     num_images: Optional[int] = typer.Option(None, min=1, help="at most this many images (default: all; 8 synthetic)"),
+    atol: Optional[float] = typer.Option(None, min=0.0, help="max |logit diff| away from near-tie Top-K swaps "
+                                                             "[default: 1e-3 for fp32, unchecked for fp16 / int8]"),
+    min_argmax_agreement: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="least share of pixels with "
+                                                         "the reference's label [default: the precision's]"),
+    min_mask_agreement: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="least share of Top-K cells "
+                                                       "decided as the reference [default: the precision's]"),
     out: Optional[Path] = typer.Option(None, help="report folder (default BUNDLE/parity/RUNTIME-PRECISION)"),
     ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
     json_out: Optional[Path] = JSON_OUT,
 ):
-    """Compare an artefact with the PyTorch FP32 reference (exit 1 when parity fails)."""
+    """Compare the bundle's artefacts with the PyTorch FP32 reference (exit 1 when any fails)."""
     from .api import parity as run
+    from .evaluation.parity import PARITY_LEGEND, parity_table, verdict_line
 
-    with bar(f"parity {runtime} {precision}") as update:
+    with bar(f"parity {runtime} {precision or ''}".strip()) as update:
         report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
-                     json_out=json_out, progress=update, ort_provider=ort_provider)
-    s = report["summary"]
-    which = f" ({', '.join(s['logits_compared'])})" if s["logits_compared"] else ""
-    print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
-        ["images", s["images"], ""],
-        [f"max |logit diff|{which}", s["max_abs_logit"], ""],
-        ["  away from near-tie Top-K swaps", s["max_abs_logit_outside_ties"], _check(s, "max_abs_logit")],
-        ["near-tie Top-K swaps (cells)", s["near_tie_cells"], ""],
-        [f"mean |logit diff|{which}", s["mean_abs_logit"], ""],
-        ["argmax agreement", s["argmax_agreement"], _check(s, "argmax_agreement")],
-        ["Top-K mask agreement", s["mask_agreement"], _check(s, "mask_agreement")],
-        ["images with identical mask", s["mask_identical_images"], ""],
-        ["images off k (Top-K cells)", _off_k(s), _check(s, "topk_count")],
-        ["agreement mIoU", s["agreement_miou"], ""],
-    ])
-    failed = ", ".join(check for check, ok in s["checks"].items() if not ok)
-    console.print(f"{'PASS' if s['passed'] else 'FAIL: ' + failed}; report {report['report_path']}")
-    if not s["passed"]:
+                     json_out=json_out, progress=update, ort_provider=ort_provider, artifact=artifact, atol=atol,
+                     min_argmax_agreement=min_argmax_agreement, min_mask_agreement=min_mask_agreement)
+    print_table(*parity_table(report))
+    console.print(PARITY_LEGEND, style="dim", highlight=False)
+    console.print(verdict_line(report), highlight=False)
+    if not report["summary"]["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
@@ -441,8 +434,9 @@ def eval_cmd(
     bundle: Path = BUNDLE,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: Optional[Precision] = RUN_PRECISION,
     device: Device = DEVICE,
+    artifact: Optional[str] = ARTIFACT,
     split: str = SPLIT,
     num_images: Optional[int] = NUM_IMAGES,
     boundary_width: int = typer.Option(3, min=1, max=64, help="boundary band half-width in pixels"),
@@ -452,12 +446,15 @@ def eval_cmd(
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
     from .api import evaluate
 
-    with bar(f"eval {runtime} {precision}") as update:
+    with bar(f"eval {runtime} {precision or ''}".strip()) as update:
         result = evaluate(bundle, data, runtime, precision, device, split=split, num_images=num_images,
-                          boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider)
+                          boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider,
+                          artifact=artifact)
     print_table("per-class IoU", ["class", "IoU", "boundary IoU"],
                 [[c, v, result["boundary_iou_per_class"].get(c)] for c, v in result["iou_per_class"].items()])
-    print_table(f"{runtime} {precision} on {split}", ["metric", "value"], [
+    runner = result["runner"]
+    print_table(f"{runtime} {runner['precision']} ({Path(runner['artifact'] or '-').name}) on {split}",
+                ["metric", "value"], [
         ["mIoU", result["miou"]], ["boundary IoU", result["boundary_iou"]], ["thin-structure IoU", result["thin_iou"]],
         ["pixel accuracy", result["pixel_accuracy"]], ["Top-K coverage of boundaries", result["topk_coverage_boundary"]],
         ["Top-K coverage of errors", result["topk_coverage_errors"]], ["images", result["num_images"]],
@@ -471,7 +468,8 @@ def bench(
     bundle: Path = BUNDLE,
     device: Device = DEVICE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: Optional[Precision] = RUN_PRECISION,
+    artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="input HxW (default: the export shape)"),
     batch: int = typer.Option(1, min=1),
     warmup: int = typer.Option(10, min=0),
@@ -490,11 +488,11 @@ def bench(
     from .api import benchmark
     from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
 
-    with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
+    with bar("bench matrix" if matrix else f"bench {runtime} {precision or ''}".strip()) as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
                            iters=iters, threads=threads, images=images, matrix=matrix, data=data,
                            num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider,
-                           profile=profile)
+                           profile=profile, artifact=artifact)
     columns, rows = bench_rows(result)
     print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
     for title, columns, rows in profile_tables(result):
@@ -512,8 +510,9 @@ def predict(
     bundle: Path = BUNDLE,
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: Optional[Precision] = RUN_PRECISION,
     device: Device = DEVICE,
+    artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="network input HxW (images are resized, predictions resized back)"),
     importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
     mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
@@ -529,7 +528,7 @@ def predict(
     with bar("predict") as update:
         summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
                       importance=importance, mask=mask, label_ids=label_ids, video_every=video_every,
-                      max_frames=max_frames, ort_provider=ort_provider)
+                      max_frames=max_frames, ort_provider=ort_provider, artifact=artifact)
     for note in summary.get("notes", []):
         console.print(note)
     reasons = {"end": "the source ended", "max_frames": "--max-frames"}  # else the signal's name
@@ -596,8 +595,8 @@ def demo(
     result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters, shape=_shape(shape),
                  num_images=num_images, log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
-                [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
-                 for p, s in result["parity"].items()])
+                [[name, s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
+                 for name, s in result["parity"].items()])
     print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
     console.print(f"report: {result['report']}")

@@ -128,10 +128,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     config = json.loads((out / "results" / "demo.json").read_text())["config"]
     assert (config["height"], config["width"], config["synth_val"]) == ("64", "128", "4")
     for precision in ("fp32", "fp16", "int8"):
-        s = results[f"results/parity_ort_{precision}/parity.json"]["summary"]
-        assert s["passed"] is True and s["images"] == 4
-        assert row(stdout, f"ort {precision}") == [f"ort {precision}", _fmt(s["argmax_agreement"]),
-                                                   _fmt(s["mask_agreement"]), "yes"]
+        for name, artefact in results[f"results/parity_ort_{precision}/parity.json"]["artifacts"].items():
+            s = artefact["summary"]
+            assert s["passed"] is True and s["images"] == 4
+            assert row(stdout, name) == [name, _fmt(s["argmax_agreement"]), _fmt(s["mask_agreement"]), "yes"]
     for runtime, precision in [("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8")]:
         e = results[f"results/eval_{runtime}_{precision}.json"]
         accuracy = stdout.split("accuracy (SynthCity val)")[1]  # the second table: its rows, not parity's
@@ -146,3 +146,25 @@ def test_demo_refuses_a_shape_off_the_stride_before_writing(tmp_path):
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--shape", "60x128")
     assert_one_line_error(result, "not a multiple of the network stride 32")
     assert not (tmp_path / "demo").exists()
+
+
+def test_eval_bench_and_predict_run_the_artefact_named_by_artifact(tmp_path, tiny_bundle, tiny_data):
+    """On a CPU, ONNX Runtime FP32 runs model.cpu.onnx unless --artifact names model.onnx
+    (what Triton and DeepStream ship); the precision follows the artefact."""
+    from fornet_deploy.io import read_image
+
+    image = str(next((tiny_data / "leftImg8bit" / "val").rglob("*.png")))
+    for artifact in ("model.cpu.onnx", "model.onnx"):
+        ok(run_cli("eval", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--num-images", "1",
+                   "--artifact", artifact, "--json", str(tmp_path / f"eval-{artifact}.json")))
+        assert json.loads((tmp_path / f"eval-{artifact}.json").read_text())["runner"]["artifact"] == artifact
+        ok(run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "1", "--warmup", "0",
+                   "--artifact", artifact, "--json", str(tmp_path / f"bench-{artifact}.json")))
+        bench = json.loads((tmp_path / f"bench-{artifact}.json").read_text())
+        assert bench["artifact"] == artifact and bench["precision"] == "fp32"
+        ok(run_cli("predict", image, "--bundle", str(tiny_bundle), "--artifact", artifact,
+                   "--out", str(tmp_path / artifact)))
+        summary = json.loads((tmp_path / artifact / "predictions.json").read_text())
+        assert summary["runner"]["artifact"] == artifact
+    cpu, full = (read_image(next((tmp_path / a).rglob("*_trainIds.png"))) for a in ("model.cpu.onnx", "model.onnx"))
+    assert cpu.shape == full.shape

@@ -5,6 +5,8 @@ parity diff)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -92,17 +94,35 @@ def topk_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def diff_picture(image: np.ndarray, reference: dict, candidate: dict, labels: LabelSet) -> np.ndarray:
-    """Reference | candidate | disagreement (red) | abs logit difference (heat map)."""
+@dataclass(frozen=True)
+class DiffInputs:
+    """What a parity diff picture shows of one image, kept small (labels and one H' x W'
+    map, not the logits) so a run can hold its worst images until it knows its scale."""
+
+    name: str
+    image: np.ndarray  # RGB uint8
+    reference: np.ndarray  # H x W class ids
+    candidate: np.ndarray  # H x W class ids
+    logit_diff: np.ndarray | None  # max over classes of |reference - candidate| logits, at their scale
+
+
+def diff_inputs(name: str, image: np.ndarray, reference: dict, candidate: dict) -> DiffInputs:
     hw = image.shape[:2]
-    ref, cand = predicted_labels(reference, hw), predicted_labels(candidate, hw)
-    disagree = image // 3
-    disagree[ref != cand] = (255, 0, 0)
-    panels = [label_overlay(image, ref, labels), label_overlay(image, cand, labels), disagree]
     compared = compared_logits(reference, candidate)
+    diff = None
     if compared is not None:
-        diff = np.abs(reference[compared][0] - candidate[compared][0]).max(0)
-        scaled = np.clip(diff / max(float(diff.max()), 1e-12) * 255, 0, 255).astype(np.uint8)
-        heat = cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
-        panels.append(heat)
+        diff = np.abs(reference[compared][0].astype(np.float32) - candidate[compared][0].astype(np.float32)).max(0)
+    return DiffInputs(name, image, predicted_labels(reference, hw), predicted_labels(candidate, hw), diff)
+
+
+def diff_picture(inputs: DiffInputs, labels: LabelSet, scale: float | None) -> np.ndarray:
+    """Reference | candidate | disagreement (red) | abs logit difference (heat map, with
+    ``scale`` at the top of the colours: the same for every picture of a run)."""
+    image, hw = inputs.image, inputs.image.shape[:2]
+    disagree = image // 3
+    disagree[inputs.reference != inputs.candidate] = (255, 0, 0)
+    panels = [label_overlay(image, inputs.reference, labels), label_overlay(image, inputs.candidate, labels), disagree]
+    if inputs.logit_diff is not None and scale is not None:
+        scaled = np.clip(inputs.logit_diff / scale * 255, 0, 255).astype(np.uint8)
+        panels.append(cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1])
     return np.concatenate(panels, axis=1)

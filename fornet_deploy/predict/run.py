@@ -33,8 +33,9 @@ DEFAULT_FPS = 25.0  # for containers and streams that do not state their frame r
 @dataclass
 class PredictConfig:
     runtime: str = "ort"
-    precision: str = "fp32"
+    precision: str | None = None  # None: fp32, or the artifact's own
     device: str = "cpu"
+    artifact: str | None = None  # a specific file of the bundle (e.g. model.onnx); None: the table's choice
     # Network input (H, W). None: the image's own size when it is a multiple of the network
     # stride, else the nearest multiple (or the artefact's size when its shape is fixed);
     # the prediction is always resized back to the image's size.
@@ -213,7 +214,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
     items = collect_inputs(inputs, exclude=out_dir)
     bundle = Bundle.open(bundle_dir, verify=False)  # the runner checks the hash of the artefact it runs
 
-    runner_options = {"ort_device": cfg.ort_provider}
+    runner_options = {"ort_device": cfg.ort_provider, "artifact": cfg.artifact}
     if cfg.runtime == "trt" and cfg.shape is not None:
         runner_options["shape"] = (1, 3, *cfg.shape)  # the engine whose profile takes it
     with stop_signals() as stop, contextlib.ExitStack() as live_sources, \

@@ -65,7 +65,7 @@ class Segmenter:
         self.labels = labels or default_label_set(19)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32",
+    def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str | None = None,
                     device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> "Segmenter":
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle, verify=False)  # the runner checks the hash of its artefact
