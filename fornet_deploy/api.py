@@ -33,6 +33,7 @@ from .contract import (
     TAILS,
     TOPK_FORMS,
     check_choice,
+    checkpoint_path,
 )
 from .data.transforms import Preprocessing
 from .errors import OptionError
@@ -46,8 +47,8 @@ Progress = Callable[..., None]
 # importing a submodule binds its name on the package and would shadow a function.
 __all__ = [
     "SHIPPED_WEIGHTS", "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine",
-    "calibrate", "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
-    "predict_files", "run_demo", "synthcity", "train_model",
+    "calibrate", "evaluate", "export_model", "info", "inspect_bundle", "lint", "load_runner", "load_segmenter",
+    "package_bundle", "parity", "predict_files", "run_demo", "synthcity", "train_model",
 ]
 
 
@@ -73,10 +74,11 @@ def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision:
 
 
 def info(checkpoint: str | Path | None = None, shape: tuple[int, int] = (1024, 2048)) -> dict:
-    """Parameters and GFLOPs of a checkpoint (or the default config) at an input size."""
+    """Parameters and GFLOPs of a checkpoint (``"shipped"``: the shipped weights; None: the
+    default config) at an input size."""
     from .model.summary import model_summary
 
-    return model_summary(Path(checkpoint) if checkpoint else None, *shape)
+    return model_summary(checkpoint_path(checkpoint) if checkpoint else None, *shape)
 
 
 def synthcity(out: str | Path, train: int = 64, val: int = 16, shape: tuple[int, int] = (256, 512), seed: int = 0,
@@ -104,12 +106,15 @@ def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_s
 def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
            precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
            outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8",
-           tail: str = DEFAULT_TAIL, labels: str | Path | None = None) -> dict[str, dict]:
-    """Checkpoint -> ``model.onnx`` in a deploy bundle, plus ``model.cpu.onnx`` (the graph
-    ONNX Runtime runs on a CPU: labels by the cheap ``tail``, refine / nearest; none with
-    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; ``labels``: a classes
-    file naming the model's classes (default: the checkpoint's label set, else Cityscapes for
-    19 classes, else generic names). Returns the manifest entries written, by file name."""
+           tail: str = DEFAULT_TAIL, labels: str | Path | None = None,
+           log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Checkpoint (``"shipped"``: :data:`SHIPPED_WEIGHTS`) -> ``model.onnx`` in a deploy
+    bundle, plus ``model.cpu.onnx`` (the graph ONNX Runtime runs on a CPU: labels by the cheap
+    ``tail``, refine / nearest; none with ``tail="full"``) and ``model.fp16.onnx`` with
+    ``precision="fp16"``; ``labels``: a classes file naming the model's classes (default: the
+    checkpoint's label set, else Cityscapes for 19 classes, else generic names). Returns the
+    manifest entries written, by file name; ``log`` is told which artefacts a re-export
+    removed and which parity reports it made stale."""
     from .data.labels import read_classes_file
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
@@ -122,7 +127,8 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
     _positive(batch, "--batch")
     cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
                        outputs=tuple(outputs), labels_dtype=labels_dtype, tail=tail)
-    entries = export_bundle(checkpoint, out, cfg, labels=read_classes_file(labels) if labels is not None else None)
+    entries = export_bundle(checkpoint_path(checkpoint), out, cfg,
+                            labels=read_classes_file(labels) if labels is not None else None, log=log)
     if precision == "fp16":
         entries["model.fp16.onnx"] = convert_fp16(out)
     return entries
@@ -135,12 +141,14 @@ def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, met
     train images (selector / Top-K kept FP32); returns its manifest entry. ``tensorrt``
     builds on ``model.fp16.onnx`` (made first when missing); the activation ranges are
     measured once per image set, method and percentile and cached in the bundle for both
-    targets; ``progress(done, total)`` counts the images of a measurement."""
-    from .calibration.qdq import calibrate_bundle
+    targets; ``progress(done, total)`` counts the images of a measurement. The entry's
+    ``artifact`` names the file written."""
+    from .calibration.qdq import TARGETS, calibrate_bundle
 
     _positive(num_images, "--num-images")
-    return calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
-                            progress=progress, percentile=percentile)
+    entry = calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
+                             progress=progress, percentile=percentile)
+    return {"artifact": TARGETS[target].artifact, **entry}
 
 
 def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[int, int] | None = None,
@@ -174,6 +182,15 @@ def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[in
     config = BuildConfig(precision=precision, workspace_mb=workspace_mb, timing_cache=timing_cache,
                          dla_core=dla_core, legacy_calibrator=legacy_calibrator, fp32_scopes=FP32_SCOPES, **profile)
     return build_with_calibration_data(bundle, config, data, num_images, progress=progress)
+
+
+def inspect_bundle(bundle: str | Path) -> dict:
+    """What a bundle holds: each artefact's kind, precision, size, hash, lineage (and whether
+    it is stale), inputs and outputs with shapes; the label set, preprocessing, export
+    settings and parity reports (and whether they still describe the artefacts)."""
+    from .package.overview import inspect_bundle as run
+
+    return run(bundle)
 
 
 def lint(model: str | Path, target: str = "tensorrt") -> dict:
@@ -223,7 +240,7 @@ def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precisi
 
 
 def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu", *,
-              shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
+              shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iterations: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
               progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False,
@@ -242,7 +259,7 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = 
     if matrix and artifact is not None:
         raise OptionError("--artifact picks one artefact; --matrix runs every artefact of the bundle")
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
+                      iters=iterations, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
                       profile=profile, artifact=artifact)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
@@ -285,7 +302,7 @@ def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: 
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
-         bench_iters: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
+         bench_iterations: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
          log: Callable[[str], None] = print) -> dict:
     """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
     SynthCity images' and the export's H x W (multiples of 32); ``num_images``: the SynthCity
@@ -295,8 +312,8 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     from .demo import run_demo as run
 
     _positive(train_iterations, "--train-iterations")
-    _positive(bench_iters, "--bench-iters")
+    _positive(bench_iterations, "--bench-iterations")
     _positive(num_images, "--num-images")
     check_stride(*shape)  # before anything is written
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
-                          synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iters), log=log)
+                          synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iterations), log=log)

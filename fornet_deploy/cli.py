@@ -70,6 +70,10 @@ RUN_PRECISION = typer.Option(None, help="artefact precision [default: fp32, or t
 ARTIFACT = typer.Option(None, help="a specific file of the bundle, e.g. model.onnx where a CPU runs model.cpu.onnx "
                                    "[default: the format table's choice]")
 DEVICE = typer.Option("cpu", help="where to run")
+RUN_DEVICE = typer.Option(None, help="where to run [default: cpu; cuda for --runtime trt]")
+FP16 = typer.Option(False, "--fp16", help="shorthand for --precision fp16")
+INT8 = typer.Option(False, "--int8", help="shorthand for --precision int8")
+FP32 = typer.Option(False, "--fp32", help="shorthand for --precision fp32")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
 SPLIT = typer.Option("val", help="dataset split")
@@ -130,9 +134,18 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson)."""
 
 
+LOG_EVERY_S = 10.0  # without a terminal: the least time between two progress lines
+
+
 @contextlib.contextmanager
 def bar(description: str, total: int | None = None) -> Iterator:
-    """A rich progress bar; yields ``update(done, total=None, note="")``."""
+    """A rich progress bar; yields ``update(done, total=None, note="")``. Where stderr is no
+    terminal (CI logs, pipes), a line instead: one when the stage ends, and one every
+    :data:`LOG_EVERY_S` seconds while it runs."""
+    if not err_console.is_terminal:
+        with progress_lines(description, total) as update:
+            yield update
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
     # stderr keeps stdout for results; transient: the bar is gone once the command prints them
@@ -144,6 +157,30 @@ def bar(description: str, total: int | None = None) -> Iterator:
                             note=note)
 
         yield update
+
+
+@contextlib.contextmanager
+def progress_lines(description: str, total: int | None = None) -> Iterator:
+    """:func:`bar` without a terminal: ``description: done/total note`` lines on stderr."""
+    import time
+
+    start = last = time.monotonic()
+    state = {"done": 0, "total": total, "note": ""}
+
+    def line(elapsed: float) -> str:
+        count = f"{state['done']}/{state['total']}" if state["total"] else str(state["done"])
+        return f"{description}: {count} in {elapsed:.1f} s" + (f" ({state['note']})" if state["note"] else "")
+
+    def update(done: int, total: int | None = None, note: str = "") -> None:
+        nonlocal last
+        state.update(done=done, note=note, total=total if total is not None else state["total"])
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S:
+            last = now
+            err_console.print(line(now - start), markup=False, highlight=False)
+
+    yield update
+    err_console.print(line(time.monotonic() - start) + ", done", markup=False, highlight=False)
 
 
 def _shape(text: Optional[str], option: str = "--shape") -> tuple[int, int] | None:
@@ -186,7 +223,8 @@ def _write_json(path: Optional[Path], data: dict) -> None:
 
 @app.command()
 def info(
-    checkpoint: Optional[Path] = typer.Option(None, help="FoR-Net checkpoint (.safetensors); default config if omitted"),
+    checkpoint: Optional[Path] = typer.Option(None, help="FoR-Net checkpoint (.safetensors; 'shipped': the shipped "
+                                                         "weights); default config if omitted"),
     shape: str = typer.Option("1024x2048", metavar="HxW", help="input HxW for the FLOP count"),
     json_out: Optional[Path] = JSON_OUT,
 ):
@@ -226,7 +264,8 @@ def train_cmd(
     train_split: str = typer.Option("train", help="split(s) to train on, e.g. train+val"),
     val_split: str = typer.Option("val", help="split to validate on"),
     iterations: int = typer.Option(2000, min=1),
-    batch_size: int = typer.Option(8, min=1, help="per process"),
+    batch: Optional[int] = typer.Option(None, min=1, help="images per step and process [default: 8]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, hidden=True),  # the old spelling
     shape: str = typer.Option("256x256", metavar="HxW", help="training crop HxW"),
     lr: float = typer.Option(4e-3, min=0.0, help="peak learning rate"),
     optimizer: Literal["adamw", "sgd"] = typer.Option("adamw"),
@@ -245,9 +284,10 @@ def train_cmd(
     from .api import train_model as train
 
     crop_h, crop_w = _shape(shape)
+    batch = _renamed(batch, batch_size, "--batch", "--batch-size") or 8
     with bar("train", total=iterations) as update:
         summary = train(data, out, resume=resume, focus=focus, topk_ratio=topk_ratio, iterations=iterations,
-                        batch_size=batch_size, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
+                        batch_size=batch, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
                         loss=loss, selector_loss_weight=selector_loss_weight, val_interval=val_interval, seed=seed,
                         device=device, amp=not no_amp, format=data_format, train_split=train_split,
                         val_split=val_split,
@@ -267,7 +307,8 @@ def train_cmd(
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors)"),
+    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors); 'shipped': the SynthCity weights "
+                                              "shipped in the package"),
     out: Path = typer.Option(..., help="bundle folder to create or update"),
     shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
     batch: int = typer.Option(1, min=1),
@@ -289,10 +330,42 @@ def export(
 
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
                   opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
-                  tail=tail, labels=labels)
+                  tail=tail, labels=labels, log=lambda line: console.print(escape(line)))
     print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"],
                 [[name, e["precision"], e["sha256"][:12], e["bytes"]] for name, e in entries.items()])
     _write_json(json_out, entries)
+
+
+@app.command()
+def inspect(
+    bundle: Path = typer.Argument(..., help="deploy bundle folder"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """What a bundle holds: artefacts, their lineage, inputs and outputs, label set, sizes, parity reports."""
+    from .api import inspect_bundle
+
+    found = inspect_bundle(bundle)
+    export, labels = found["export"], found["labels"]
+    dynamic = " (dynamic batch, height and width)" if export["dynamic"] else ""
+    print_table(f"bundle {bundle}", ["field", "value"], [
+        ["export shape", f"{export['batch']}x3x{export['height']}x{export['width']}{dynamic}"],
+        ["Top-K", f"{found['topk']['focus']} {found['topk']['ratio']} ({found['topk']['mode']})"],
+        ["labels", f"{labels['name']}: {len(labels['classes'])} classes ({', '.join(labels['classes'][:6])}"
+                   f"{', ...' if len(labels['classes']) > 6 else ''})"],
+        ["thin classes", ", ".join(labels["thin"]) or "-"],
+        ["total size", f"{found['total_bytes'] / 1e6:.1f} MB"],
+    ])
+    print_table("artefacts", ["artefact", "kind", "precision", "made from", "MB", "sha256", "status"],
+                [[a["name"], a["kind"], a["precision"], a["source"], f"{(a['bytes'] or 0) / 1e6:.2f}",
+                  (a["sha256"] or "")[:12], a["status"]] for a in found["artifacts"]])
+    print_table("inputs and outputs", ["artefact", "tensor", "", "dtype", "shape"],
+                [[a["name"], t["name"], direction, t["dtype"], t["shape"]] for a in found["artifacts"]
+                 for direction, tensors in (("in", a["inputs"]), ("out", a["outputs"])) for t in tensors])
+    if found["parity_reports"]:
+        print_table("parity reports", ["folder", "passed", "describes the artefacts"],
+                    [[r["folder"], r["passed"], "yes" if r["current"] else "no (stale: run parity again)"]
+                     for r in found["parity_reports"]])
+    _write_json(json_out, found)
 
 
 @app.command()
@@ -338,8 +411,8 @@ def calibrate(
     ranges = entry["calibration"]["ranges"]
     how = ("cached in the bundle" if ranges["cached"]
            else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}")
-    print_table(f"INT8 ({target}) from {entry['source']}", ["field", "value"], [
-        ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
+    print_table(f"INT8 ({target}): {entry['artifact']} from {entry['source']}", ["field", "value"], [
+        ["artefact", entry["artifact"]], ["method", entry["method"]], ["images", entry["calibration"]["num_images"]],
         ["calibration key", entry["calibration"]["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],
         *([["quantized convs", entry["placement"]["quantized_convs"]]] if "placement" in entry else []),
         ["nodes kept FP32", len(entry["excluded_nodes"])], ["sha256", entry["sha256"][:12]],
@@ -347,12 +420,30 @@ def calibrate(
     _write_json(json_out, entry)
 
 
-def _build_precision(precision: Optional[str], fp16: bool, int8: bool, fp32: bool) -> str:
+def _precision(command: str, precision: Optional[str], fp16: bool, int8: bool, fp32: bool,
+               required: bool = False) -> Optional[str]:
+    """``--precision P`` or its shorthand ``--fp16`` / ``--int8`` / ``--fp32`` (one of them)."""
     flags = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
     chosen = set(flags) | ({precision} if precision else set())
-    if len(chosen) != 1:
-        raise OptionError("build-trt: choose one precision: --fp16, --int8, --fp32 or --precision fp32|fp16|int8")
-    return chosen.pop()
+    if len(chosen) > 1 or (required and not chosen):
+        raise OptionError(f"{command}: choose one precision: --fp16, --int8, --fp32 or --precision fp32|fp16|int8")
+    return chosen.pop() if chosen else None
+
+
+def _device(device: Optional[str], runtime: str) -> str:
+    """``--device``, else the runtime's own (TensorRT runs on a GPU: cuda)."""
+    from .contract import default_device
+
+    return device or default_device(runtime)
+
+
+def _renamed(value, old_value, new: str, old: str):
+    """An option's value where its old spelling (a hidden alias) may have been given instead."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise OptionError(f"give {new} once ({old} is its old spelling)")
+    return old_value
 
 
 @app.command("build-trt")
@@ -380,7 +471,8 @@ def build_trt(
     """Build a TensorRT engine from the bundle's graph of the chosen precision."""
     from .api import build_engine
 
-    meta = build_engine(bundle, _build_precision(precision, fp16, int8, fp32), shape=_shape(shape),
+    precision = _precision("build-trt", precision, fp16, int8, fp32, required=True)
+    meta = build_engine(bundle, precision, shape=_shape(shape),
                         min_shape=_shape(min_shape, "--min-shape"), max_shape=_shape(max_shape, "--max-shape"),
                         batch=batch, min_batch=min_batch, max_batch=max_batch, workspace_mb=workspace,
                         timing_cache=timing_cache, dla_core=dla_core, legacy_calibrator=legacy_calibrator,
@@ -398,7 +490,10 @@ def parity(
     bundle: Path = BUNDLE,
     runtime: Runtime = RUNTIME,
     precision: Optional[Precision] = RUN_PRECISION,
-    device: Device = DEVICE,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
     artifact: Optional[str] = typer.Option(None, help="check this file of the bundle only [default: every artefact "
                                                       "for the runtime, precision and device]"),
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
@@ -418,6 +513,7 @@ def parity(
     from .api import parity as run
     from .evaluation.parity import PARITY_LEGEND, parity_table, verdict_line
 
+    precision, device = _precision("parity", precision, fp16, int8, fp32), _device(device, runtime)
     with bar(f"parity {runtime} {precision or ''}".strip()) as update:
         report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
                      json_out=json_out, progress=update, ort_provider=ort_provider, artifact=artifact, atol=atol,
@@ -435,7 +531,10 @@ def eval_cmd(
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
     runtime: Runtime = RUNTIME,
     precision: Optional[Precision] = RUN_PRECISION,
-    device: Device = DEVICE,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
     artifact: Optional[str] = ARTIFACT,
     split: str = SPLIT,
     num_images: Optional[int] = NUM_IMAGES,
@@ -446,6 +545,7 @@ def eval_cmd(
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
     from .api import evaluate
 
+    precision, device = _precision("eval", precision, fp16, int8, fp32), _device(device, runtime)
     with bar(f"eval {runtime} {precision or ''}".strip()) as update:
         result = evaluate(bundle, data, runtime, precision, device, split=split, num_images=num_images,
                           boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider,
@@ -466,14 +566,18 @@ def eval_cmd(
 @app.command()
 def bench(
     bundle: Path = BUNDLE,
-    device: Device = DEVICE,
+    device: Optional[Device] = RUN_DEVICE,
     runtime: Runtime = RUNTIME,
     precision: Optional[Precision] = RUN_PRECISION,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
     artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="input HxW (default: the export shape)"),
     batch: int = typer.Option(1, min=1),
-    warmup: int = typer.Option(10, min=0),
-    iters: int = typer.Option(50, min=1),
+    warmup: int = typer.Option(10, min=0, help="untimed iterations first"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations [default: 50]"),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, hidden=True),  # the old spelling
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime"),
     images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
@@ -488,13 +592,16 @@ def bench(
     from .api import benchmark
     from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
 
+    precision, device = _precision("bench", precision, fp16, int8, fp32), _device(device, runtime)
+    iterations = _renamed(iterations, iters, "--iterations", "--iters") or 50
     with bar("bench matrix" if matrix else f"bench {runtime} {precision or ''}".strip()) as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
-                           iters=iters, threads=threads, images=images, matrix=matrix, data=data,
+                           iterations=iterations, threads=threads, images=images, matrix=matrix, data=data,
                            num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider,
                            profile=profile, artifact=artifact)
     columns, rows = bench_rows(result)
-    print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
+    ran = "" if matrix else f" of {result['artifact']} ({result['runtime']} {result['precision']})"
+    print_table(f"benchmark{ran} on {machine_line(result['machine'])}", columns, rows)
     for title, columns, rows in profile_tables(result):
         print_table(title, columns, rows)
     if (busy := busy_line(result)) is not None:
@@ -511,7 +618,10 @@ def predict(
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
     precision: Optional[Precision] = RUN_PRECISION,
-    device: Device = DEVICE,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
     artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="network input HxW (images are resized, predictions resized back)"),
     importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
@@ -525,6 +635,7 @@ def predict(
     """Segment images, folders, videos and live sources: label maps, colour overlays, and what FoR-Net focused on."""
     from .api import predict_files as run
 
+    precision, device = _precision("predict", precision, fp16, int8, fp32), _device(device, runtime)
     with bar("predict") as update:
         summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
                       importance=importance, mask=mask, label_ids=label_ids, video_every=video_every,
@@ -585,15 +696,18 @@ def demo(
     out: Path = typer.Option(Path("fornet-demo"), help="output folder for data, bundle, results and report"),
     weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
-    bench_iters: int = typer.Option(20, min=1, help="timed iterations per artefact"),
+    bench_iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations per artefact [default: 20]"),
+    bench_iters: Optional[int] = typer.Option(None, "--bench-iters", min=1, hidden=True),  # the old spelling
     shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (multiples of 32)"),
     num_images: int = typer.Option(50, min=1, help="SynthCity val images for parity and evaluation"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
     from .api import run_demo as run
 
-    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters, shape=_shape(shape),
-                 num_images=num_images, log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+    bench_iterations = _renamed(bench_iterations, bench_iters, "--bench-iterations", "--bench-iters") or 20
+    result = run(out, weights, train_iterations=train_iterations, bench_iterations=bench_iterations,
+                 shape=_shape(shape), num_images=num_images,
+                 log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
                 [[name, s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
                  for name, s in result["parity"].items()])

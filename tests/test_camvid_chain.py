@@ -30,7 +30,7 @@ def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
     data, run, bundle = root / "camvid", root / "run", root / "bundle"
     _ok("synthcity", "--out", str(data), "--layout", "camvid", "--train", "4", "--val", "2", "--test", "2",
         "--shape", "90x120", "--seed", "5")
-    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
+    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "2", "--batch", "2",
         "--shape", "64x96", "--val-interval", "2", "--train-split", "train+val", "--val-split", "test",
         "--device", "cpu", "--json", str(root / "train.json"))
     assert json.loads((root / "train.json").read_text())["iterations"] == 2
@@ -70,7 +70,7 @@ def test_predict_bench_package_on_the_camvid_bundle(camvid_bundle):
     colours = cv2.imread(str(root / "pred" / "big_color.png"))[..., ::-1].reshape(-1, 3)
     assert colours.shape[0] == 720 * 960
     assert {tuple(c) for c in np.unique(colours, axis=0)} <= set(CAMVID.palette) | {(0, 0, 0)}
-    _ok("bench", "--bundle", str(bundle), "--iters", "2", "--warmup", "1")
+    _ok("bench", "--bundle", str(bundle), "--iterations", "2", "--warmup", "1")
     _ok("package", "--bundle", str(bundle), "--target", "triton", "--out", str(root / "triton"), "--device", "cpu")
     config = next((root / "triton").rglob("config.pbtxt")).read_text()
     assert ",".join(CAMVID.classes) in config

@@ -58,7 +58,7 @@ def test_train_then_export_the_trained_checkpoint(tmp_path, tiny_data):
     from fornet_deploy.bundle import Bundle
 
     run = tmp_path / "run"
-    stdout = ok(run_cli("train", "--data", str(tiny_data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
+    stdout = ok(run_cli("train", "--data", str(tiny_data), "--out", str(run), "--iterations", "2", "--batch", "2",
                         "--shape", "64x64", "--val-interval", "2", "--device", "cpu",
                         "--json", str(tmp_path / "train.json")))
     summary = json.loads((tmp_path / "train.json").read_text())
@@ -99,11 +99,11 @@ def test_eval(tmp_path, tiny_bundle, tiny_data):
         assert row(stdout, label)[1] == _fmt(result[key]), label
     road = result["iou_per_class"]["road"]
     assert row(stdout, "road")[1:] == [_fmt(road), _fmt(result["boundary_iou_per_class"]["road"])]
-    assert "ort fp32 on val" in stdout and f"JSON written to {tmp_path / 'eval.json'}" in stdout
+    assert "ort fp32 (model.cpu.onnx) on val" in stdout and f"JSON written to {tmp_path / 'eval.json'}" in stdout
 
 
 def test_bench_matrix(tmp_path, tiny_bundle, tiny_data):
-    stdout = ok(run_cli("bench", "--bundle", str(tiny_bundle), "--matrix", "--iters", "2", "--warmup", "0",
+    stdout = ok(run_cli("bench", "--bundle", str(tiny_bundle), "--matrix", "--iterations", "2", "--warmup", "0",
                         "--threads", "1", "--data", str(tiny_data), "--num-images", "1",
                         "--json", str(tmp_path / "bench.json")))
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -123,7 +123,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 
     out = tmp_path / "demo"
     stdout = ok(run_cli("demo", "--out", str(out), "--shape", "64x128", "--num-images", "4",
-                        "--bench-iters", "2"))
+                        "--bench-iterations", "2"))
     results = load_results(out)
     config = json.loads((out / "results" / "demo.json").read_text())["config"]
     assert (config["height"], config["width"], config["synth_val"]) == ("64", "128", "4")
@@ -158,7 +158,7 @@ def test_eval_bench_and_predict_run_the_artefact_named_by_artifact(tmp_path, tin
         ok(run_cli("eval", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--num-images", "1",
                    "--artifact", artifact, "--json", str(tmp_path / f"eval-{artifact}.json")))
         assert json.loads((tmp_path / f"eval-{artifact}.json").read_text())["runner"]["artifact"] == artifact
-        ok(run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "1", "--warmup", "0",
+        ok(run_cli("bench", "--bundle", str(tiny_bundle), "--iterations", "1", "--warmup", "0",
                    "--artifact", artifact, "--json", str(tmp_path / f"bench-{artifact}.json")))
         bench = json.loads((tmp_path / f"bench-{artifact}.json").read_text())
         assert bench["artifact"] == artifact and bench["precision"] == "fp32"

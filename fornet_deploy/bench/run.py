@@ -78,10 +78,11 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
     """Check every option and the device before any work; one line per problem."""
     if cfg.device not in DEVICES:
         raise OptionError(f"--device {cfg.device!r}: use one of {', '.join(DEVICES)}")
-    for name, least in (("batch", 1), ("iters", 1), ("warmup", 0), ("tegrastats_interval_ms", 1)):
+    for name, option, least in (("batch", "--batch", 1), ("iters", "--iterations", 1), ("warmup", "--warmup", 0),
+                                ("tegrastats_interval_ms", "--tegrastats-interval-ms", 1)):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+            raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
     check_batch(cfg.batch)

@@ -34,7 +34,7 @@ from ..data.formats import open_dataset
 from ..data.labels import LabelSet, default_label_set, manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
-from ..io import atomic_write_json, write_png
+from ..io import atomic_write_json, read_json, write_png
 from ..model.topk import SelectionCount, summarize_selection, topk_count
 from ..runtimes.base import Runner, network_size
 from ..runtimes.registry import artifact_precision, formats_present, load_runner, named_format, trt_request
@@ -262,6 +262,7 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str |
                                   topk_ratio=fixed_topk_ratio(bundle.section("topk")))
     scale = picture_scale([r.report for r in results.values()], thresholds)
     for name, result in results.items():
+        result.report["sha256"] = bundle.sha256(name)  # what was checked (stale_parity_reports)
         result.report["pictures"] = [f"{name}/{picture}" for picture in
                                      write_pictures(out_dir / name, result.worst, labels, scale)]
     failed = {name: [check for check, ok in r.report["summary"]["checks"].items() if not ok]
@@ -278,6 +279,24 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str |
         atomic_write_json(json_out, report)
     report["report_path"] = str(out_dir / "parity.json")
     return report
+
+
+def stale_parity_reports(bundle: Bundle) -> list[str]:
+    """The bundle's parity reports (``parity/*/parity.json``, as folders relative to the bundle)
+    that checked an artefact the bundle no longer holds with that content (or record no hash
+    of it, from before reports did)."""
+    stale = []
+    for path in sorted((bundle.root / PARITY_DIR).glob("*/parity.json")):
+        try:
+            checked = read_json(path, "parity report").get("artifacts")
+        except (FornetError, AttributeError):
+            checked = None
+        current = isinstance(checked, dict) and checked and all(
+            isinstance(r, dict) and bundle.has(name) and r.get("sha256") == bundle.sha256(name)
+            for name, r in checked.items())
+        if not current:
+            stale.append(path.parent.relative_to(bundle.root).as_posix())
+    return stale
 
 
 def _fraction(value: float | None) -> str:

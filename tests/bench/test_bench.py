@@ -75,7 +75,7 @@ def test_time_iterations_warms_up_untimed_and_reports_between_calls():
 @pytest.mark.parametrize("cfg, words", [
     (BenchConfig(shape=(250, 500)), ["250x500", "32", "256x512"]),
     (BenchConfig(batch=0), ["--batch", ">= 1"]),
-    (BenchConfig(iters=0), ["--iters", ">= 1"]),
+    (BenchConfig(iters=0), ["--iterations", ">= 1"]),
     (BenchConfig(warmup=-1), ["--warmup"]),
     (BenchConfig(device="tpu"), ["--device", "cpu, cuda, jetson"]),
     (BenchConfig(runtime="tflite"), ["tflite"]),
