@@ -189,17 +189,34 @@ def _shape(text: Optional[str], option: str = "--shape") -> tuple[int, int] | No
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     """A rich table that never cuts a value: the first column (the names rows are found by)
-    keeps its width, the others wrap at spaces and fold long words."""
+    keeps its width, the others wrap at spaces (:func:`column_widths`)."""
     cells = [[_fmt(v) for v in r] for r in rows]
+    widths = column_widths([[c, *(r[i] for r in cells)] for i, c in enumerate(columns)], console.width)
     table = Table(title=title)
     for i, c in enumerate(columns):
-        if i == 0:
-            table.add_column(c, no_wrap=True, min_width=max([len(r[0]) for r in cells] + [len(c)]))
-        else:
-            table.add_column(c, overflow="fold")
+        table.add_column(c, no_wrap=i == 0, overflow="fold", width=widths[i] if widths else None)
     for r in cells:
         table.add_row(*r)
     console.print(table)
+
+
+def column_widths(texts: list[list[str]], terminal: int) -> list[int] | None:
+    """Column widths (``texts``: each column's header and cells) for a table on ``terminal``
+    columns: None when every text fits on one line (rich sizes it); else the first column's
+    full width and every other column its longest word plus a share of what is left, in
+    proportion to what it needs for one line, so that no word is split; None where even
+    that does not fit (rich folds long words then, it never cuts them)."""
+    room = terminal - 3 * len(texts) - 1  # a border and two spaces of padding a column
+    natural = [max(len(t) for t in column) for column in texts]
+    if sum(natural) <= room:
+        return None
+    least = [natural[0]] + [max(len(w) for t in column for w in t.split() or [""]) for column in texts[1:]]
+    spare = room - sum(least)
+    if spare < 0:
+        return None
+    wants = [n - m for n, m in zip(natural, least)]
+    shares = [spare * w // max(sum(wants), 1) for w in wants]
+    return [m + s for m, s in zip(least, shares)]
 
 
 def _fmt(v) -> str:

@@ -160,7 +160,8 @@ def compare_runners(reference: Runner, candidates: Mapping[str, Runner], example
             images[name].append(result)
             agreement_cm[name].update(predicted_labels(cand_out, hw), predicted_labels(ref_out, hw))
             if pictures:
-                worst[name].append((result.argmax_agreement, i, diff_inputs(ex.name, ex.image, ref_out, cand_out)))
+                worst[name].append((result.argmax_agreement, i,
+                                    diff_inputs(ex.name, ex.image, ref_out, cand_out, ex.batch.shape[2:])))
                 worst[name] = sorted(worst[name], key=lambda w: (w[0], w[1]))[:pictures]
         if progress:
             progress(i + 1, total)
@@ -185,11 +186,12 @@ def picture_scale(results: Iterable[dict], thresholds: ParityThresholds) -> floa
     return max(max(largest), 1e-12) if largest else None
 
 
-def write_pictures(folder: Path, worst: list[DiffInputs], labels: LabelSet, scale: float | None) -> list[str]:
+def write_pictures(folder: Path, worst: list[DiffInputs], labels: LabelSet, scale: float | None,
+                   candidate: str = "candidate") -> list[str]:
     """The diff pictures of a candidate's worst images in ``folder``; their file names."""
     names = []
     for inputs in worst:
-        write_png(folder / f"diff_{inputs.name}.png", diff_picture(inputs, labels, scale))
+        write_png(folder / f"diff_{inputs.name}.png", diff_picture(inputs, labels, scale, candidate))
         names.append(f"diff_{inputs.name}.png")
     return names
 
@@ -264,7 +266,8 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str |
     for name, result in results.items():
         result.report["sha256"] = bundle.sha256(name)  # what was checked (stale_parity_reports)
         result.report["pictures"] = [f"{name}/{picture}" for picture in
-                                     write_pictures(out_dir / name, result.worst, labels, scale)]
+                                     write_pictures(out_dir / name, result.worst, labels, scale,
+                                                    f"{runtime} {precision} {name}")]
     failed = {name: [check for check, ok in r.report["summary"]["checks"].items() if not ok]
               for name, r in results.items() if not r.report["summary"]["passed"]}
     report = {
@@ -316,11 +319,12 @@ PARITY_LEGEND = ("logit diff: max |logit difference| away from near-tie Top-K sw
 def parity_table(report: dict) -> tuple[str, list[str], list[list[str]]]:
     """``(title, columns, rows)`` of a parity run: one row per artefact, each threshold in its
     column's header, a failed value marked FAIL, the verdict last (the CLI's table and the
-    deploy report's; :data:`PARITY_LEGEND` says what the columns are)."""
+    deploy report's; :data:`PARITY_LEGEND` says what the columns are; the agreement mIoU and
+    the rest are in the report)."""
     t = report["thresholds"]
     atol = "" if t["max_abs_logit"] is None else f" <= {t['max_abs_logit']:g}"
     columns = ["artefact", f"logit diff{atol}", "tie swaps", f"argmax >= {t['min_argmax_agreement']:g}",
-               f"Top-K mask >= {t['min_mask_agreement']:g}", "off k = 0", "agreement mIoU", "verdict"]
+               f"Top-K mask >= {t['min_mask_agreement']:g}", "off k = 0", "verdict"]
     rows, images = [], set()
     for name, r in report["artifacts"].items():
         s = r["summary"]
@@ -335,8 +339,7 @@ def parity_table(report: dict) -> tuple[str, list[str], list[list[str]]]:
         rows.append([name, _flag(logits, s, "max_abs_logit"), str(s["near_tie_cells"]),
                      _flag(_fraction(s["argmax_agreement"]), s, "argmax_agreement"),
                      _flag(_fraction(s["mask_agreement"]), s, "mask_agreement"),
-                     _flag(off_k, s, "topk_count"), _fraction(s["agreement_miou"]),
-                     "PASS" if s["passed"] else "FAIL"])
+                     _flag(off_k, s, "topk_count"), "PASS" if s["passed"] else "FAIL"])
     title = (f"parity: {report['runtime']} {report['precision']} vs torch fp32 (exact Top-K), "
              f"{'/'.join(str(n) for n in sorted(images))} images")
     return title, columns, rows

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
 from ..data.labels import LabelSet
+from .keys import aspect_note, colour_bar, font_scale, legend, side_by_side, text_strip, titled
 
 HEATMAP = cv2.COLORMAP_INFERNO
 TOPK_COLOUR = (255, 200, 0)  # RGB; warm yellow stands out on street scenes
@@ -104,25 +105,40 @@ class DiffInputs:
     reference: np.ndarray  # H x W class ids
     candidate: np.ndarray  # H x W class ids
     logit_diff: np.ndarray | None  # max over classes of |reference - candidate| logits, at their scale
+    network_hw: tuple[int, int]  # the size the image was fed at
 
 
-def diff_inputs(name: str, image: np.ndarray, reference: dict, candidate: dict) -> DiffInputs:
+def diff_inputs(name: str, image: np.ndarray, reference: dict, candidate: dict,
+                network_hw: tuple[int, int]) -> DiffInputs:
     hw = image.shape[:2]
     compared = compared_logits(reference, candidate)
     diff = None
     if compared is not None:
         diff = np.abs(reference[compared][0].astype(np.float32) - candidate[compared][0].astype(np.float32)).max(0)
-    return DiffInputs(name, image, predicted_labels(reference, hw), predicted_labels(candidate, hw), diff)
+    return DiffInputs(name, image, predicted_labels(reference, hw), predicted_labels(candidate, hw), diff,
+                      (int(network_hw[0]), int(network_hw[1])))
 
 
-def diff_picture(inputs: DiffInputs, labels: LabelSet, scale: float | None) -> np.ndarray:
-    """Reference | candidate | disagreement (red) | abs logit difference (heat map, with
-    ``scale`` at the top of the colours: the same for every picture of a run)."""
-    image, hw = inputs.image, inputs.image.shape[:2]
+def diff_picture(inputs: DiffInputs, labels: LabelSet, scale: float | None, candidate: str = "candidate") -> np.ndarray:
+    """Four titled panels: the reference's and the candidate's labels over the image, their
+    disagreement (red), and the |logit diff| heat map on ``scale`` (the same for every
+    picture of a run: its top colour is ``scale`` or more), with a colour bar saying so;
+    under them the legend of the classes shown, and a note when the network saw the image
+    stretched."""
+    image = inputs.image
     disagree = image // 3
     disagree[inputs.reference != inputs.candidate] = (255, 0, 0)
-    panels = [label_overlay(image, inputs.reference, labels), label_overlay(image, inputs.candidate, labels), disagree]
+    panels = [titled(label_overlay(image, inputs.reference, labels), "reference: torch fp32"),
+              titled(label_overlay(image, inputs.candidate, labels), f"candidate: {candidate}"),
+              titled(disagree, "disagreement (red)")]
+    width = image.shape[1]
+    keys = [legend(labels, np.union1d(np.unique(inputs.reference), np.unique(inputs.candidate)), 3 * width,
+                   font_scale(width))]
     if inputs.logit_diff is not None and scale is not None:
         scaled = np.clip(inputs.logit_diff / scale * 255, 0, 255).astype(np.uint8)
-        panels.append(cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1])
-    return np.concatenate(panels, axis=1)
+        heat = cv2.applyColorMap(_resize(scaled, image.shape[:2], cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
+        panels.append(titled(heat, f"|logit diff| on 0..{scale:.3g}"))
+        keys.append(colour_bar(width, HEATMAP, "0", f">={scale:.3g}", "|logit diff|"))
+    picture = np.concatenate([np.concatenate(panels, axis=1), side_by_side(keys)], axis=0)
+    note = aspect_note(image.shape[:2], inputs.network_hw)
+    return picture if note is None else np.concatenate([picture, text_strip(picture.shape[1], [note])], axis=0)

@@ -19,7 +19,8 @@ from ..bundle import Bundle
 from ..data.formats import submission_label_ids
 from ..data.labels import LabelSet
 from ..errors import FornetError, OptionError
-from ..evaluation.postprocess import importance_heatmap, label_overlay, topk_picture
+from ..evaluation.keys import aspect_note, colour_bar, with_legend
+from ..evaluation.postprocess import HEATMAP, importance_heatmap, label_overlay, topk_picture
 from ..interrupts import StopSignals, stop_signals
 from ..io import read_image
 from ..runtimes.base import Runner
@@ -60,13 +61,21 @@ class PredictConfig:
 # ---------------------------------------------------------------------------- pictures
 
 
-def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig, labels: LabelSet) -> dict[str, np.ndarray]:
-    """The RGB pictures of one prediction, by output suffix."""
+def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig, labels: LabelSet,
+              keys: bool = False) -> dict[str, np.ndarray]:
+    """The RGB pictures of one prediction, by output suffix; ``keys`` (an image's pictures, not
+    a video's frames, whose size is fixed): the overlay over the legend of the classes it
+    shows, the importance map over its colour bar."""
     pictures = {"overlay": label_overlay(image, pred.labels, labels, cfg.overlay_alpha)}
     if pred.importance is not None:
         pictures["importance"] = importance_heatmap(image, pred.importance, cfg.overlay_alpha)
     if pred.mask is not None:
         pictures["topk"] = topk_picture(image, pred.mask)
+    if keys:
+        pictures["overlay"] = with_legend(pictures["overlay"], pred.labels, labels)
+        if "importance" in pictures:
+            bar = colour_bar(image.shape[1], HEATMAP, "0", "1", "importance")
+            pictures["importance"] = np.concatenate([pictures["importance"], bar], axis=0)
     return pictures
 
 
@@ -85,7 +94,7 @@ def _run_image(source: Source, segment: Segmenter, cfg: PredictConfig, staging: 
     pred = segment(image, importance=cfg.importance, mask=cfg.mask)
     written = []
     outputs = {**_label_maps(pred, cfg.label_ids, segment.labels), "color": segment.labels.colorize(pred.labels),
-               **_pictures(image, pred, cfg, segment.labels)}
+               **_pictures(image, pred, cfg, segment.labels, keys=True)}
     for suffix, picture in outputs.items():
         rel = f"{source.item.name}_{suffix}.png"
         staging.write_png(rel, picture)
@@ -256,6 +265,9 @@ def _summary(bundle: Bundle, runner: Runner, out_dir: Path, cfg: PredictConfig, 
             f"({', '.join(sorted({'x'.join(map(str, r['network_size'])) for r in resized}))}) "
             "and their predictions resized back to the input size"
         )
+    for r in resized:
+        if (stretched := aspect_note(r["size"], r["network_size"])) is not None:
+            notes.append(f"{r['source']}: {stretched} (give --shape HxW of its aspect to keep it)")
     seconds = time.perf_counter() - start
     return {
         "bundle": str(bundle.root),

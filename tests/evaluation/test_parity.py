@@ -25,6 +25,7 @@ def test_ort_fp32_parity_checks_every_fp32_graph_with_report_and_pictures(tiny_b
     assert report["artifacts"]["model.cpu.onnx"]["summary"]["logits_compared"] == ["coarse_logits"]
     saved = json.loads((tmp_path / "p" / "parity.json").read_text())
     assert saved["artifacts"] == report["artifacts"] and saved["thresholds"]["max_abs_logit"] == 1e-3
+    assert saved["picture_scale"] == 1e-3  # FP32: every heat map of the run on its threshold
 
 
 def test_parity_on_synthetic_images_without_data(tiny_bundle, tmp_path):
