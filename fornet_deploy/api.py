@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from .bundle import Bundle
 from .contract import (
+    CALIBRATION_METHODS,
     CALIBRATION_PERCENTILE,
     DEFAULT_TAIL,
     FP32_SCOPES,
@@ -47,8 +48,8 @@ Progress = Callable[..., None]
 # importing a submodule binds its name on the package and would shadow a function.
 __all__ = [
     "SHIPPED_WEIGHTS", "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine",
-    "calibrate", "evaluate", "export_model", "info", "inspect_bundle", "lint", "load_runner", "load_segmenter",
-    "package_bundle", "parity", "predict_files", "run_demo", "synthcity", "train_model",
+    "calibrate", "deploy_checkpoint", "evaluate", "export_model", "info", "inspect_bundle", "lint", "load_runner",
+    "load_segmenter", "package_bundle", "parity", "predict_files", "run_demo", "synthcity", "train_model",
 ]
 
 
@@ -259,7 +260,8 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = 
     if matrix and artifact is not None:
         raise OptionError("--artifact picks one artefact; --matrix runs every artefact of the bundle")
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iterations, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
+                      iters=iterations, threads=threads, images=Path(images) if images else None,
+                      ort_device=ort_provider,
                       profile=profile, artifact=artifact)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
@@ -316,4 +318,24 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     _positive(num_images, "--num-images")
     check_stride(*shape)  # before anything is written
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
-                          synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iterations), log=log)
+                          synth_val=num_images, train_iterations=train_iterations,
+                          bench_iters=bench_iterations), log=log)
+
+
+def deploy_checkpoint(checkpoint: str | Path, target: str, data: str | Path, out: str | Path, *,
+                      shape: tuple[int, int] = (512, 1024), dynamic: bool = False, num_images: int = 32,
+                      calib_images: int = 64, method: str = "entropy", iterations: int = 20, seed: int = 0,
+                      log: Callable[[str], None] = print) -> dict:
+    """From a checkpoint (``"shipped"``: the shipped weights) to a verified bundle ``out`` for
+    ``target`` (:data:`fornet_deploy.deploy.TARGETS`: cpu, tensorrt): export, INT8 calibration
+    on ``calib_images`` images of ``data``, TensorRT lint, parity of every artefact and
+    evaluation on ``num_images`` val images, a benchmark of ``iterations`` timed runs per
+    artefact, and ``out/deploy/report.md`` + ``deploy.json``. Returns the summary, with
+    ``passed`` and ``failed`` (the checks that failed)."""
+    from .deploy import DeployConfig, run_deploy
+
+    check_choice(method, CALIBRATION_METHODS, "calibration method")
+    return run_deploy(DeployConfig(checkpoint=Path(checkpoint), target=target, data=Path(data), out=Path(out),
+                                   height=shape[0], width=shape[1], dynamic=dynamic, num_images=num_images,
+                                   calib_images=calib_images, calib_method=method, bench_iterations=iterations,
+                                   seed=seed), log=log)

@@ -40,6 +40,7 @@ from .contract import (
     parse_hw,
 )
 from .data.formats import FORMAT_NAMES
+from .deploy import TARGET_NAMES as DEPLOY_TARGETS
 from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
 app = typer.Typer(
@@ -61,6 +62,7 @@ Target = Literal[CALIBRATION_TARGETS]
 PackageTarget = Literal[PACKAGE_TARGETS]
 OrtProvider = Literal[ORT_PROVIDERS]
 Tail = Literal[TAILS]
+DeployTargetName = Literal[DEPLOY_TARGETS]
 
 # Options shared by several commands.
 BUNDLE = typer.Option(..., help="deploy bundle folder")
@@ -706,6 +708,53 @@ def package_cmd(
         console.print(note)
     console.print(f"wrote {len(summary['files'])} files to {out} (see {out / 'README.md'})")
     _write_json(json_out, summary)
+
+
+@app.command()
+def deploy(
+    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors); 'shipped': the shipped weights"),
+    target: DeployTargetName = typer.Option(..., help="what the bundle is for: cpu (ONNX Runtime FP32 + U8S8) or "
+                                                  "tensorrt (the FP32 / FP16 / INT8 Q/DQ graphs build-trt takes)"),
+    data: Path = typer.Option(..., help="images to calibrate on and check with (any dataset layout; a labelled "
+                                        "one adds the mIoU)"),
+    out: Path = typer.Option(..., help="bundle folder to create or update"),
+    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
+    num_images: int = typer.Option(32, min=1, help="val images for parity and evaluation"),
+    calib_images: int = typer.Option(64, min=1, help="calibration images"),
+    method: Method = typer.Option("entropy", help="calibration method"),
+    iterations: int = typer.Option(20, min=1, help="timed iterations per artefact in the benchmark"),
+    seed: int = typer.Option(0, min=0, help="seed of the calibration-image selection"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """Checkpoint to verified bundle in one command: export, calibrate, lint, parity of every artefact, eval,
+    bench, one report (exit 1 when a check fails)."""
+    from .api import deploy_checkpoint
+    from .bench.tables import bench_rows, machine_line
+    from .evaluation.parity import parity_table
+    from .io import read_json
+
+    summary = deploy_checkpoint(checkpoint, target, data, out, shape=_shape(shape), dynamic=dynamic,
+                                num_images=num_images, calib_images=calib_images, method=method,
+                                iterations=iterations, seed=seed,
+                                log=lambda line: console.print(f"[bold cyan]deploy[/] {escape(line)}"))
+    if summary["lint"]:
+        print_table("TensorRT lint", ["graph", "blockers", "warnings", "verdict"],
+                    [[name, r["blockers"], r["warnings"], "PASS" if r["passed"] else "FAIL"]
+                     for name, r in summary["lint"].items()])
+    for report_path in summary["parity_reports"].values():
+        print_table(*parity_table(read_json(report_path, "parity report")))
+    if summary["evaluation"]:
+        print_table("accuracy", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
+                    [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in summary["evaluation"].items()])
+    print_table(f"benchmark on {machine_line(summary['bench']['machine'])}", *bench_rows(summary["bench"]))
+    for note in summary["notes"]:
+        console.print(escape(note))
+    _write_json(json_out, summary)
+    verdict = "PASS" if summary["passed"] else "FAIL: " + "; ".join(summary["failed"])
+    console.print(f"{verdict}; report {summary['report']}", highlight=False, markup=False)
+    if not summary["passed"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 @app.command()
