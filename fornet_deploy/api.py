@@ -195,10 +195,12 @@ def inspect_bundle(bundle: str | Path) -> dict:
 
 
 def lint(model: str | Path, target: str = "tensorrt") -> dict:
-    """What TensorRT will reject or handle badly in an ONNX graph: findings + pass/fail."""
-    from .export.lint import lint_file
+    """What TensorRT will reject or handle badly in an ONNX graph: findings + pass/fail (a CPU
+    graph: ``not_for_target`` says so). A bundle folder: every graph TensorRT builds from,
+    ``{"bundle", "passed", "graphs": {name: report}}``."""
+    from .export.lint import lint_bundle, lint_file
 
-    return lint_file(model, target)
+    return lint_bundle(model, target) if Path(model).is_dir() else lint_file(model, target)
 
 
 def parity(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu",

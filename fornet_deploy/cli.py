@@ -43,11 +43,16 @@ from .data.formats import FORMAT_NAMES
 from .deploy import TARGET_NAMES as DEPLOY_TARGETS
 from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
+# Help as click writes it (rich_markup_mode=None): wrapped to the terminal, never cut (rich's
+# panels cut option names and defaults on narrow terminals), flags without a value placeholder,
+# and "[default: ...]" in help texts kept as text rather than read as markup.
 app = typer.Typer(
     help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -96,7 +101,9 @@ def main() -> None:
     """Console entry point: every failure a user can cause is one line and an exit code."""
     click_error = _clicks_exception_base()
     try:
-        code = app(standalone_mode=False)
+        command = typer.main.get_command(app)
+        refuse_flag_values(command, sys.argv[1:])
+        code = command(standalone_mode=False)
     except FornetError as exc:
         # escape: messages hold literal brackets such as 'fornet-deploy[tensorrt]'
         _error(str(exc))
@@ -118,6 +125,23 @@ def main() -> None:
     if code == ExitCode.INTERRUPTED:  # typer turns a KeyboardInterrupt into a silent exit code 130
         _error("interrupted; files already written are complete, nothing is half-written")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# What a value given to a flag looks like (`--mask true`): click would read it as the next
+# positional argument, e.g. an input of `predict` named "true", or camera 0 for `--mask 0`.
+BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n", "t", "f", "1", "0"})
+
+
+def refuse_flag_values(group, argv: list[str]) -> None:
+    """A flag followed by a yes/no word is a usage error, before anything runs."""
+    name = next((arg for arg in argv if arg in group.commands), None)
+    if name is None:
+        return
+    flags = {opt for param in group.commands[name].params if getattr(param, "is_flag", False) for opt in param.opts}
+    for flag, value in zip(argv, argv[1:]):
+        if flag in flags and value.lower() in BOOL_WORDS:
+            raise OptionError(f"{flag} is a flag and takes no value: write {flag} alone "
+                              f"(the {value!r} after it would be read as an argument)")
 
 
 def _error(message: str) -> None:
@@ -387,25 +411,56 @@ def inspect(
     _write_json(json_out, found)
 
 
+LINT_TOP = 10  # findings listed without --all (blockers first)
+SEVERITY_ORDER = {"blocker": 0, "warning": 1, "info": 2}
+
+
 @app.command()
 def lint(
-    model: Path = typer.Argument(..., help="ONNX file"),
+    model: Path = typer.Argument(..., help="ONNX file, or a bundle folder (its graphs TensorRT builds from)"),
     target: Literal["tensorrt"] = typer.Option("tensorrt", help="deployment target"),
+    show_all: bool = typer.Option(False, "--all", help=f"list every finding [default: counts per check and the "
+                                                        f"first {LINT_TOP}, blockers first]"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """List what the TensorRT ONNX parser will reject or handle badly (exit 1 on blockers)."""
     from .api import lint as run
 
-    report = run(model, target)
-    if report["findings"]:
-        print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
-                    [[f["severity"], f["check"], f["node"], f["message"]] for f in report["findings"]])
-    if report["counts"]:
-        console.print("per check: " + ", ".join(f"{check} {count}" for check, count in report["counts"].items()))
-    console.print(f"{'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, {report['warnings']} warnings")
-    _write_json(json_out, report)
-    if not report["passed"]:
+    result = run(model, target)
+    reports = result["graphs"] if "graphs" in result else {model.name: result}
+    if "graphs" in result:
+        print_table(f"{model}: the graphs TensorRT builds from ({target})",
+                    ["graph", "blockers", "warnings", "findings per check", "verdict"],
+                    [[name, r["blockers"], r["warnings"], ", ".join(f"{c} {n}" for c, n in r["counts"].items()) or "-",
+                      "PASS" if r["passed"] else "FAIL"] for name, r in reports.items()])
+    for name, report in reports.items():
+        _print_lint(name, report, target, show_all, detailed="graphs" not in result or show_all)
+    _write_json(json_out, result)
+    if not result["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _print_lint(name: str, report: dict, target: str, show_all: bool, detailed: bool) -> None:
+    """One graph's lint: counts per check and the first findings (all with ``show_all``)."""
+    if report.get("not_for_target"):
+        console.print(f"NOT LINTED: {report['not_for_target']}", highlight=False, markup=False)
+        return
+    findings = sorted(report["findings"], key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
+    if detailed and findings:
+        checks: dict[str, list[dict]] = {}
+        for f in findings:
+            checks.setdefault(f["check"], []).append(f)
+        print_table(f"{name} ({target}): findings per check", ["check", "severity", "findings", "first node"],
+                    [[check, found[0]["severity"], len(found), found[0]["node"]] for check, found in checks.items()])
+        shown = findings if show_all else findings[:LINT_TOP]
+        console.print(f"{name}: {'every finding' if show_all else 'the first findings'}", style="bold")
+        for f in shown:  # lines, not a table: long node names would squeeze the messages
+            console.print(f"- {f['severity']} {f['check']} at {f['node']}: {f['message']}", highlight=False,
+                          markup=False)
+        if len(shown) < len(findings):
+            console.print(f"{len(findings) - len(shown)} more findings: --all lists them", highlight=False)
+    console.print(f"{name}: {'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, "
+                  f"{report['warnings']} warnings", highlight=False, markup=False)
 
 
 @app.command()
@@ -609,7 +664,7 @@ def bench(
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
     from .api import benchmark
-    from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
+    from .bench.tables import bench_rows, busy_line, machine_line, matrix_notes, profile_tables
 
     precision, device = _precision("bench", precision, fp16, int8, fp32), _device(device, runtime)
     iterations = _renamed(iterations, iters, "--iterations", "--iters") or 50
@@ -621,6 +676,8 @@ def bench(
     columns, rows = bench_rows(result)
     ran = "" if matrix else f" of {result['artifact']} ({result['runtime']} {result['precision']})"
     print_table(f"benchmark{ran} on {machine_line(result['machine'])}", columns, rows)
+    for note in matrix_notes(result) if matrix else []:
+        console.print(escape(note))
     for title, columns, rows in profile_tables(result):
         print_table(title, columns, rows)
     if (busy := busy_line(result)) is not None:

@@ -111,8 +111,7 @@ def test_bench_matrix(tmp_path, tiny_bundle, tiny_data):
     assert {(r["runtime"], r["precision"]) for r in measured} == {("torch", "fp32"), ("ort", "fp32")}
     for r in measured:
         assert r["compute"]["p50_ms"] > 0 and 0.0 <= r["miou"] <= 1.0
-        assert any(line.strip("│ ").startswith(f"{r['runtime']}") and r["artifact"] in line
-                   for line in stdout.splitlines()), r["artifact"]
+        assert row(stdout, r["artifact"])[1] == f"{r['runtime']} {r['precision']}", r["artifact"]
     assert "benchmark on" in stdout
 
 
