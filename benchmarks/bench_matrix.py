@@ -3,7 +3,7 @@
 The numbers in docs/benchmarks.md come from this script:
 
     python benchmarks/bench_matrix.py runs/bundle --device cpu --data runs/synthcity \
-        --out docs/results [--shape 256x512] [--batch 1] [--warmup 10] [--iters 50] [--threads N]
+        --out docs/results [--shape 256x512] [--batch 1] [--warmup 10] [--iterations 50] [--threads N]
 
 It calls :func:`fornet_deploy.bench.run_matrix` (PyTorch FP32 and every ONNX Runtime /
 TensorRT artefact the bundle holds for the device, measured in one process) and writes
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", default=None, help="HxW (default: the bundle's export shape)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: each runtime's own)")
     p.add_argument("--images", type=Path, default=None, help="frames for the end-to-end loop (default: synthetic)")
     return p.parse_args(argv)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = BenchConfig(
             shape=parse_hw(args.shape, "--shape") if args.shape else None, batch=args.batch,
-            warmup=args.warmup, iters=args.iters, threads=args.threads, images=args.images,
+            warmup=args.warmup, iters=args.iterations, threads=args.threads, images=args.images,
         )
 
         def progress(done: int, total: int, note: str) -> None:

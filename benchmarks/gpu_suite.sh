@@ -81,10 +81,10 @@ for precision in fp32 fp16 int8; do
 done
 for precision in fp32 fp16 int8; do
     step "bench-trt-$precision" 60 $FD bench --bundle "$B" --runtime trt --precision "$precision" --device cuda \
-        --shape "$SHAPE" --warmup 10 --iters 50 --json "$OUT/bench_trt_$precision.json"
+        --shape "$SHAPE" --warmup 10 --iterations 50 --json "$OUT/bench_trt_$precision.json"
 done
 step bench-ort-cuda-fp32 90 $FD bench --bundle "$B" --runtime ort --precision fp32 --device cuda --ort-provider cuda \
-    --shape "$SHAPE" --warmup 5 --iters 20 --json "$OUT/bench_ort_cuda_fp32.json"
+    --shape "$SHAPE" --warmup 5 --iterations 20 --json "$OUT/bench_ort_cuda_fp32.json"
 
 $PY benchmarks/gpu_summary.py "$OUT"
 echo "gpu_suite: $(( $(date +%s) - SUITE_START )) s; results in $OUT (work files in $WORK)"

@@ -37,7 +37,9 @@ def collect(folder: Path) -> dict:
         precision = run.rsplit("_", 1)[1]
         build = _read(folder / f"build_{run}.json")
         layers = _read(folder / f"layers_{build['engine']}.json") if build else None
-        parity = _read(folder / f"parity_{run}.json")
+        run_report = _read(folder / f"parity_{run}.json")
+        # a parity run holds a report per artefact; a TensorRT run checks one engine
+        parity = next(iter((_get(run_report, "artifacts") or {}).values()), None)
         bench = _read(folder / f"bench_{run}.json")
         evaluation = _read(folder / f"eval_{run}.json")
         rows[run] = {

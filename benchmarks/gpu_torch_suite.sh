@@ -52,10 +52,10 @@ for precision in fp32 fp16; do
     for shape_iters in 512x1024:100 1024x2048:30; do
         shape=${shape_iters%:*}
         step "bench-$precision-$shape" 60 $FD bench --bundle "$BUNDLE" --runtime torch --precision "$precision" \
-            --device cuda --shape "$shape" --warmup 5 --iters "${shape_iters#*:}" \
+            --device cuda --shape "$shape" --warmup 5 --iterations "${shape_iters#*:}" \
             --json "$OUT/bench_torch_cuda_${precision}_$shape.json"
     done
 done
-step train-amp 90 $FD train --data "$WORK/train" --out "$WORK/run" --iterations 60 --batch-size 8 --shape 256x256 \
+step train-amp 90 $FD train --data "$WORK/train" --out "$WORK/run" --iterations 60 --batch 8 --shape 256x256 \
     --val-interval 30 --device cuda --json "$OUT/train_cuda_amp.json"
 echo "gpu_torch_suite: $(( $(date +%s) - START )) s; results in $OUT" | tee -a "$OUT/steps.txt"

@@ -24,4 +24,4 @@ fornet-deploy eval --bundle "$BUNDLE" --data "$DATA" --runtime ort --precision f
 python benchmarks/topk_overhead.py --checkpoint "$WEIGHTS" --shape 512x1024 --latency --json "$RESULTS/topk_overhead.json"
 python benchmarks/topk_confident.py --checkpoint "$WEIGHTS" --json "$RESULTS/topk_confident.json"
 python benchmarks/precision_eval.py "$BUNDLE" "$DATA" --runs 50 --json "$RESULTS/precision.json"
-python benchmarks/bench_matrix.py "$BUNDLE" --device cpu --data "$DATA" --num-images 50 --iters 50 --out "$RESULTS"
+python benchmarks/bench_matrix.py "$BUNDLE" --device cpu --data "$DATA" --num-images 50 --iterations 50 --out "$RESULTS"

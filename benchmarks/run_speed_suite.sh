@@ -45,7 +45,7 @@ done
 
 # 3. Where the time goes: ONNX Runtime's profiler on every ONNX graph of the bundle, 2 threads.
 wait_quiet
-fornet-deploy bench --bundle "$RUNS/bundle" --matrix --profile --threads 2 --iters 30 --num-images 8 \
+fornet-deploy bench --bundle "$RUNS/bundle" --matrix --profile --threads 2 --iterations 30 --num-images 8 \
   --data "$DATA" --json "$OUT/bench_matrix_profile.json"
 
 # 4. The targets, torch vs ONNX Runtime FP32 vs U8S8 in one process, several runs; then the

@@ -13,8 +13,8 @@ from ._version import __version__
 
 _API = (
     "SHIPPED_WEIGHTS", "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine",
-    "calibrate", "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
-    "predict_files", "run_demo", "synthcity", "train_model",
+    "calibrate", "deploy_checkpoint", "evaluate", "export_model", "info", "inspect_bundle", "lint", "load_runner",
+    "load_segmenter", "package_bundle", "parity", "predict_files", "run_demo", "synthcity", "train_model",
 )
 _ERRORS = ("FornetError", "OptionError", "MissingDependencyError", "HardwareError", "CheckFailed", "ExitCode")
 

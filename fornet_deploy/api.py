@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from .bundle import Bundle
 from .contract import (
+    CALIBRATION_METHODS,
     CALIBRATION_PERCENTILE,
     DEFAULT_TAIL,
     FP32_SCOPES,
@@ -34,6 +35,7 @@ from .contract import (
     TAILS,
     TOPK_FORMS,
     check_choice,
+    checkpoint_path,
 )
 from .data.transforms import Preprocessing
 from .errors import OptionError
@@ -47,8 +49,8 @@ Progress = Callable[..., None]
 # importing a submodule binds its name on the package and would shadow a function.
 __all__ = [
     "SHIPPED_WEIGHTS", "Bundle", "Prediction", "Preprocessing", "Runner", "Segmenter", "benchmark", "build_engine",
-    "calibrate", "evaluate", "export_model", "info", "lint", "load_runner", "load_segmenter", "package_bundle", "parity",
-    "predict_files", "run_demo", "synthcity", "train_model",
+    "calibrate", "deploy_checkpoint", "evaluate", "export_model", "info", "inspect_bundle", "lint", "load_runner",
+    "load_segmenter", "package_bundle", "parity", "predict_files", "run_demo", "synthcity", "train_model",
 ]
 
 
@@ -64,18 +66,21 @@ def _positive(value: int, option: str, least: int = 1) -> None:
         raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
 
 
-def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
-                   shape: tuple[int, int] | None = None, **runner_options) -> Segmenter:
+def load_segmenter(bundle: str | Path | Bundle, runtime: str = "ort", precision: str | None = None,
+                   device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> Segmenter:
     """A :class:`~fornet_deploy.predict.Segmenter` (use it in a ``with`` block): an RGB uint8
-    image of any size in, a :class:`~fornet_deploy.predict.Prediction` at that size out."""
+    image of any size (or a batch: a list, an N x H x W x 3 array) in, a
+    :class:`~fornet_deploy.predict.Prediction` at that size out (one per image). ``precision``:
+    default fp32, or that of ``artifact=`` (a specific file of the bundle, e.g. ``model.onnx``)."""
     return Segmenter.from_bundle(bundle, runtime, precision, device, shape, **runner_options)
 
 
 def info(checkpoint: str | Path | None = None, shape: tuple[int, int] = (1024, 2048)) -> dict:
-    """Parameters and GFLOPs of a checkpoint (or the default config) at an input size."""
+    """Parameters and GFLOPs of a checkpoint (``"shipped"``: the shipped weights; None: the
+    default config) at an input size."""
     from .model.summary import model_summary
 
-    return model_summary(Path(checkpoint) if checkpoint else None, *shape)
+    return model_summary(checkpoint_path(checkpoint) if checkpoint else None, *shape)
 
 
 def synthcity(out: str | Path, train: int = 64, val: int = 16, shape: tuple[int, int] = (256, 512), seed: int = 0,
@@ -103,12 +108,15 @@ def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_s
 def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int] = (512, 1024), *,
            precision: str = "fp32", batch: int = 1, dynamic: bool = False, topk: str = "threshold", opset: int = 17,
            outputs: Sequence[str] = OUTPUT_NAMES, labels_dtype: str = "uint8",
-           tail: str = DEFAULT_TAIL, labels: str | Path | None = None) -> dict[str, dict]:
-    """Checkpoint -> ``model.onnx`` in a deploy bundle, plus ``model.cpu.onnx`` (the graph
-    ONNX Runtime runs on a CPU: labels by the cheap ``tail``, refine / nearest; none with
-    ``tail="full"``) and ``model.fp16.onnx`` with ``precision="fp16"``; ``labels``: a classes
-    file naming the model's classes (default: the checkpoint's label set, else Cityscapes for
-    19 classes, else generic names). Returns the manifest entries written, by file name."""
+           tail: str = DEFAULT_TAIL, labels: str | Path | None = None,
+           log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Checkpoint (``"shipped"``: :data:`SHIPPED_WEIGHTS`) -> ``model.onnx`` in a deploy
+    bundle, plus ``model.cpu.onnx`` (the graph ONNX Runtime runs on a CPU: labels by the cheap
+    ``tail``, refine / nearest; none with ``tail="full"``) and ``model.fp16.onnx`` with
+    ``precision="fp16"``; ``labels``: a classes file naming the model's classes (default: the
+    checkpoint's label set, else Cityscapes for 19 classes, else generic names). Returns the
+    manifest entries written, by file name; ``log`` is told which artefacts a re-export
+    removed and which parity reports it made stale."""
     from .data.labels import read_classes_file
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
@@ -121,7 +129,8 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
     _positive(batch, "--batch")
     cfg = ExportConfig(height=shape[0], width=shape[1], batch=batch, dynamic=dynamic, topk=topk, opset=opset,
                        outputs=tuple(outputs), labels_dtype=labels_dtype, tail=tail)
-    entries = export_bundle(checkpoint, out, cfg, labels=read_classes_file(labels) if labels is not None else None)
+    entries = export_bundle(checkpoint_path(checkpoint), out, cfg,
+                            labels=read_classes_file(labels) if labels is not None else None, log=log)
     if precision == "fp16":
         entries["model.fp16.onnx"] = convert_fp16(out)
     return entries
@@ -136,12 +145,14 @@ def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, met
     its manifest entry, which records what the images came from and what was resized. ``tensorrt``
     builds on ``model.fp16.onnx`` (made first when missing); the activation ranges are
     measured once per image set, method and percentile and cached in the bundle for both
-    targets; ``progress(done, total)`` counts the images of a measurement."""
-    from .calibration.qdq import calibrate_bundle
+    targets; ``progress(done, total)`` counts the images of a measurement. The entry's
+    ``artifact`` names the file written."""
+    from .calibration.qdq import TARGETS, calibrate_bundle
 
     _positive(num_images, "--num-images")
-    return calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
-                            progress=progress, percentile=percentile)
+    entry = calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
+                             progress=progress, percentile=percentile)
+    return {"artifact": TARGETS[target].artifact, **entry}
 
 
 def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[int, int] | None = None,
@@ -177,58 +188,86 @@ def build_engine(bundle: str | Path, precision: str = "fp16", *, shape: tuple[in
     return build_with_calibration_data(bundle, config, data, num_images, progress=progress)
 
 
+def inspect_bundle(bundle: str | Path) -> dict:
+    """What a bundle holds: each artefact's kind, precision, size, hash, lineage (and whether
+    it is stale), inputs and outputs with shapes; the label set, preprocessing, export
+    settings and parity reports (and whether they still describe the artefacts)."""
+    from .package.overview import inspect_bundle as run
+
+    return run(bundle)
+
+
 def lint(model: str | Path, target: str = "tensorrt") -> dict:
-    """What TensorRT will reject or handle badly in an ONNX graph: findings + pass/fail."""
-    from .export.lint import lint_file
+    """What TensorRT will reject or handle badly in an ONNX graph: findings + pass/fail (a CPU
+    graph: ``not_for_target`` says so). A bundle folder: every graph TensorRT builds from,
+    ``{"bundle", "passed", "graphs": {name: report}}``."""
+    from .export.lint import lint_bundle, lint_file
 
-    return lint_file(model, target)
+    return lint_bundle(model, target) if Path(model).is_dir() else lint_file(model, target)
 
 
-def parity(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+def parity(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu",
            data: str | Path | None = None, *, split: str = "val", num_images: int | None = None,
            out: str | Path | None = None, json_out: str | Path | None = None, progress: Progress | None = None,
-           ort_provider: str | None = None) -> dict:
-    """An artefact against the PyTorch FP32 reference (exact Top-K): the report dict, with
-    ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``. ``ort_provider``
-    (cpu, cuda, tensorrt) picks ONNX Runtime's execution provider (default: the device's)."""
-    from .evaluation.parity import parity_bundle
+           ort_provider: str | None = None, artifact: str | None = None, atol: float | None = None,
+           min_argmax_agreement: float | None = None, min_mask_agreement: float | None = None) -> dict:
+    """The bundle's artefacts against the PyTorch FP32 reference (exact Top-K): every
+    artefact for (runtime, precision, device), or ``artifact`` alone (``precision``: default
+    fp32, or the artefact's own). Returns the run's report: ``summary["passed"]`` (all
+    passed), ``summary["failed"]`` (the failed checks by artefact) and ``artifacts`` (a
+    report each); diff pictures and ``parity.json`` in ``out``. ``atol``,
+    ``min_argmax_agreement``, ``min_mask_agreement`` replace the precision's documented
+    thresholds. ``ort_provider`` (cpu, cuda, tensorrt) picks ONNX Runtime's execution
+    provider (default: the device's)."""
+    from .evaluation.parity import parity_bundle, thresholds_for
+    from .runtimes.registry import artifact_precision
 
     _ort_provider(ort_provider, runtime)
+    if precision is not None:
+        check_choice(precision, PRECISIONS, "precision")
+    opened = Bundle.open(bundle, verify=False)
+    thresholds = thresholds_for(artifact_precision(opened, artifact, precision), atol, min_argmax_agreement,
+                                min_mask_agreement)
     return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress,
-                         ort_provider=ort_provider)
+                         ort_provider=ort_provider, artifact=artifact, thresholds=thresholds)
 
 
-def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
-             *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
+def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precision: str | None = None,
+             device: str = "cpu", *, split: str = "val", num_images: int | None = None, boundary_width: int = 3,
              json_out: str | Path | None = None, progress: Progress | None = None,
-             ort_provider: str | None = None) -> dict:
+             ort_provider: str | None = None, artifact: str | None = None) -> dict:
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact
-    (``ort_provider``: as for :func:`parity`)."""
+    (``ort_provider``, ``artifact``, ``precision``: as for :func:`parity`)."""
     from .evaluation.evaluate import evaluate_bundle
 
     _ort_provider(ort_provider, runtime)
     return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
-                           progress, ort_provider=ort_provider)
+                           progress, ort_provider=ort_provider, artifact=artifact)
 
 
-def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu", *,
-              shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iters: int = 50,
+def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu", *,
+              shape: tuple[int, int] | None = None, batch: int = 1, warmup: int = 10, iterations: int = 50,
               threads: int | None = None, images: str | Path | None = None, matrix: bool = False,
               data: str | Path | None = None, num_images: int = 8, json_out: str | Path | None = None,
-              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False) -> dict:
+              progress: Progress | None = None, ort_provider: str | None = None, profile: bool = False,
+              artifact: str | None = None) -> dict:
     """Latency (p50/p90/p99), throughput, end-to-end time and memory of one artefact, or with
     ``matrix`` of every artefact the bundle holds for ``device`` (with accuracy on
     ``num_images`` images of ``data``); ``ort_provider``: as for :func:`parity`. TensorRT
     results add ``device_split``: input copy, execution and output copies by CUDA events.
     Every result row records ``machine_load`` (how much of the CPUs other processes took
     while it was timed; ``busy`` above 10 %); ``profile`` adds ONNX Runtime's profiler
-    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail)."""
+    breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail).
+    ``artifact``, ``precision``: as for :func:`parity` (not with ``matrix``, which runs them all)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
 
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
+    if matrix and artifact is not None:
+        raise OptionError("--artifact picks one artefact; --matrix runs every artefact of the bundle")
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
-                      iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
-                      profile=profile)
+                      iters=iterations, threads=threads, images=Path(images) if images else None,
+                      ort_device=ort_provider,
+                      profile=profile, artifact=artifact)
     if matrix:
         return run_matrix(bundle, device, data=Path(data) if data else None, accuracy_images=num_images, cfg=cfg,
                           progress=progress, json_out=json_out)
@@ -236,10 +275,12 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
 
 
 def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
-            precision: str = "fp32", device: str = "cpu", *, progress: Progress | None = None, **options) -> dict:
+            precision: str | None = None, device: str = "cpu", *, progress: Progress | None = None,
+            **options) -> dict:
     """Segment images, folders, videos and live sources (camera index, URL, GStreamer
     pipeline, as strings) into ``out`` (``options``: fields of
-    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``); returns the run's summary."""
+    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``, ``artifact``);
+    returns the run's summary."""
     from .predict import predict as run
 
     _ort_provider(options.get("ort_provider"), runtime)
@@ -268,7 +309,7 @@ def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: 
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
-         bench_iters: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
+         bench_iterations: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
          log: Callable[[str], None] = print) -> dict:
     """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
     SynthCity images' and the export's H x W (any size from 64 px); ``num_images``: the SynthCity
@@ -278,10 +319,30 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     from .demo import run_demo as run
 
     _positive(train_iterations, "--train-iterations")
-    _positive(bench_iters, "--bench-iters")
+    _positive(bench_iterations, "--bench-iterations")
     _positive(num_images, "--num-images")
     if not all(MIN_SIDE <= side <= MAX_SIDE for side in shape):  # before anything is written
         raise OptionError(f"--shape {shape[0]}x{shape[1]}: the demo's SynthCity images need {MIN_SIDE} to {MAX_SIDE} "
                           "pixels per side")
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
-                          synth_val=num_images, train_iterations=train_iterations, bench_iters=bench_iters), log=log)
+                          synth_val=num_images, train_iterations=train_iterations,
+                          bench_iters=bench_iterations), log=log)
+
+
+def deploy_checkpoint(checkpoint: str | Path, target: str, data: str | Path, out: str | Path, *,
+                      shape: tuple[int, int] = (512, 1024), dynamic: bool = False, num_images: int = 32,
+                      calib_images: int = 64, method: str = "entropy", iterations: int = 20, seed: int = 0,
+                      log: Callable[[str], None] = print) -> dict:
+    """From a checkpoint (``"shipped"``: the shipped weights) to a verified bundle ``out`` for
+    ``target`` (:data:`fornet_deploy.deploy.TARGETS`: cpu, tensorrt): export, INT8 calibration
+    on ``calib_images`` images of ``data``, TensorRT lint, parity of every artefact and
+    evaluation on ``num_images`` val images, a benchmark of ``iterations`` timed runs per
+    artefact, and ``out/deploy/report.md`` + ``deploy.json``. Returns the summary, with
+    ``passed`` and ``failed`` (the checks that failed)."""
+    from .deploy import DeployConfig, run_deploy
+
+    check_choice(method, CALIBRATION_METHODS, "calibration method")
+    return run_deploy(DeployConfig(checkpoint=Path(checkpoint), target=target, data=Path(data), out=Path(out),
+                                   height=shape[0], width=shape[1], dynamic=dynamic, num_images=num_images,
+                                   calib_images=calib_images, calib_method=method, bench_iterations=iterations,
+                                   seed=seed), log=log)

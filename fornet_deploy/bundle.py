@@ -396,6 +396,12 @@ class Transaction:
     def update(self, **sections: Any) -> None:
         self.manifest.update(sections)
 
+    @property
+    def dropped(self) -> list[str]:
+        """The artefacts the bundle held before this stage that it no longer lists (removed,
+        or stale once :meth:`commit` ran), by name."""
+        return sorted(name for name in self.removed if self.bundle.has(name))
+
     def commit(self) -> list[str]:
         """Drop what this commit makes stale, then journal, rename, manifest; returns the
         names of the artefacts it removed as stale."""

@@ -40,13 +40,19 @@ from .contract import (
     parse_hw,
 )
 from .data.formats import FORMAT_NAMES
+from .deploy import TARGET_NAMES as DEPLOY_TARGETS
 from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
+# Help as click writes it (rich_markup_mode=None): wrapped to the terminal, never cut (rich's
+# panels cut option names and defaults on narrow terminals), flags without a value placeholder,
+# and "[default: ...]" in help texts kept as text rather than read as markup.
 app = typer.Typer(
     help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -61,12 +67,20 @@ Target = Literal[CALIBRATION_TARGETS]
 PackageTarget = Literal[PACKAGE_TARGETS]
 OrtProvider = Literal[ORT_PROVIDERS]
 Tail = Literal[TAILS]
+DeployTargetName = Literal[DEPLOY_TARGETS]
 
 # Options shared by several commands.
 BUNDLE = typer.Option(..., help="deploy bundle folder")
 RUNTIME = typer.Option("ort", help="inference runtime")
 PRECISION = typer.Option("fp32", help="artefact precision")
+RUN_PRECISION = typer.Option(None, help="artefact precision [default: fp32, or the --artifact's]")
+ARTIFACT = typer.Option(None, help="a specific file of the bundle, e.g. model.onnx where a CPU runs model.cpu.onnx "
+                                   "[default: the format table's choice]")
 DEVICE = typer.Option("cpu", help="where to run")
+RUN_DEVICE = typer.Option(None, help="where to run [default: cpu; cuda for --runtime trt]")
+FP16 = typer.Option(False, "--fp16", help="shorthand for --precision fp16")
+INT8 = typer.Option(False, "--int8", help="shorthand for --precision int8")
+FP32 = typer.Option(False, "--fp32", help="shorthand for --precision fp32")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
 SPLIT = typer.Option("val", help="dataset split")
@@ -87,7 +101,9 @@ def main() -> None:
     """Console entry point: every failure a user can cause is one line and an exit code."""
     click_error = _clicks_exception_base()
     try:
-        code = app(standalone_mode=False)
+        command = typer.main.get_command(app)
+        refuse_flag_values(command, sys.argv[1:])
+        code = command(standalone_mode=False)
     except FornetError as exc:
         # escape: messages hold literal brackets such as 'fornet-deploy[tensorrt]'
         _error(str(exc))
@@ -111,6 +127,23 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+# What a value given to a flag looks like (`--mask true`): click would read it as the next
+# positional argument, e.g. an input of `predict` named "true", or camera 0 for `--mask 0`.
+BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n", "t", "f", "1", "0"})
+
+
+def refuse_flag_values(group, argv: list[str]) -> None:
+    """A flag followed by a yes/no word is a usage error, before anything runs."""
+    name = next((arg for arg in argv if arg in group.commands), None)
+    if name is None:
+        return
+    flags = {opt for param in group.commands[name].params if getattr(param, "is_flag", False) for opt in param.opts}
+    for flag, value in zip(argv, argv[1:]):
+        if flag in flags and value.lower() in BOOL_WORDS:
+            raise OptionError(f"{flag} is a flag and takes no value: write {flag} alone "
+                              f"(the {value!r} after it would be read as an argument)")
+
+
 def _error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", markup=True, highlight=False)
 
@@ -127,9 +160,18 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson)."""
 
 
+LOG_EVERY_S = 10.0  # without a terminal: the least time between two progress lines
+
+
 @contextlib.contextmanager
 def bar(description: str, total: int | None = None) -> Iterator:
-    """A rich progress bar; yields ``update(done, total=None, note="")``."""
+    """A rich progress bar; yields ``update(done, total=None, note="")``. Where stderr is no
+    terminal (CI logs, pipes), a line instead: one when the stage ends, and one every
+    :data:`LOG_EVERY_S` seconds while it runs."""
+    if not err_console.is_terminal:
+        with progress_lines(description, total) as update:
+            yield update
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
     # stderr keeps stdout for results; transient: the bar is gone once the command prints them
@@ -143,17 +185,64 @@ def bar(description: str, total: int | None = None) -> Iterator:
         yield update
 
 
+@contextlib.contextmanager
+def progress_lines(description: str, total: int | None = None) -> Iterator:
+    """:func:`bar` without a terminal: ``description: done/total note`` lines on stderr."""
+    import time
+
+    start = last = time.monotonic()
+    state = {"done": 0, "total": total, "note": ""}
+
+    def line(elapsed: float) -> str:
+        count = f"{state['done']}/{state['total']}" if state["total"] else str(state["done"])
+        return f"{description}: {count} in {elapsed:.1f} s" + (f" ({state['note']})" if state["note"] else "")
+
+    def update(done: int, total: int | None = None, note: str = "") -> None:
+        nonlocal last
+        state.update(done=done, note=note, total=total if total is not None else state["total"])
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S:
+            last = now
+            err_console.print(line(now - start), markup=False, highlight=False)
+
+    yield update
+    err_console.print(line(time.monotonic() - start) + ", done", markup=False, highlight=False)
+
+
 def _shape(text: Optional[str], option: str = "--shape") -> tuple[int, int] | None:
     return parse_hw(text, option) if text is not None else None
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    """A rich table that never cuts a value: the first column (the names rows are found by)
+    keeps its width, the others wrap at spaces (:func:`column_widths`)."""
+    cells = [[_fmt(v) for v in r] for r in rows]
+    widths = column_widths([[c, *(r[i] for r in cells)] for i, c in enumerate(columns)], console.width)
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[_fmt(v) for v in r])
+    for i, c in enumerate(columns):
+        table.add_column(c, no_wrap=i == 0, overflow="fold", width=widths[i] if widths else None)
+    for r in cells:
+        table.add_row(*r)
     console.print(table)
+
+
+def column_widths(texts: list[list[str]], terminal: int) -> list[int] | None:
+    """Column widths (``texts``: each column's header and cells) for a table on ``terminal``
+    columns: None when every text fits on one line (rich sizes it); else the first column's
+    full width and every other column its longest word plus a share of what is left, in
+    proportion to what it needs for one line, so that no word is split; None where even
+    that does not fit (rich folds long words then, it never cuts them)."""
+    room = terminal - 3 * len(texts) - 1  # a border and two spaces of padding a column
+    natural = [max(len(t) for t in column) for column in texts]
+    if sum(natural) <= room:
+        return None
+    least = [natural[0]] + [max(len(w) for t in column for w in t.split() or [""]) for column in texts[1:]]
+    spare = room - sum(least)
+    if spare < 0:
+        return None
+    wants = [n - m for n, m in zip(natural, least)]
+    shares = [spare * w // max(sum(wants), 1) for w in wants]
+    return [m + s for m, s in zip(least, shares)]
 
 
 def _fmt(v) -> str:
@@ -177,7 +266,8 @@ def _write_json(path: Optional[Path], data: dict) -> None:
 
 @app.command()
 def info(
-    checkpoint: Optional[Path] = typer.Option(None, help="FoR-Net checkpoint (.safetensors); default config if omitted"),
+    checkpoint: Optional[Path] = typer.Option(None, help="FoR-Net checkpoint (.safetensors; 'shipped': the shipped "
+                                                         "weights); default config if omitted"),
     shape: str = typer.Option("1024x2048", metavar="HxW", help="input HxW for the FLOP count"),
     json_out: Optional[Path] = JSON_OUT,
 ):
@@ -217,7 +307,8 @@ def train_cmd(
     train_split: str = typer.Option("train", help="split(s) to train on, e.g. train+val"),
     val_split: str = typer.Option("val", help="split to validate on"),
     iterations: int = typer.Option(2000, min=1),
-    batch_size: int = typer.Option(8, min=1, help="per process"),
+    batch: Optional[int] = typer.Option(None, min=1, help="images per step and process [default: 8]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, hidden=True),  # the old spelling
     shape: str = typer.Option("256x256", metavar="HxW", help="training crop HxW"),
     lr: float = typer.Option(4e-3, min=0.0, help="peak learning rate"),
     optimizer: Literal["adamw", "sgd"] = typer.Option("adamw"),
@@ -236,9 +327,10 @@ def train_cmd(
     from .api import train_model as train
 
     crop_h, crop_w = _shape(shape)
+    batch = _renamed(batch, batch_size, "--batch", "--batch-size") or 8
     with bar("train", total=iterations) as update:
         summary = train(data, out, resume=resume, focus=focus, topk_ratio=topk_ratio, iterations=iterations,
-                        batch_size=batch_size, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
+                        batch_size=batch, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
                         loss=loss, selector_loss_weight=selector_loss_weight, val_interval=val_interval, seed=seed,
                         device=device, amp=not no_amp, format=data_format, train_split=train_split,
                         val_split=val_split,
@@ -258,7 +350,8 @@ def train_cmd(
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors)"),
+    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors); 'shipped': the SynthCity weights "
+                                              "shipped in the package"),
     out: Path = typer.Option(..., help="bundle folder to create or update"),
     shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW, any size (padded to a multiple "
                                                              "of 32 in the graph, outputs cropped back)"),
@@ -281,31 +374,94 @@ def export(
 
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
                   opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
-                  tail=tail, labels=labels)
+                  tail=tail, labels=labels, log=lambda line: console.print(escape(line)))
     print_table(f"bundle {out}", ["artefact", "precision", "sha256", "bytes"],
                 [[name, e["precision"], e["sha256"][:12], e["bytes"]] for name, e in entries.items()])
     _write_json(json_out, entries)
 
 
 @app.command()
+def inspect(
+    bundle: Path = typer.Argument(..., help="deploy bundle folder"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """What a bundle holds: artefacts, their lineage, inputs and outputs, label set, sizes, parity reports."""
+    from .api import inspect_bundle
+
+    found = inspect_bundle(bundle)
+    export, labels = found["export"], found["labels"]
+    dynamic = " (dynamic batch, height and width)" if export["dynamic"] else ""
+    print_table(f"bundle {bundle}", ["field", "value"], [
+        ["export shape", f"{export['batch']}x3x{export['height']}x{export['width']}{dynamic}"],
+        ["Top-K", f"{found['topk']['focus']} {found['topk']['ratio']} ({found['topk']['mode']})"],
+        ["labels", f"{labels['name']}: {len(labels['classes'])} classes ({', '.join(labels['classes'][:6])}"
+                   f"{', ...' if len(labels['classes']) > 6 else ''})"],
+        ["thin classes", ", ".join(labels["thin"]) or "-"],
+        ["total size", f"{found['total_bytes'] / 1e6:.1f} MB"],
+    ])
+    print_table("artefacts", ["artefact", "kind", "precision", "made from", "MB", "sha256", "status"],
+                [[a["name"], a["kind"], a["precision"], a["source"], f"{(a['bytes'] or 0) / 1e6:.2f}",
+                  (a["sha256"] or "")[:12], a["status"]] for a in found["artifacts"]])
+    print_table("inputs and outputs", ["artefact", "tensor", "", "dtype", "shape"],
+                [[a["name"], t["name"], direction, t["dtype"], t["shape"]] for a in found["artifacts"]
+                 for direction, tensors in (("in", a["inputs"]), ("out", a["outputs"])) for t in tensors])
+    if found["parity_reports"]:
+        print_table("parity reports", ["folder", "passed", "describes the artefacts"],
+                    [[r["folder"], r["passed"], "yes" if r["current"] else "no (stale: run parity again)"]
+                     for r in found["parity_reports"]])
+    _write_json(json_out, found)
+
+
+LINT_TOP = 10  # findings listed without --all (blockers first)
+SEVERITY_ORDER = {"blocker": 0, "warning": 1, "info": 2}
+
+
+@app.command()
 def lint(
-    model: Path = typer.Argument(..., help="ONNX file"),
+    model: Path = typer.Argument(..., help="ONNX file, or a bundle folder (its graphs TensorRT builds from)"),
     target: Literal["tensorrt"] = typer.Option("tensorrt", help="deployment target"),
+    show_all: bool = typer.Option(False, "--all", help=f"list every finding [default: counts per check and the "
+                                                        f"first {LINT_TOP}, blockers first]"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """List what the TensorRT ONNX parser will reject or handle badly (exit 1 on blockers)."""
     from .api import lint as run
 
-    report = run(model, target)
-    if report["findings"]:
-        print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
-                    [[f["severity"], f["check"], f["node"], f["message"]] for f in report["findings"]])
-    if report["counts"]:
-        console.print("per check: " + ", ".join(f"{check} {count}" for check, count in report["counts"].items()))
-    console.print(f"{'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, {report['warnings']} warnings")
-    _write_json(json_out, report)
-    if not report["passed"]:
+    result = run(model, target)
+    reports = result["graphs"] if "graphs" in result else {model.name: result}
+    if "graphs" in result:
+        print_table(f"{model}: the graphs TensorRT builds from ({target})",
+                    ["graph", "blockers", "warnings", "findings per check", "verdict"],
+                    [[name, r["blockers"], r["warnings"], ", ".join(f"{c} {n}" for c, n in r["counts"].items()) or "-",
+                      "PASS" if r["passed"] else "FAIL"] for name, r in reports.items()])
+    for name, report in reports.items():
+        _print_lint(name, report, target, show_all, detailed="graphs" not in result or show_all)
+    _write_json(json_out, result)
+    if not result["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _print_lint(name: str, report: dict, target: str, show_all: bool, detailed: bool) -> None:
+    """One graph's lint: counts per check and the first findings (all with ``show_all``)."""
+    if report.get("not_for_target"):
+        console.print(f"NOT LINTED: {report['not_for_target']}", highlight=False, markup=False)
+        return
+    findings = sorted(report["findings"], key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
+    if detailed and findings:
+        checks: dict[str, list[dict]] = {}
+        for f in findings:
+            checks.setdefault(f["check"], []).append(f)
+        print_table(f"{name} ({target}): findings per check", ["check", "severity", "findings", "first node"],
+                    [[check, found[0]["severity"], len(found), found[0]["node"]] for check, found in checks.items()])
+        shown = findings if show_all else findings[:LINT_TOP]
+        console.print(f"{name}: {'every finding' if show_all else 'the first findings'}", style="bold")
+        for f in shown:  # lines, not a table: long node names would squeeze the messages
+            console.print(f"- {f['severity']} {f['check']} at {f['node']}: {f['message']}", highlight=False,
+                          markup=False)
+        if len(shown) < len(findings):
+            console.print(f"{len(findings) - len(shown)} more findings: --all lists them", highlight=False)
+    console.print(f"{name}: {'PASS' if report['passed'] else 'FAIL'}: {report['blockers']} blockers, "
+                  f"{report['warnings']} warnings", highlight=False, markup=False)
 
 
 @app.command()
@@ -324,7 +480,6 @@ def calibrate(
     (class-balanced from a labelled dataset; selector kept FP32); the ranges are measured once
     per image set and method and shared by both targets."""
     from .api import calibrate as run
-    from .contract import ONNX_INT8_CPU, ONNX_INT8_QDQ
 
     with bar(f"calibrate {method} -> {target}") as update:
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
@@ -333,8 +488,8 @@ def calibrate(
     ranges, resized = calibration["ranges"], calibration["resized"]
     how = ("cached in the bundle" if ranges["cached"]
            else f"collected in {ranges['total_s']:.1f} s on {ranges['device']}")
-    print_table(f"INT8 ({target}) from {entry['source']}", ["field", "value"], [
-        ["file", ONNX_INT8_QDQ if target == "tensorrt" else ONNX_INT8_CPU], ["method", entry["method"]],
+    print_table(f"INT8 ({target}): {entry['artifact']} from {entry['source']}", ["field", "value"], [
+        ["artefact", entry["artifact"]], ["method", entry["method"]],
         ["images", f"{calibration['num_images']} from {calibration['source']['kind']} {calibration['source']['path']} "
                    f"({calibration['source']['selection']})"],
         ["network input", "x".join(map(str, calibration["network_size"]))
@@ -346,12 +501,30 @@ def calibrate(
     _write_json(json_out, entry)
 
 
-def _build_precision(precision: Optional[str], fp16: bool, int8: bool, fp32: bool) -> str:
+def _precision(command: str, precision: Optional[str], fp16: bool, int8: bool, fp32: bool,
+               required: bool = False) -> Optional[str]:
+    """``--precision P`` or its shorthand ``--fp16`` / ``--int8`` / ``--fp32`` (one of them)."""
     flags = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if on]
     chosen = set(flags) | ({precision} if precision else set())
-    if len(chosen) != 1:
-        raise OptionError("build-trt: choose one precision: --fp16, --int8, --fp32 or --precision fp32|fp16|int8")
-    return chosen.pop()
+    if len(chosen) > 1 or (required and not chosen):
+        raise OptionError(f"{command}: choose one precision: --fp16, --int8, --fp32 or --precision fp32|fp16|int8")
+    return chosen.pop() if chosen else None
+
+
+def _device(device: Optional[str], runtime: str) -> str:
+    """``--device``, else the runtime's own (TensorRT runs on a GPU: cuda)."""
+    from .contract import default_device
+
+    return device or default_device(runtime)
+
+
+def _renamed(value, old_value, new: str, old: str):
+    """An option's value where its old spelling (a hidden alias) may have been given instead."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise OptionError(f"give {new} once ({old} is its old spelling)")
+    return old_value
 
 
 @app.command("build-trt")
@@ -379,7 +552,8 @@ def build_trt(
     """Build a TensorRT engine from the bundle's graph of the chosen precision."""
     from .api import build_engine
 
-    meta = build_engine(bundle, _build_precision(precision, fp16, int8, fp32), shape=_shape(shape),
+    precision = _precision("build-trt", precision, fp16, int8, fp32, required=True)
+    meta = build_engine(bundle, precision, shape=_shape(shape),
                         min_shape=_shape(min_shape, "--min-shape"), max_shape=_shape(max_shape, "--max-shape"),
                         batch=batch, min_batch=min_batch, max_batch=max_batch, workspace_mb=workspace,
                         timing_cache=timing_cache, dla_core=dla_core, legacy_calibrator=legacy_calibrator,
@@ -392,55 +566,43 @@ def build_trt(
 # --------------------------------------------------------------------------- verification
 
 
-def _off_k(summary: dict) -> str | None:
-    selection = summary.get("topk_selection")
-    if selection is None:
-        return None
-    return f"{selection['images_over_k'] + selection['images_under_k']} (extra cells {selection['extra_cells']})"
-
-
-def _check(summary: dict, key: str) -> str:
-    if key not in summary["checks"]:
-        return ""
-    return "ok" if summary["checks"][key] else "FAIL"
-
-
 @app.command()
 def parity(
     bundle: Path = BUNDLE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
-    device: Device = DEVICE,
+    precision: Optional[Precision] = RUN_PRECISION,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
+    artifact: Optional[str] = typer.Option(None, help="check this file of the bundle only [default: every artefact "
+                                                      "for the runtime, precision and device]"),
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
     split: str = SPLIT,
     num_images: Optional[int] = typer.Option(None, min=1, help="at most this many images (default: all; 8 synthetic)"),
+    atol: Optional[float] = typer.Option(None, min=0.0, help="max |logit diff| away from near-tie Top-K swaps "
+                                                             "[default: 1e-3 for fp32, unchecked for fp16 / int8]"),
+    min_argmax_agreement: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="least share of pixels with "
+                                                         "the reference's label [default: the precision's]"),
+    min_mask_agreement: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="least share of Top-K cells "
+                                                       "decided as the reference [default: the precision's]"),
     out: Optional[Path] = typer.Option(None, help="report folder (default BUNDLE/parity/RUNTIME-PRECISION)"),
     ort_provider: Optional[OrtProvider] = ORT_PROVIDER,
     json_out: Optional[Path] = JSON_OUT,
 ):
-    """Compare an artefact with the PyTorch FP32 reference (exit 1 when parity fails)."""
+    """Compare the bundle's artefacts with the PyTorch FP32 reference (exit 1 when any fails)."""
     from .api import parity as run
+    from .evaluation.parity import PARITY_LEGEND, parity_table, verdict_line
 
-    with bar(f"parity {runtime} {precision}") as update:
+    precision, device = _precision("parity", precision, fp16, int8, fp32), _device(device, runtime)
+    with bar(f"parity {runtime} {precision or ''}".strip()) as update:
         report = run(bundle, runtime, precision, device, data, split=split, num_images=num_images, out=out,
-                     json_out=json_out, progress=update, ort_provider=ort_provider)
-    s = report["summary"]
-    which = f" ({', '.join(s['logits_compared'])})" if s["logits_compared"] else ""
-    print_table(f"parity: {runtime} {precision} vs torch fp32 (exact Top-K)", ["metric", "value", "check"], [
-        ["images", s["images"], ""],
-        [f"max |logit diff|{which}", s["max_abs_logit"], ""],
-        ["  away from near-tie Top-K swaps", s["max_abs_logit_outside_ties"], _check(s, "max_abs_logit")],
-        ["near-tie Top-K swaps (cells)", s["near_tie_cells"], ""],
-        [f"mean |logit diff|{which}", s["mean_abs_logit"], ""],
-        ["argmax agreement", s["argmax_agreement"], _check(s, "argmax_agreement")],
-        ["Top-K mask agreement", s["mask_agreement"], _check(s, "mask_agreement")],
-        ["images with identical mask", s["mask_identical_images"], ""],
-        ["images off k (Top-K cells)", _off_k(s), _check(s, "topk_count")],
-        ["agreement mIoU", s["agreement_miou"], ""],
-    ])
-    failed = ", ".join(check for check, ok in s["checks"].items() if not ok)
-    console.print(f"{'PASS' if s['passed'] else 'FAIL: ' + failed}; report {report['report_path']}")
-    if not s["passed"]:
+                     json_out=json_out, progress=update, ort_provider=ort_provider, artifact=artifact, atol=atol,
+                     min_argmax_agreement=min_argmax_agreement, min_mask_agreement=min_mask_agreement)
+    print_table(*parity_table(report))
+    console.print(PARITY_LEGEND, style="dim", highlight=False)
+    console.print(verdict_line(report), highlight=False)
+    if not report["summary"]["passed"]:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
@@ -449,8 +611,12 @@ def eval_cmd(
     bundle: Path = BUNDLE,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
-    device: Device = DEVICE,
+    precision: Optional[Precision] = RUN_PRECISION,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
+    artifact: Optional[str] = ARTIFACT,
     split: str = SPLIT,
     num_images: Optional[int] = NUM_IMAGES,
     boundary_width: int = typer.Option(3, min=1, max=64, help="boundary band half-width in pixels"),
@@ -460,12 +626,16 @@ def eval_cmd(
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact."""
     from .api import evaluate
 
-    with bar(f"eval {runtime} {precision}") as update:
+    precision, device = _precision("eval", precision, fp16, int8, fp32), _device(device, runtime)
+    with bar(f"eval {runtime} {precision or ''}".strip()) as update:
         result = evaluate(bundle, data, runtime, precision, device, split=split, num_images=num_images,
-                          boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider)
+                          boundary_width=boundary_width, json_out=json_out, progress=update, ort_provider=ort_provider,
+                          artifact=artifact)
     print_table("per-class IoU", ["class", "IoU", "boundary IoU"],
                 [[c, v, result["boundary_iou_per_class"].get(c)] for c, v in result["iou_per_class"].items()])
-    print_table(f"{runtime} {precision} on {split}", ["metric", "value"], [
+    runner = result["runner"]
+    print_table(f"{runtime} {runner['precision']} ({Path(runner['artifact'] or '-').name}) on {split}",
+                ["metric", "value"], [
         ["mIoU", result["miou"]], ["boundary IoU", result["boundary_iou"]], ["thin-structure IoU", result["thin_iou"]],
         ["pixel accuracy", result["pixel_accuracy"]], ["Top-K coverage of boundaries", result["topk_coverage_boundary"]],
         ["Top-K coverage of errors", result["topk_coverage_errors"]], ["images", result["num_images"]],
@@ -477,13 +647,18 @@ def eval_cmd(
 @app.command()
 def bench(
     bundle: Path = BUNDLE,
-    device: Device = DEVICE,
+    device: Optional[Device] = RUN_DEVICE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: Optional[Precision] = RUN_PRECISION,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="input HxW (default: the export shape)"),
     batch: int = typer.Option(1, min=1),
-    warmup: int = typer.Option(10, min=0),
-    iters: int = typer.Option(50, min=1),
+    warmup: int = typer.Option(10, min=0, help="untimed iterations first"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations [default: 50]"),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, hidden=True),  # the old spelling
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime"),
     images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
@@ -496,15 +671,20 @@ def bench(
 ):
     """Latency (p50/p90/p99), throughput, end-to-end time and memory; --matrix compares every artefact."""
     from .api import benchmark
-    from .bench.tables import bench_rows, busy_line, machine_line, profile_tables
+    from .bench.tables import bench_rows, busy_line, machine_line, matrix_notes, profile_tables
 
-    with bar("bench matrix" if matrix else f"bench {runtime} {precision}") as update:
+    precision, device = _precision("bench", precision, fp16, int8, fp32), _device(device, runtime)
+    iterations = _renamed(iterations, iters, "--iterations", "--iters") or 50
+    with bar("bench matrix" if matrix else f"bench {runtime} {precision or ''}".strip()) as update:
         result = benchmark(bundle, runtime, precision, device, shape=_shape(shape), batch=batch, warmup=warmup,
-                           iters=iters, threads=threads, images=images, matrix=matrix, data=data,
+                           iterations=iterations, threads=threads, images=images, matrix=matrix, data=data,
                            num_images=num_images, json_out=json_out, progress=update, ort_provider=ort_provider,
-                           profile=profile)
+                           profile=profile, artifact=artifact)
     columns, rows = bench_rows(result)
-    print_table(f"benchmark on {machine_line(result['machine'])}", columns, rows)
+    ran = "" if matrix else f" of {result['artifact']} ({result['runtime']} {result['precision']})"
+    print_table(f"benchmark{ran} on {machine_line(result['machine'])}", columns, rows)
+    for note in matrix_notes(result) if matrix else []:
+        console.print(escape(note))
     for title, columns, rows in profile_tables(result):
         print_table(title, columns, rows)
     if (busy := busy_line(result)) is not None:
@@ -520,8 +700,12 @@ def predict(
     bundle: Path = BUNDLE,
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
-    device: Device = DEVICE,
+    precision: Optional[Precision] = RUN_PRECISION,
+    fp16: bool = FP16,
+    int8: bool = INT8,
+    fp32: bool = FP32,
+    device: Optional[Device] = RUN_DEVICE,
+    artifact: Optional[str] = ARTIFACT,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="network input HxW (images are resized, predictions resized back)"),
     importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
     mask: bool = typer.Option(False, "--mask", help="also write the Top-K mask picture"),
@@ -534,10 +718,11 @@ def predict(
     """Segment images, folders, videos and live sources: label maps, colour overlays, and what FoR-Net focused on."""
     from .api import predict_files as run
 
+    precision, device = _precision("predict", precision, fp16, int8, fp32), _device(device, runtime)
     with bar("predict") as update:
         summary = run(bundle, inputs, out, runtime, precision, device, progress=update, shape=_shape(shape),
                       importance=importance, mask=mask, label_ids=label_ids, video_every=video_every,
-                      max_frames=max_frames, ort_provider=ort_provider)
+                      max_frames=max_frames, ort_provider=ort_provider, artifact=artifact)
     for note in summary.get("notes", []):
         console.print(note)
     reasons = {"end": "the source ended", "max_frames": "--max-frames"}  # else the signal's name
@@ -591,22 +776,72 @@ def package_cmd(
 
 
 @app.command()
+def deploy(
+    checkpoint: Path = typer.Option(..., help="FoR-Net checkpoint (.safetensors); 'shipped': the shipped weights"),
+    target: DeployTargetName = typer.Option(..., help="what the bundle is for: cpu (ONNX Runtime FP32 + U8S8) or "
+                                                  "tensorrt (the FP32 / FP16 / INT8 Q/DQ graphs build-trt takes)"),
+    data: Path = typer.Option(..., help="images to calibrate on and check with (any dataset layout; a labelled "
+                                        "one adds the mIoU)"),
+    out: Path = typer.Option(..., help="bundle folder to create or update"),
+    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
+    num_images: int = typer.Option(32, min=1, help="val images for parity and evaluation"),
+    calib_images: int = typer.Option(64, min=1, help="calibration images"),
+    method: Method = typer.Option("entropy", help="calibration method"),
+    iterations: int = typer.Option(20, min=1, help="timed iterations per artefact in the benchmark"),
+    seed: int = typer.Option(0, min=0, help="seed of the calibration-image selection"),
+    json_out: Optional[Path] = JSON_OUT,
+):
+    """Checkpoint to verified bundle in one command: export, calibrate, lint, parity of every artefact, eval,
+    bench, one report (exit 1 when a check fails)."""
+    from .api import deploy_checkpoint
+    from .bench.tables import bench_rows, machine_line
+    from .evaluation.parity import parity_table
+    from .io import read_json
+
+    summary = deploy_checkpoint(checkpoint, target, data, out, shape=_shape(shape), dynamic=dynamic,
+                                num_images=num_images, calib_images=calib_images, method=method,
+                                iterations=iterations, seed=seed,
+                                log=lambda line: console.print(f"[bold cyan]deploy[/] {escape(line)}"))
+    if summary["lint"]:
+        print_table("TensorRT lint", ["graph", "blockers", "warnings", "verdict"],
+                    [[name, r["blockers"], r["warnings"], "PASS" if r["passed"] else "FAIL"]
+                     for name, r in summary["lint"].items()])
+    for report_path in summary["parity_reports"].values():
+        print_table(*parity_table(read_json(report_path, "parity report")))
+    if summary["evaluation"]:
+        print_table("accuracy", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
+                    [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in summary["evaluation"].items()])
+    print_table(f"benchmark on {machine_line(summary['bench']['machine'])}", *bench_rows(summary["bench"]))
+    for note in summary["notes"]:
+        console.print(escape(note))
+    _write_json(json_out, summary)
+    verdict = "PASS" if summary["passed"] else "FAIL: " + "; ".join(summary["failed"])
+    console.print(f"{verdict}; report {summary['report']}", highlight=False, markup=False)
+    if not summary["passed"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("fornet-demo"), help="output folder for data, bundle, results and report"),
     weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
-    bench_iters: int = typer.Option(20, min=1, help="timed iterations per artefact"),
+    bench_iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations per artefact [default: 20]"),
+    bench_iters: Optional[int] = typer.Option(None, "--bench-iters", min=1, hidden=True),  # the old spelling
     shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (multiples of 32)"),
     num_images: int = typer.Option(50, min=1, help="SynthCity val images for parity and evaluation"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
     from .api import run_demo as run
 
-    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters, shape=_shape(shape),
-                 num_images=num_images, log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+    bench_iterations = _renamed(bench_iterations, bench_iters, "--bench-iterations", "--bench-iters") or 20
+    result = run(out, weights, train_iterations=train_iterations, bench_iterations=bench_iterations,
+                 shape=_shape(shape), num_images=num_images,
+                 log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
-                [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
-                 for p, s in result["parity"].items()])
+                [[name, s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
+                 for name, s in result["parity"].items()])
     print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
     console.print(f"report: {result['report']}")

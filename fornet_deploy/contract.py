@@ -80,6 +80,12 @@ PARITY_DIR = "parity"
 
 # The SynthCity weights shipped inside the package (package data, so `pip install .` has them).
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fornet_synthcity.safetensors"
+SHIPPED = "shipped"  # what `--checkpoint shipped` means: SHIPPED_WEIGHTS (a file named so: ./shipped)
+
+
+def checkpoint_path(checkpoint: str | Path) -> Path:
+    """A checkpoint argument as a path: the word ``shipped`` is :data:`SHIPPED_WEIGHTS`."""
+    return SHIPPED_WEIGHTS if str(checkpoint) == SHIPPED else Path(checkpoint)
 
 # --- formats --------------------------------------------------------------------------
 
@@ -151,9 +157,19 @@ def formats_for(runtime: str, precision: str, device: str | None = None) -> list
         check_choice(device, DEVICES, "device")
     found = [f for f in FORMATS if f.runtime == runtime and f.precision == precision
              and (device is None or device in f.devices)]
-    if not found:
-        raise FornetError(f"{runtime} {precision} does not run on {device}")
+    if not found:  # a usage error: the table says where each runtime and precision runs
+        where = sorted({d for f in FORMATS if f.runtime == runtime and f.precision == precision for d in f.devices},
+                       key=DEVICES.index)
+        raise OptionError(f"--runtime {runtime} --precision {precision} does not run on --device {device} "
+                          f"(use --device {' or '.join(where)})")
     return found
+
+
+def default_device(runtime: str) -> str:
+    """The device a run of ``runtime`` takes when none is given: the CPU where the runtime
+    runs there, else CUDA (TensorRT)."""
+    check_choice(runtime, RUNTIMES, "runtime")
+    return "cpu" if any("cpu" in f.devices for f in FORMATS if f.runtime == runtime) else "cuda"
 
 
 def onnx_graph(precision: str) -> Format:

@@ -75,6 +75,14 @@ def now_iso() -> str:
 # --- atomic writes ----------------------------------------------------------------------
 
 
+def give_plain_file_mode(path: str | Path) -> None:
+    """The permissions a plain ``open()`` gives a new file (0666 less the umask): mkstemp
+    makes 0600 files, and a file written through one must not end up private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
@@ -89,10 +97,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600 files; give the artefact the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        give_plain_file_mode(tmp_path)
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:

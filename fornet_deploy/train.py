@@ -138,8 +138,12 @@ class TrainConfig:
             raise OptionError(f"model must be a FoRNetConfig, got {type(self.model).__name__}")
 
 
+# Fields whose command-line option is spelled otherwise (one spelling per concept: --batch).
+OPTION_NAMES = {"batch_size": "--batch"}
+
+
 def _check_number(name: str, value, least: float, most: float | None = None, integer: bool = False) -> None:
-    option = "--" + name.replace("_", "-")
+    option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < least \
             or (most is not None and value > most):

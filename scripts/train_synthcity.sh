@@ -9,7 +9,7 @@ ITERATIONS=${ITERATIONS:-1000}
 SHIP=${SHIP:-fornet_deploy/weights/fornet_synthcity.safetensors}  # where the final weights are copied
 fornet-deploy synthcity --out "$DATA" --train 300 --val 50 --shape 256x512 --seed 0
 start=$(date +%s)
-fornet-deploy train --data "$DATA" --out "$OUT" --iterations "$ITERATIONS" --batch-size 8 --shape 256x256 \
+fornet-deploy train --data "$DATA" --out "$OUT" --iterations "$ITERATIONS" --batch 8 --shape 256x256 \
     --val-interval 250 --seed 0 --device cpu
 echo "training wall time: $(( $(date +%s) - start )) s"
 mkdir -p "$(dirname "$SHIP")"

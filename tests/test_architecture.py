@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("calibration",),
     ("build",),
     ("train", "bench", "predict", "package"),
+    ("deploy",),
     ("demo",),
     ("api",),
     ("cli", "__init__"),

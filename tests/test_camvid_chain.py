@@ -32,7 +32,7 @@ def camvid_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
         "--shape", "90x120", "--seed", "5")
     # 60 iterations (~30 s): enough for a selector whose Top-K is not a coin toss between
     # near-equal scores, so reduced precision passes parity as it does on a trained model
-    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "60", "--batch-size", "4",
+    _ok("train", "--data", str(data), "--out", str(run), "--iterations", "60", "--batch", "4",
         "--shape", "64x96", "--val-interval", "60", "--train-split", "train+val", "--val-split", "test",
         "--device", "cpu", "--json", str(root / "train.json"))
     assert json.loads((root / "train.json").read_text())["iterations"] == 60
@@ -80,7 +80,7 @@ def test_predict_bench_package_on_the_camvid_bundle(camvid_bundle):
     colours = cv2.imread(str(root / "pred" / "big_color.png"))[..., ::-1].reshape(-1, 3)
     assert colours.shape[0] == 720 * 960
     assert {tuple(c) for c in np.unique(colours, axis=0)} <= set(CAMVID.palette) | {(0, 0, 0)}
-    _ok("bench", "--bundle", str(bundle), "--iters", "2", "--warmup", "1")
+    _ok("bench", "--bundle", str(bundle), "--iterations", "2", "--warmup", "1")
     _ok("package", "--bundle", str(bundle), "--target", "triton", "--out", str(root / "triton"), "--device", "cpu")
     config = next((root / "triton").rglob("config.pbtxt")).read_text()
     assert ",".join(CAMVID.classes) in config

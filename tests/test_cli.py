@@ -92,7 +92,7 @@ def test_usage_and_input_errors_have_their_own_exit_codes(tmp_path, tiny_bundle)
     from fornet_deploy.errors import ExitCode
 
     assert run_cli("export", "--bogus").returncode == ExitCode.USAGE
-    assert run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "0").returncode == ExitCode.USAGE
+    assert run_cli("bench", "--bundle", str(tiny_bundle), "--iterations", "0").returncode == ExitCode.USAGE
     assert run_cli("bench", "--bundle", str(tmp_path / "none")).returncode == ExitCode.INPUT
     missing_gpu = run_cli("bench", "--bundle", str(tiny_bundle), "--device", "cuda")
     assert missing_gpu.returncode == ExitCode.NO_HARDWARE, missing_gpu.stderr
@@ -147,7 +147,7 @@ def test_export_tail_and_bench_profile(tmp_path, tiny_checkpoint):
     assert "model.cpu.onnx" in result.stdout
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["artifacts"]["model.cpu.onnx"]["tail"] == "nearest"
-    result = run_cli("bench", "--bundle", str(tmp_path / "b"), "--iters", "2", "--warmup", "1", "--threads", "1",
+    result = run_cli("bench", "--bundle", str(tmp_path / "b"), "--iterations", "2", "--warmup", "1", "--threads", "1",
                      "--profile", "--json", str(tmp_path / "bench.json"))
     assert result.returncode == 0, result.stderr
     assert "model.cpu.onnx by scope" in result.stdout and "model.cpu.onnx by op type" in result.stdout

@@ -59,7 +59,7 @@ def test_train_then_export_the_trained_checkpoint(tmp_path, tiny_data):
     from fornet_deploy.bundle import Bundle
 
     run = tmp_path / "run"
-    stdout = ok(run_cli("train", "--data", str(tiny_data), "--out", str(run), "--iterations", "2", "--batch-size", "2",
+    stdout = ok(run_cli("train", "--data", str(tiny_data), "--out", str(run), "--iterations", "2", "--batch", "2",
                         "--shape", "64x64", "--val-interval", "2", "--device", "cpu",
                         "--json", str(tmp_path / "train.json")))
     summary = json.loads((tmp_path / "train.json").read_text())
@@ -100,11 +100,11 @@ def test_eval(tmp_path, tiny_bundle, tiny_data):
         assert row(stdout, label)[1] == _fmt(result[key]), label
     road = result["iou_per_class"]["road"]
     assert row(stdout, "road")[1:] == [_fmt(road), _fmt(result["boundary_iou_per_class"]["road"])]
-    assert "ort fp32 on val" in stdout and f"JSON written to {tmp_path / 'eval.json'}" in stdout
+    assert "ort fp32 (model.cpu.onnx) on val" in stdout and f"JSON written to {tmp_path / 'eval.json'}" in stdout
 
 
 def test_bench_matrix(tmp_path, tiny_bundle, tiny_data):
-    stdout = ok(run_cli("bench", "--bundle", str(tiny_bundle), "--matrix", "--iters", "2", "--warmup", "0",
+    stdout = ok(run_cli("bench", "--bundle", str(tiny_bundle), "--matrix", "--iterations", "2", "--warmup", "0",
                         "--threads", "1", "--data", str(tiny_data), "--num-images", "1",
                         "--json", str(tmp_path / "bench.json")))
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -112,8 +112,7 @@ def test_bench_matrix(tmp_path, tiny_bundle, tiny_data):
     assert {(r["runtime"], r["precision"]) for r in measured} == {("torch", "fp32"), ("ort", "fp32")}
     for r in measured:
         assert r["compute"]["p50_ms"] > 0 and 0.0 <= r["miou"] <= 1.0
-        assert any(line.strip("│ ").startswith(f"{r['runtime']}") and r["artifact"] in line
-                   for line in stdout.splitlines()), r["artifact"]
+        assert row(stdout, r["artifact"])[1] == f"{r['runtime']} {r['precision']}", r["artifact"]
     assert "benchmark on" in stdout
 
 
@@ -124,15 +123,15 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 
     out = tmp_path / "demo"
     stdout = ok(run_cli("demo", "--out", str(out), "--shape", "64x128", "--num-images", "4",
-                        "--bench-iters", "2"))
+                        "--bench-iterations", "2"))
     results = load_results(out)
     config = json.loads((out / "results" / "demo.json").read_text())["config"]
     assert (config["height"], config["width"], config["synth_val"]) == ("64", "128", "4")
     for precision in ("fp32", "fp16", "int8"):
-        s = results[f"results/parity_ort_{precision}/parity.json"]["summary"]
-        assert s["passed"] is True and s["images"] == 4
-        assert row(stdout, f"ort {precision}") == [f"ort {precision}", _fmt(s["argmax_agreement"]),
-                                                   _fmt(s["mask_agreement"]), "yes"]
+        for name, artefact in results[f"results/parity_ort_{precision}/parity.json"]["artifacts"].items():
+            s = artefact["summary"]
+            assert s["passed"] is True and s["images"] == 4
+            assert row(stdout, name) == [name, _fmt(s["argmax_agreement"]), _fmt(s["mask_agreement"]), "yes"]
     for runtime, precision in [("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8")]:
         e = results[f"results/eval_{runtime}_{precision}.json"]
         accuracy = stdout.split("accuracy (SynthCity val)")[1]  # the second table: its rows, not parity's
@@ -148,3 +147,25 @@ def test_demo_refuses_a_shape_too_small_for_its_scenes_before_writing(tmp_path):
     assert_one_line_error(result, "need 64 to 8192 pixels per side")
     assert result.returncode == 2
     assert not (tmp_path / "demo").exists()
+
+
+def test_eval_bench_and_predict_run_the_artefact_named_by_artifact(tmp_path, tiny_bundle, tiny_data):
+    """On a CPU, ONNX Runtime FP32 runs model.cpu.onnx unless --artifact names model.onnx
+    (what Triton and DeepStream ship); the precision follows the artefact."""
+    from fornet_deploy.io import read_image
+
+    image = str(next((tiny_data / "leftImg8bit" / "val").rglob("*.png")))
+    for artifact in ("model.cpu.onnx", "model.onnx"):
+        ok(run_cli("eval", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--num-images", "1",
+                   "--artifact", artifact, "--json", str(tmp_path / f"eval-{artifact}.json")))
+        assert json.loads((tmp_path / f"eval-{artifact}.json").read_text())["runner"]["artifact"] == artifact
+        ok(run_cli("bench", "--bundle", str(tiny_bundle), "--iterations", "1", "--warmup", "0",
+                   "--artifact", artifact, "--json", str(tmp_path / f"bench-{artifact}.json")))
+        bench = json.loads((tmp_path / f"bench-{artifact}.json").read_text())
+        assert bench["artifact"] == artifact and bench["precision"] == "fp32"
+        ok(run_cli("predict", image, "--bundle", str(tiny_bundle), "--artifact", artifact,
+                   "--out", str(tmp_path / artifact)))
+        summary = json.loads((tmp_path / artifact / "predictions.json").read_text())
+        assert summary["runner"]["artifact"] == artifact
+    cpu, full = (read_image(next((tmp_path / a).rglob("*_trainIds.png"))) for a in ("model.cpu.onnx", "model.onnx"))
+    assert cpu.shape == full.shape

@@ -16,10 +16,16 @@ def test_demo_report_matches_its_json(tmp_path, tiny_checkpoint):
         backend = e["runner"]["backend"]
         row = f"| {backend} | {precision} | `{e['runner']['artifact'].split('/')[-1]}` | {100 * e['miou']:.2f} | {100 * e['boundary_iou']:.2f} |"
         assert row in report, row
+    checked = {}
     for precision in ("fp32", "fp16", "int8"):
-        s = results[f"results/parity_ort_{precision}/parity.json"]["summary"]
-        assert f"| {100 * s['argmax_agreement']:.2f} | {100 * s['mask_agreement']:.2f} |" in report
-        assert s == result["parity"][precision]
+        for name, artefact in results[f"results/parity_ort_{precision}/parity.json"]["artifacts"].items():
+            s = artefact["summary"]
+            assert f"({name}) |" in report
+            assert f"| {100 * s['argmax_agreement']:.2f} | {100 * s['mask_agreement']:.2f} |" in report
+            checked[name] = s
+    # every graph the bundle ships is checked, the CPU graphs and the ones Triton / TensorRT take
+    assert checked == result["parity"] and set(checked) == {
+        "model.cpu.onnx", "model.onnx", "model.fp16.onnx", "model.int8.cpu.onnx", "model.int8.qdq.onnx"}
     for row in results["results/bench_matrix.json"]["rows"]:
         if row.get("status") != "skipped":
             assert f"`{row['artifact']}`" in report
@@ -27,7 +33,7 @@ def test_demo_report_matches_its_json(tmp_path, tiny_checkpoint):
     assert pictures and all((tmp_path / "demo" / p).is_file() for p in pictures)
     assert result["lint"]["model.int8.qdq.onnx"]["passed"]
     assert result["passed"] == all(s["passed"] for s in result["parity"].values()) and result["failed"] == [
-        f"parity ort {p}" for p, s in result["parity"].items() if not s["passed"]]
+        f"parity {name}" for name, s in result["parity"].items() if not s["passed"]]
 
 
 def test_demo_exits_non_zero_when_a_check_fails(tmp_path):
@@ -38,13 +44,14 @@ def test_demo_exits_non_zero_when_a_check_fails(tmp_path):
 
     fake = ("import fornet_deploy.api as api\n"
             "summary = {'argmax_agreement': 0.5, 'mask_agreement': 0.9, 'passed': False}\n"
-            "api.run_demo = lambda *a, **k: {'parity': {'int8': summary}, 'evaluation': {}, 'report': 'r.md',\n"
-            "                                'passed': False, 'failed': ['parity ort int8']}\n"
+            "api.run_demo = lambda *a, **k: {'parity': {'model.int8.qdq.onnx': summary}, 'evaluation': {},\n"
+            "                                'report': 'r.md', 'passed': False,\n"
+            "                                'failed': ['parity model.int8.qdq.onnx']}\n"
             "from fornet_deploy.cli import main\nmain()\n")
     result = subprocess.run([sys.executable, "-c", fake, "demo", "--out", str(tmp_path)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1, result.stderr
-    assert "FAIL: parity ort int8" in result.stdout
+    assert "FAIL: parity model.int8.qdq.onnx" in result.stdout
 
 
 def test_the_shipped_weights_are_in_the_wheel(tmp_path):

@@ -29,7 +29,7 @@ def test_export_options_are_bounded_before_anything_is_written(tmp_path, tiny_ch
 
 
 @pytest.mark.parametrize("changes, option", [
-    ({"iterations": 0}, "--iterations"), ({"iterations": -1}, "--iterations"), ({"batch_size": 0}, "--batch-size"),
+    ({"iterations": 0}, "--iterations"), ({"iterations": -1}, "--iterations"), ({"batch_size": 0}, "--batch "),
     ({"val_interval": 0}, "--val-interval"), ({"lr": float("nan")}, "--lr"), ({"lr": float("inf")}, "--lr"),
     ({"lr": 0.0}, "--lr"), ({"crop_height": 0}, "--crop-height"), ({"crop_width": 10**6}, "--crop-width"),
     ({"scale_min": 2.0, "scale_max": 1.0}, "scale_min"), ({"optimizer": "adam"}, "optimizer"),

@@ -82,8 +82,11 @@ def test_images_folder_and_video(tiny_bundle, inputs, tmp_path):
         assert train_ids.shape == hw and train_ids.max() <= 18
         label_ids = read(out / f"{name}_labelIds.png")
         assert label_ids.shape == hw and set(np.unique(label_ids)) <= VALID_LABEL_IDS
-        for suffix in ("color", "overlay", "importance", "topk"):
+        for suffix in ("color", "topk"):
             assert read(out / f"{name}_{suffix}.png").shape == (*hw, 3)
+        for suffix in ("overlay", "importance"):  # over their key: a legend, a colour bar
+            keyed = read(out / f"{name}_{suffix}.png")
+            assert keyed.shape[1:] == (hw[1], 3) and keyed.shape[0] > hw[0]
     # Two frame.png files in different folders did not overwrite each other.
     assert (out / "scenes/a/frame_overlay.png").read_bytes() != (out / "scenes/b/frame_overlay.png").read_bytes()
 
@@ -404,3 +407,32 @@ def test_a_run_that_would_write_through_a_symlink_is_refused(tiny_bundle, inputs
     assert result.returncode == 3
     assert listing(archive) == archived and (out / "predictions.json").read_bytes() == report
     assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "scenes"]  # no staging left
+
+
+def test_pictures_carry_their_key_and_a_stretched_input_its_note(tiny_bundle, inputs, tmp_path):
+    """The overlay over the legend of the classes it shows (the bundle's names and colours),
+    the importance map over its colour bar; an input the network saw stretched is noted
+    (issue 25, item 5). Video frames keep their size."""
+    from fornet_deploy.data.labels import manifest_label_set
+    from fornet_deploy.evaluation.keys import STRIP
+
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), cv2.resize(read(inputs["image"]), (160, 90)))  # 16:9, runs at 96x160 (5:3)
+    summary = predict(tiny_bundle, [inputs["image"], wide], tmp_path / "out", PredictConfig(importance=True))
+    labels = manifest_label_set(Bundle.open(tiny_bundle).manifest)
+    stem = inputs["image"].name[: -len(".png")]
+    train_ids = read(tmp_path / "out" / f"{stem}_trainIds.png")
+    overlay = read(tmp_path / "out" / f"{stem}_overlay.png")[..., ::-1]  # RGB
+    key = overlay[train_ids.shape[0]:]
+    assert (key == STRIP).all(-1).mean() > 0.5
+
+    def swatch(class_id: int) -> bool:
+        return bool((key == np.array(labels.palette[class_id], np.uint8)).all(-1).sum() >= 16)
+
+    present = set(np.unique(train_ids).tolist())
+    assert present and all(swatch(i) for i in present)
+    assert not any(swatch(i) for i in range(labels.num_classes) if i not in present)
+    importance = read(tmp_path / "out" / f"{stem}_importance.png")
+    assert importance.shape[0] > train_ids.shape[0]
+    stretched = [note for note in summary["notes"] if "stretched" in note]
+    assert len(stretched) == 1 and stretched[0].startswith(f"{wide}: 90x160 (16:9) ran at 96x160 (5:3)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..bundle import Bundle
-from ..contract import LABELS, TOPK_MASK, Format
+from ..contract import TOPK_MASK, Format
 from ..data.labels import LabelSet, manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError
@@ -45,7 +45,8 @@ def reference_outputs(bundle: Bundle, examples: Sequence[Example],
     kept: at full resolution they would hold hundreds of MB per image."""
     try:
         with load_runner(bundle, *REFERENCE, "cpu", topk="exact", threads=threads) as reference:
-            return [reference(example.batch, outputs=(LABELS, TOPK_MASK)) for example in examples], None
+            wanted = label_outputs(reference.output_names(), TOPK_MASK)
+            return [reference(example.batch, outputs=wanted) for example in examples], None
     except FornetError as exc:
         return None, f"no agreement columns: the PyTorch FP32 reference could not run ({exc})"
 

@@ -23,7 +23,7 @@ scope (:mod:`.profile`). Every artefact of a bundle at once: :mod:`.matrix`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,7 +56,8 @@ class BenchConfig:
 
     device: str = "cpu"  # cpu | cuda | jetson
     runtime: str = "ort"  # torch | ort | trt (ignored by the matrix)
-    precision: str = "fp32"  # fp32 | fp16 | int8 (ignored by the matrix)
+    precision: str | None = None  # fp32 | fp16 | int8; None: fp32, or the artifact's own (ignored by the matrix)
+    artifact: str | None = None  # a specific file of the bundle; None: the format table's choice
     shape: tuple[int, int] | None = None  # (H, W); None = the bundle's export shape
     batch: int = 1
     warmup: int = 10
@@ -77,10 +78,11 @@ def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()
     """Check every option and the device before any work; one line per problem."""
     if cfg.device not in DEVICES:
         raise OptionError(f"--device {cfg.device!r}: use one of {', '.join(DEVICES)}")
-    for name, least in (("batch", 1), ("iters", 1), ("warmup", 0), ("tegrastats_interval_ms", 1)):
+    for name, option, least in (("batch", "--batch", 1), ("iters", "--iterations", 1), ("warmup", "--warmup", 0),
+                                ("tegrastats_interval_ms", "--tegrastats-interval-ms", 1)):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+            raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
     check_batch(cfg.batch)
@@ -247,13 +249,14 @@ def run_benchmark(bundle_dir: str | Path, cfg: BenchConfig = BenchConfig(), prog
     writes the result atomically.
     """
     validate_config(cfg, env)
-    formats_for(cfg.runtime, cfg.precision, cfg.device)  # unknown names, or not on this device
+    formats_for(cfg.runtime, cfg.precision or "fp32", cfg.device)  # unknown names, or not on this device
     # The benchmarked artefact's hash is checked when the runner loads it; hashing every
     # engine of the bundle up front would only add start-up time.
     bundle = Bundle.open(bundle_dir, verify=False)
     shape = bench_shape(bundle, cfg)
-    request = trt_request(shape=(cfg.batch, 3, *shape)) if cfg.runtime == "trt" else None
-    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device, request=request)
+    request = trt_request(shape=(cfg.batch, 3, *shape)) if cfg.runtime == "trt" and cfg.artifact is None else None
+    fmt = resolve_format(bundle, cfg.runtime, cfg.precision, cfg.device, cfg.artifact, request=request)
+    cfg = replace(cfg, precision=fmt.precision)
     pre = bench_preprocessing(bundle, shape)
     frames, frames_source = load_frames(cfg.images, shape)
     machine = describe_machine(env.jetson_root)

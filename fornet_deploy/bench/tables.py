@@ -56,6 +56,14 @@ MATRIX_COLUMNS: tuple[tuple[str, Callable[[dict], object], Callable], ...] = (
     ("mask agreement", lambda r: r.get("mask_agreement"), _percent(3)),
 )
 
+# The CLI's matrix table (what fits 100 columns): MATRIX_COLUMNS by header, under a shorter one,
+# with the runtime and precision in one column after the artefact; a column empty in every row
+# (GPU exec on a CPU, mIoU without labels) is left out, and skipped artefacts are lines below.
+CLI_MATRIX_COLUMNS = (("artefact", "artefact"), ("p50 ms", "p50 ms"), ("p99 ms", "p99 ms"),
+                      ("GPU exec p50 ms", "GPU exec p50 ms"), ("e2e p50 ms", "e2e p50 ms"),
+                      ("vs torch fp32", "speed-up vs torch fp32"), ("mIoU %", "mIoU"),
+                      ("argmax %", "argmax agreement"), ("Top-K mask %", "mask agreement"))
+
 STAGE_COLUMNS = ("stage", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "min ms", "img/s")
 
 
@@ -104,13 +112,11 @@ def matrix_markdown(result: dict) -> str:
 
 
 def bench_rows(result: dict) -> tuple[list[str], list[list]]:
-    """``(columns, rows)`` for a rich table: per format for a matrix result (with a note
-    column for skipped ones), per stage (compute, end-to-end) for a single run."""
+    """``(columns, rows)`` for a rich table: per artefact for a matrix result
+    (:data:`CLI_MATRIX_COLUMNS`; :func:`matrix_notes` says why any was skipped), per stage
+    (compute, end-to-end) for a single run."""
     if "rows" in result:
-        columns = [name for name, _, _ in MATRIX_COLUMNS] + ["note"]
-        rows = [[value_of(r) for _, value_of, _ in MATRIX_COLUMNS] + [r.get("reason") or r.get("accuracy_note")]
-                for r in result["rows"]]
-        return columns, rows
+        return _cli_matrix(result["rows"])
     rows = []
     for stage, label in (("compute", "compute"), ("end_to_end", "end-to-end")):
         s = result[stage]
@@ -120,6 +126,27 @@ def bench_rows(result: dict) -> tuple[list[str], list[list]]:
         rows.append([f"  {part} (device)", s["p50_ms"], s["p90_ms"], s["p99_ms"], s["mean_ms"], s["stdev_ms"],
                      s["min_ms"], None])
     return list(STAGE_COLUMNS), rows
+
+
+def _cli_matrix(matrix_rows: list[dict]) -> tuple[list[str], list[list]]:
+    by_header = {name: (value_of, fmt) for name, value_of, fmt in MATRIX_COLUMNS}
+    columns, cells = ["artefact", "runtime"], [[r["artifact"], f"{r['runtime']} {r['precision']}"] for r in matrix_rows]
+    for header, source in CLI_MATRIX_COLUMNS[1:]:
+        value_of, fmt = by_header[source]
+        values = [value_of(r) for r in matrix_rows]
+        if all(v is None for v in values):
+            continue
+        columns.append(header)
+        unit = " %" if header.endswith("%") else None  # the header holds a percentage's "%"
+        for row, value in zip(cells, values):
+            row.append(None if value is None else fmt(value).removesuffix(unit) if unit else fmt(value))
+    return columns, cells
+
+
+def matrix_notes(result: dict) -> list[str]:
+    """Why an artefact of a matrix was skipped or has no accuracy, one line each."""
+    return [f"{r['runtime']} {r['precision']} ({r['artifact']}): {r.get('reason') or r.get('accuracy_note')}"
+            for r in result["rows"] if r.get("reason") or r.get("accuracy_note")]
 
 
 def busy_line(result: dict) -> str | None:

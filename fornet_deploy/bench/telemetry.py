@@ -47,7 +47,7 @@ def jetson_section(sampler: TegrastatsSampler, timings: dict[str, Timed], interv
         within = _in_window(samples, timed.window)
         if not within:
             notes.append(f"no tegrastats sample fell in the {stage} window ({end - start:.3f} s, interval "
-                         f"{interval_ms} ms): raise --iters for power and load figures")
+                         f"{interval_ms} ms): raise --iterations for power and load figures")
         summaries[stage] = summarize(within, frames=len(timed.seconds) * batch, seconds=end - start)
     return {
         "tegrastats_interval_ms": interval_ms,

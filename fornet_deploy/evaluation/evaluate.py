@@ -68,18 +68,20 @@ def check_boundary_width(width: int) -> None:
         raise OptionError(f"--boundary-width must be an integer from 1 to 64, got {width!r}")
 
 
-def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "ort", precision: str = "fp32",
+def evaluate_bundle(bundle_dir: str | Path, data: str | Path, runtime: str = "ort", precision: str | None = None,
                     device: str = "cpu", split: str = "val", limit: int | None = None, boundary_width: int = 3,
-                    json_out: str | Path | None = None, progress=None, ort_provider: str | None = None) -> dict:
+                    json_out: str | Path | None = None, progress=None, ort_provider: str | None = None, *,
+                    artifact: str | None = None) -> dict:
     """The library function behind ``fornet-deploy eval``; ``ort_provider`` (cpu, cuda,
-    tensorrt): ONNX Runtime's execution provider (default: the device's)."""
+    tensorrt): ONNX Runtime's execution provider (default: the device's); ``artifact``: a
+    specific file of the bundle (``precision``: default fp32, or the artefact's own)."""
     check_boundary_width(boundary_width)
     bundle = Bundle.open(bundle_dir)
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
     dataset = open_dataset(data)
     check_compatible(labels, dataset.labels, f"dataset {data}")
-    with load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as runner:
+    with load_runner(bundle, runtime, precision, device, ort_device=ort_provider, artifact=artifact) as runner:
         sized = partial(network_size, runner.input_spec(), pre)
         examples = dataset_examples(dataset, split, pre, limit, network_size=sized)
         metrics = evaluate_runner(runner, examples, labels, boundary_width, progress,

@@ -5,11 +5,14 @@ parity diff)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
 from ..data.labels import LabelSet
+from .keys import aspect_note, colour_bar, font_scale, legend, side_by_side, text_strip, titled
 
 HEATMAP = cv2.COLORMAP_INFERNO
 TOPK_COLOUR = (255, 200, 0)  # RGB; warm yellow stands out on street scenes
@@ -24,8 +27,9 @@ def _resize(array: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.nd
 
 def label_outputs(available: tuple[str, ...], *extra: str) -> tuple[str, ...]:
     """The outputs to ask a runner for to get labels: ``labels`` when the artefact has it
-    (never the full-resolution logits then), else ``logits``; plus ``extra`` names."""
-    return (LABELS if LABELS in available else LOGITS, *extra)
+    (never the full-resolution logits then), else ``logits``; plus those of the ``extra``
+    names the artefact has (a runner refuses a name it does not produce)."""
+    return (LABELS if LABELS in available else LOGITS, *(name for name in extra if name in available))
 
 
 def compared_logits(reference: dict, candidate: dict) -> str | None:
@@ -91,17 +95,50 @@ def topk_picture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def diff_picture(image: np.ndarray, reference: dict, candidate: dict, labels: LabelSet) -> np.ndarray:
-    """Reference | candidate | disagreement (red) | abs logit difference (heat map)."""
+@dataclass(frozen=True)
+class DiffInputs:
+    """What a parity diff picture shows of one image, kept small (labels and one H' x W'
+    map, not the logits) so a run can hold its worst images until it knows its scale."""
+
+    name: str
+    image: np.ndarray  # RGB uint8
+    reference: np.ndarray  # H x W class ids
+    candidate: np.ndarray  # H x W class ids
+    logit_diff: np.ndarray | None  # max over classes of |reference - candidate| logits, at their scale
+    network_hw: tuple[int, int]  # the size the image was fed at
+
+
+def diff_inputs(name: str, image: np.ndarray, reference: dict, candidate: dict,
+                network_hw: tuple[int, int]) -> DiffInputs:
     hw = image.shape[:2]
-    ref, cand = predicted_labels(reference, hw), predicted_labels(candidate, hw)
-    disagree = image // 3
-    disagree[ref != cand] = (255, 0, 0)
-    panels = [label_overlay(image, ref, labels), label_overlay(image, cand, labels), disagree]
     compared = compared_logits(reference, candidate)
+    diff = None
     if compared is not None:
-        diff = np.abs(reference[compared][0] - candidate[compared][0]).max(0)
-        scaled = np.clip(diff / max(float(diff.max()), 1e-12) * 255, 0, 255).astype(np.uint8)
-        heat = cv2.applyColorMap(_resize(scaled, hw, cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
-        panels.append(heat)
-    return np.concatenate(panels, axis=1)
+        diff = np.abs(reference[compared][0].astype(np.float32) - candidate[compared][0].astype(np.float32)).max(0)
+    return DiffInputs(name, image, predicted_labels(reference, hw), predicted_labels(candidate, hw), diff,
+                      (int(network_hw[0]), int(network_hw[1])))
+
+
+def diff_picture(inputs: DiffInputs, labels: LabelSet, scale: float | None, candidate: str = "candidate") -> np.ndarray:
+    """Four titled panels: the reference's and the candidate's labels over the image, their
+    disagreement (red), and the |logit diff| heat map on ``scale`` (the same for every
+    picture of a run: its top colour is ``scale`` or more), with a colour bar saying so;
+    under them the legend of the classes shown, and a note when the network saw the image
+    stretched."""
+    image = inputs.image
+    disagree = image // 3
+    disagree[inputs.reference != inputs.candidate] = (255, 0, 0)
+    panels = [titled(label_overlay(image, inputs.reference, labels), "reference: torch fp32"),
+              titled(label_overlay(image, inputs.candidate, labels), f"candidate: {candidate}"),
+              titled(disagree, "disagreement (red)")]
+    width = image.shape[1]
+    keys = [legend(labels, np.union1d(np.unique(inputs.reference), np.unique(inputs.candidate)), 3 * width,
+                   font_scale(width))]
+    if inputs.logit_diff is not None and scale is not None:
+        scaled = np.clip(inputs.logit_diff / scale * 255, 0, 255).astype(np.uint8)
+        heat = cv2.applyColorMap(_resize(scaled, image.shape[:2], cv2.INTER_LINEAR), HEATMAP)[..., ::-1]
+        panels.append(titled(heat, f"|logit diff| on 0..{scale:.3g}"))
+        keys.append(colour_bar(width, HEATMAP, "0", f">={scale:.3g}", "|logit diff|"))
+    picture = np.concatenate([np.concatenate(panels, axis=1), side_by_side(keys)], axis=0)
+    note = aspect_note(image.shape[:2], inputs.network_hw)
+    return picture if note is None else np.concatenate([picture, text_strip(picture.shape[1], [note])], axis=0)

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..contract import TOPK_SCOPE
+from ..bundle import Bundle
+from ..contract import PRECISIONS, TAIL_SCOPE, TOPK_SCOPE, onnx_graph
 from ..errors import FornetError
 from .onnx import load_onnx
 from .qdq_lint import qdq_counts, rule_hits
@@ -209,11 +210,37 @@ def _lint_qdq(node: onnx.NodeProto, name: str, constants: dict) -> list[Finding]
     return out
 
 
+def cpu_graph(model: onnx.ModelProto) -> str | None:
+    """What makes ``model`` a graph for ONNX Runtime on a CPU, not for TensorRT (the cheap
+    full-resolution tail of ``model.cpu.onnx``, the unsigned activations of the U8S8 graph);
+    None for a graph TensorRT may build from."""
+    if any(node.name.startswith(TAIL_SCOPE) for node in model.graph.node):
+        return "a CPU graph (its labels come from the cheap full-resolution tail, for ONNX Runtime on a CPU)"
+    constants = _constants(model)
+    if any(node.op_type == "QuantizeLinear" and len(node.input) > 2 and constants.get(node.input[2]) is not None
+           and constants[node.input[2]].dtype == np.uint8 for node in model.graph.node):
+        return "a U8S8 graph (unsigned activations, for ONNX Runtime on x86 CPUs)"
+    return None
+
+
+def tensorrt_graphs(bundle: Bundle) -> list[str]:
+    """The bundle's graphs TensorRT builds engines from (one per precision it holds)."""
+    return [fmt.artifact for fmt in (onnx_graph(p) for p in PRECISIONS) if bundle.has(fmt.artifact)]
+
+
 def lint_file(path: str | Path, target: str = "tensorrt") -> dict:
-    """The library function behind ``fornet-deploy lint``: findings + pass/fail."""
+    """The library function behind ``fornet-deploy lint``: findings + pass/fail. A graph meant
+    for the CPU (:func:`cpu_graph`) is not linted: ``not_for_target`` says why (and it passes:
+    nothing in it goes to TensorRT)."""
     if target != "tensorrt":
         raise FornetError(f"--target {target}: only 'tensorrt' is linted")
     model = load_onnx(path)
+    reason = cpu_graph(model)
+    if reason is not None:
+        return {"model": str(path), "target": target, "passed": True, "blockers": 0, "warnings": 0, "counts": {},
+                "qdq": qdq_counts(model), "findings": [],
+                "not_for_target": f"{Path(path).name} is {reason}, not meant for TensorRT: TensorRT builds from "
+                                  f"{', '.join(onnx_graph(p).artifact for p in PRECISIONS)}"}
     findings = lint_tensorrt(model)
     blockers = [f for f in findings if f.severity == "blocker"]
     return {
@@ -226,3 +253,12 @@ def lint_file(path: str | Path, target: str = "tensorrt") -> dict:
         "qdq": qdq_counts(model),
         "findings": [asdict(f) for f in findings],
     }
+
+
+def lint_bundle(bundle_dir: str | Path, target: str = "tensorrt") -> dict:
+    """Lint of every graph of a bundle that TensorRT builds from: ``{"bundle", "passed",
+    "graphs": {name: report}}``."""
+    bundle = Bundle.open(bundle_dir)  # the graphs linted are the ones the manifest records
+    graphs = {name: lint_file(bundle.path(name), target) for name in tensorrt_graphs(bundle)}
+    return {"bundle": str(bundle.root), "target": target, "passed": all(r["passed"] for r in graphs.values()),
+            "graphs": graphs}

@@ -20,13 +20,14 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from ..bundle import transaction
+from ..bundle import Bundle, transaction
 from ..contract import (
     CHECKPOINT,
     COARSE_LOGITS,
@@ -47,6 +48,7 @@ from ..contract import (
 from ..data.labels import LabelSet, label_set_for
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError
+from ..evaluation.parity import stale_parity_reports
 from ..io import read_bytes, sha256_bytes
 from ..model.checkpoint import MAX_FILE_BYTES, checkpoint_labels, load_checkpoint_bytes
 from ..model.fornet import FoRNet
@@ -243,6 +245,7 @@ def export_bundle(
     cfg: ExportConfig = ExportConfig(),
     preprocessing: Preprocessing = Preprocessing(),
     labels: LabelSet | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
     """The library function behind ``fornet-deploy export``; returns the manifest entries
     written, by artefact name (``model.onnx``, and ``model.cpu.onnx`` unless the tail is full).
@@ -250,7 +253,8 @@ def export_bundle(
     The checkpoint is read once: the bytes the model is built from are the bytes copied
     into the bundle. Checkpoint, graphs and manifest are committed together; the commit
     removes the artefacts made from a previous, different ``model.onnx``
-    (:mod:`fornet_deploy.bundle`).
+    (:mod:`fornet_deploy.bundle`). ``log`` is told, one line each, which artefacts the
+    export removed and which parity reports of the bundle no longer describe its artefacts.
 
     The label set written to the manifest is ``labels`` (``export --labels FILE``), else the
     checkpoint's own, else the default for its class count (Cityscapes for 19 classes).
@@ -300,15 +304,30 @@ def export_bundle(
         )}
         if cpu is None:
             txn.remove(ONNX_CPU)  # an earlier export's: ONNX Runtime runs model.onnx on a CPU now
-            return entries
-        onnx.save(cpu, str(txn.path(ONNX_CPU)))
-        check_runs(txn.path(ONNX_CPU), export_shape, f"the CPU graph ({cfg.cpu_tail} tail)")
-        entries[ONNX_CPU] = txn.record(
-            ONNX_CPU, kind="onnx", precision="fp32", source=ONNX_FP32, source_sha256=entries[ONNX_FP32]["sha256"],
-            **shapes, outputs=[o.name for o in cpu.graph.output], tail=cfg.cpu_tail, folded_concats=folded,
-            ops=sorted(graph_op_types(cpu)),
-        )
-        return entries
+        else:
+            onnx.save(cpu, str(txn.path(ONNX_CPU)))
+            check_runs(txn.path(ONNX_CPU), export_shape, f"the CPU graph ({cfg.cpu_tail} tail)")
+            entries[ONNX_CPU] = txn.record(
+                ONNX_CPU, kind="onnx", precision="fp32", source=ONNX_FP32, source_sha256=entries[ONNX_FP32]["sha256"],
+                **shapes, outputs=[o.name for o in cpu.graph.output], tail=cfg.cpu_tail, folded_concats=folded,
+                ops=sorted(graph_op_types(cpu)),
+            )
+    if log is not None:
+        for line in export_notes(txn.dropped, stale_parity_reports(Bundle.open(out, verify=False))):
+            log(line)
+    return entries
+
+
+def export_notes(dropped: list[str], stale_reports: list[str]) -> list[str]:
+    """What an export did besides writing its graphs, for the person who ran it."""
+    notes = []
+    if dropped:
+        notes.append(f"removed {', '.join(dropped)}: made from the model this export replaced (or by another "
+                     "--tail); make them again (`fornet-deploy export --precision fp16`, `calibrate`, `build-trt`)")
+    if stale_reports:
+        notes.append(f"stale parity reports (they checked artefacts the bundle no longer holds): "
+                     f"{', '.join(stale_reports)}; re-run `fornet-deploy parity`")
+    return notes
 
 
 def _topk_section(model: FoRNet, mode: str) -> dict:

@@ -5,14 +5,16 @@ For every image ``NAME`` it writes, into the output folder:
 - ``NAME_trainIds.png``: the prediction, uint8 train ids 0..18 at the image's size;
 - ``NAME_labelIds.png`` (``label_ids``): the same as Cityscapes label ids (benchmark submission);
 - ``NAME_color.png``: the train ids in the Cityscapes palette;
-- ``NAME_overlay.png``: the image blended with that colour map;
+- ``NAME_overlay.png``: the image blended with that colour map, over a legend of the classes
+  it shows (names and colours of the bundle's label set);
 - ``NAME_importance.png`` (``importance``): the 1/8-scale importance map, upsampled
-  bilinearly, as a heat map over the image;
+  bilinearly, as a heat map over the image, over its colour bar (0 to 1);
 - ``NAME_topk.png`` (``mask``): the image dimmed outside the Top-K mask, selected regions
   tinted and outlined: what FoR-Net chose to focus on.
 
 A video ``NAME`` gives ``NAME_overlay.mp4`` (plus ``NAME_importance.mp4`` / ``NAME_topk.mp4``),
-at the source frame rate divided by ``video_every``. Per-frame label maps
+at the source frame rate divided by ``video_every``, its frames at the video's size (no legend
+or colour bar). Per-frame label maps
 (``NAME_frames/NAME_000123_trainIds.png`` and ``_labelIds.png``, numbered by source frame)
 are written only with ``label_ids``: a minute of video is ~1800 PNG files, and on a GPU
 their encoding would cost more than the inference. A finished video is opened again and

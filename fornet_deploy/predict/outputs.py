@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import FornetError
 from ..interrupts import StopSignals
-from ..io import encode_png, folder_lock
+from ..io import encode_png, folder_lock, give_plain_file_mode
 from ..staging import Layout, confined, staged
 from .sources import opencv_path, quiet_opencv
 
@@ -136,6 +136,7 @@ class VideoOut:
         if found != self.frames:
             raise FornetError(f"cannot write video {self.target}: the finished file plays {max(found, 0)} of "
                               f"{self.frames} frames (disk full or a file-size limit?)")
+        give_plain_file_mode(self.tmp)  # as the PNGs beside it, not mkstemp's 0600
         os.replace(self.tmp, self.final)
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ from ..bundle import Bundle
 from ..data.formats import submission_label_ids
 from ..data.labels import LabelSet
 from ..errors import FornetError, OptionError
-from ..evaluation.postprocess import importance_heatmap, label_overlay, topk_picture
+from ..evaluation.keys import aspect_note, colour_bar, with_legend
+from ..evaluation.postprocess import HEATMAP, importance_heatmap, label_overlay, topk_picture
 from ..interrupts import StopSignals, stop_signals
 from ..io import read_image
 from ..runtimes.base import Runner
@@ -33,8 +34,9 @@ DEFAULT_FPS = 25.0  # for containers and streams that do not state their frame r
 @dataclass
 class PredictConfig:
     runtime: str = "ort"
-    precision: str = "fp32"
+    precision: str | None = None  # None: fp32, or the artifact's own
     device: str = "cpu"
+    artifact: str | None = None  # a specific file of the bundle (e.g. model.onnx); None: the table's choice
     # Network input (H, W). None: the image's own size on a dynamic artefact, else the
     # artefact's fixed size; the prediction is always resized back to the image's size.
     shape: tuple[int, int] | None = None
@@ -58,13 +60,21 @@ class PredictConfig:
 # ---------------------------------------------------------------------------- pictures
 
 
-def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig, labels: LabelSet) -> dict[str, np.ndarray]:
-    """The RGB pictures of one prediction, by output suffix."""
+def _pictures(image: np.ndarray, pred: Prediction, cfg: PredictConfig, labels: LabelSet,
+              keys: bool = False) -> dict[str, np.ndarray]:
+    """The RGB pictures of one prediction, by output suffix; ``keys`` (an image's pictures, not
+    a video's frames, whose size is fixed): the overlay over the legend of the classes it
+    shows, the importance map over its colour bar."""
     pictures = {"overlay": label_overlay(image, pred.labels, labels, cfg.overlay_alpha)}
     if pred.importance is not None:
         pictures["importance"] = importance_heatmap(image, pred.importance, cfg.overlay_alpha)
     if pred.mask is not None:
         pictures["topk"] = topk_picture(image, pred.mask)
+    if keys:
+        pictures["overlay"] = with_legend(pictures["overlay"], pred.labels, labels)
+        if "importance" in pictures:
+            bar = colour_bar(image.shape[1], HEATMAP, "0", "1", "importance")
+            pictures["importance"] = np.concatenate([pictures["importance"], bar], axis=0)
     return pictures
 
 
@@ -83,7 +93,7 @@ def _run_image(source: Source, segment: Segmenter, cfg: PredictConfig, staging: 
     pred = segment(image, importance=cfg.importance, mask=cfg.mask)
     written = []
     outputs = {**_label_maps(pred, cfg.label_ids, segment.labels), "color": segment.labels.colorize(pred.labels),
-               **_pictures(image, pred, cfg, segment.labels)}
+               **_pictures(image, pred, cfg, segment.labels, keys=True)}
     for suffix, picture in outputs.items():
         rel = f"{source.item.name}_{suffix}.png"
         staging.write_png(rel, picture)
@@ -212,7 +222,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
     items = collect_inputs(inputs, exclude=out_dir)
     bundle = Bundle.open(bundle_dir, verify=False)  # the runner checks the hash of the artefact it runs
 
-    runner_options = {"ort_device": cfg.ort_provider}
+    runner_options = {"ort_device": cfg.ort_provider, "artifact": cfg.artifact}
     if cfg.runtime == "trt" and cfg.shape is not None:
         runner_options["shape"] = (1, 3, *cfg.shape)  # the engine whose profile takes it
     with stop_signals() as stop, contextlib.ExitStack() as live_sources, \
@@ -254,6 +264,9 @@ def _summary(bundle: Bundle, runner: Runner, out_dir: Path, cfg: PredictConfig, 
             f"({', '.join(sorted({'x'.join(map(str, r['network_size'])) for r in resized}))}) "
             "and their predictions resized back to the input size"
         )
+    for r in resized:
+        if (stretched := aspect_note(r["size"], r["network_size"])) is not None:
+            notes.append(f"{r['source']}: {stretched} (give --shape HxW of its aspect to keep it)")
     seconds = time.perf_counter() - start
     return {
         "bundle": str(bundle.root),

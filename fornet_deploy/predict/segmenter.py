@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +40,15 @@ class Segmenter:
 
         with Segmenter.from_bundle("bundle", runtime="ort", precision="fp16") as segment:
             prediction = segment(rgb_image)          # H x W x 3 uint8
-            prediction.labels                        # H x W train ids
+            prediction.labels                        # H x W class ids
+            segment.classes[prediction.labels[0, 0]] # its name; segment.colorize(prediction) its colours
+            predictions = segment([image_a, image_b])  # a batch: one Prediction per image
+
+    Images: RGB ``H x W x 3`` uint8; a greyscale ``H x W`` or ``H x W x 1`` image is
+    converted to RGB by repeating its channel (what reading a greyscale file does). A batch
+    is a list of images (any sizes) or an ``N x H x W x 3`` array; it gives a list of
+    predictions, each equal to that image run alone. Images that share a network size run
+    as one batch, which needs an artefact with a dynamic batch (``export --dynamic``).
 
     ``shape`` fixes the network input (H, W); without it, an image runs at its own size on a
     dynamic artefact (the network pads to its stride and crops itself), else at the
@@ -56,7 +65,7 @@ class Segmenter:
         self.labels = labels or default_label_set(19)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32",
+    def from_bundle(cls, bundle: Bundle | str | Path, runtime: str = "ort", precision: str | None = None,
                     device: str = "cpu", shape: tuple[int, int] | None = None, **runner_options) -> "Segmenter":
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle, verify=False)  # the runner checks the hash of its artefact
@@ -73,6 +82,22 @@ class Segmenter:
     def __exit__(self, *exc) -> None:
         self.runner.deactivate()
 
+    # what the class ids mean ---------------------------------------------------------
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by id (``classes[prediction.labels[y, x]]``), from the bundle's label set."""
+        return self.labels.classes
+
+    @property
+    def palette(self) -> tuple[tuple[int, int, int], ...]:
+        """RGB colour of each class id."""
+        return self.labels.palette
+
+    def colorize(self, labels: "Prediction | np.ndarray") -> np.ndarray:
+        """H x W x 3 uint8 RGB picture of a prediction (or a class-id map) in the palette."""
+        return self.labels.colorize(labels.labels if isinstance(labels, Prediction) else labels)
+
+    # sizes ---------------------------------------------------------------------------
     def network_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The network input size for an image of size ``hw`` (the rule every stage uses)."""
         return network_size(self.runner.input_spec(), self.preprocessing, hw, self.shape)
@@ -86,17 +111,88 @@ class Segmenter:
             raise FornetError(f"{source}: {exc}") from None
         return net_hw
 
-    def __call__(self, image: np.ndarray, importance: bool = False, mask: bool = False) -> Prediction:
-        hw = image.shape[:2]
-        net_h, net_w = self.network_size(hw)
-        pre = replace(self.preprocessing, resize="fixed", height=net_h, width=net_w)
+    # inference -----------------------------------------------------------------------
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray], importance: bool = False,
+                 mask: bool = False) -> "Prediction | list[Prediction]":
+        """One image -> a :class:`Prediction`; a batch (list, or ``N x H x W x 3``) -> a list."""
+        batch = as_image_batch(images)
         extra = (IMPORTANCE,) * importance + (TOPK_MASK,) * mask
-        outputs = self.runner(preprocess(image, pre), outputs=label_outputs(self.runner.output_names(), *extra))
-        missing = [name for name in extra if name not in outputs]
+        missing = [name for name in extra if name not in self.runner.output_names()]
         if missing:
             raise FornetError(
                 f"{self.runner.info().artifact} was exported without the {' and '.join(missing)} output; "
                 f"re-export it with `fornet-deploy export ... {ALL_OUTPUTS_OPTION}`"
             )
-        return Prediction(predicted_labels(outputs, hw), upsampled_importance(outputs, hw) if importance else None,
-                          upsampled_mask(outputs, hw) if mask else None)
+        wanted = label_outputs(self.runner.output_names(), *extra)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(batch.images):
+            groups.setdefault(self.network_size(image.shape[:2]), []).append(i)
+        predictions: list[Prediction | None] = [None] * len(batch.images)
+        for (net_h, net_w), members in groups.items():
+            self._check_batch(len(members))
+            pre = replace(self.preprocessing, resize="fixed", height=net_h, width=net_w)
+            outputs = self.runner(preprocess([batch.images[i] for i in members], pre), outputs=wanted)
+            for index, i in enumerate(members):
+                hw = batch.images[i].shape[:2]
+                predictions[i] = Prediction(
+                    predicted_labels(outputs, hw, index),
+                    upsampled_importance(outputs, hw, index) if importance else None,
+                    upsampled_mask(outputs, hw, index) if mask else None)
+        return predictions if batch.is_batch else predictions[0]
+
+    def _check_batch(self, count: int) -> None:
+        """A batch the artefact cannot take is one line with the fix, before any work."""
+        spec = self.runner.input_spec()
+        fixed = spec.shape[0]
+        artifact = self.runner.info().artifact
+        if fixed is not None and count != fixed:
+            raise FornetError(
+                f"{artifact} takes batches of exactly {fixed} image{'s' * (fixed != 1)} (a fixed batch), got "
+                f"{count}: run the images one at a time, or re-export with `fornet-deploy export ... --dynamic`")
+        if spec.max_shape is not None and count > spec.max_shape[0]:
+            raise FornetError(
+                f"{artifact} takes at most {spec.max_shape[0]} images a batch (its profile), got {count}: "
+                f"run smaller batches, or rebuild with `fornet-deploy build-trt ... --max-batch {count}`")
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """RGB images to segment, and whether the caller gave a batch (a list comes back)."""
+
+    images: list[np.ndarray]
+    is_batch: bool
+
+
+def as_image_batch(images: np.ndarray | Sequence[np.ndarray]) -> ImageBatch:
+    """One image or a batch, as RGB ``H x W x 3`` uint8 arrays; greyscale ``H x W`` or
+    ``H x W x 1`` images are repeated to three channels. Anything else is one line that
+    says what was given and what is taken."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return ImageBatch([as_rgb(image, f"image {i}") for i, image in enumerate(images)], True)
+        return ImageBatch([as_rgb(images, "image")], False)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise FornetError("an empty batch: give at least one image")
+        return ImageBatch([as_rgb(image, f"image {i}") for i, image in enumerate(images)], True)
+    raise FornetError(f"expected an image (H x W x 3 uint8 array), a list of images or an N x H x W x 3 array, "
+                      f"got {type(images).__name__}")
+
+
+def as_rgb(image: np.ndarray, source: str) -> np.ndarray:
+    """An RGB ``H x W x 3`` uint8 image; greyscale (``H x W``, ``H x W x 1``) repeated to RGB."""
+    if not isinstance(image, np.ndarray):
+        raise FornetError(f"{source}: expected a numpy image array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise FornetError(f"{source}: expected uint8 pixels (0..255), got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    shape = "x".join(str(s) for s in image.shape)
+    raise FornetError(f"{source}: expected an H x W x 3 RGB image, an H x W greyscale image or an N x H x W x 3 "
+                      f"batch, got shape {shape}"
+                      + (" (RGBA: drop the alpha channel, image[..., :3])" if image.ndim == 3 and image.shape[2] == 4
+                         else ""))

@@ -21,7 +21,16 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import INPUT_CHANNELS, INPUT_NAME, MAX_BATCH, MAX_SIDE, format_shape
+from ..contract import (
+    COARSE_LOGITS,
+    INPUT_CHANNELS,
+    INPUT_NAME,
+    LOGITS,
+    MAX_BATCH,
+    MAX_SIDE,
+    ONNX_FP32,
+    format_shape,
+)
 from ..errors import FornetError
 
 
@@ -124,10 +133,13 @@ class Runner(abc.ABC):
 
         ``outputs`` names the outputs wanted (default: all the artefact has); a backend
         then copies only those to host memory, which matters for full-resolution logits.
-        Names the artefact does not produce are absent from the result.
+        A name the artefact does not produce is one line listing the names it has (an empty
+        result would read as "no prediction", not as a typo).
         """
         if not self.is_active:
             raise FornetError(f"runner {self.name} is not active (use it in a `with` block)")
+        if outputs is not None and (isinstance(outputs, str) or not set(outputs) <= set(self.output_names())):
+            check_output_names(outputs, self.output_names(), self.info().artifact or self.name)
         self.input_spec().check(batch)
         start = time.perf_counter()
         result = self._infer_impl(np.ascontiguousarray(batch), tuple(outputs) if outputs is not None else None)
@@ -164,6 +176,24 @@ class Runner(abc.ABC):
 
     def _deactivate_impl(self) -> None:
         pass
+
+
+def check_output_names(wanted: Sequence[str], available: Sequence[str], artifact: str) -> None:
+    """Every name of ``wanted`` is an output of the artefact; else one line listing its
+    outputs. ``logits`` asked of a CPU graph says what that graph has instead."""
+    if isinstance(wanted, str):  # "labels" would be read as the names l, a, b, e, l, s
+        raise FornetError(f"outputs must be a list of names, e.g. outputs=[{wanted!r}], got the string {wanted!r}")
+    unknown = [name for name in wanted if name not in available]
+    if not unknown:
+        return
+    has = ", ".join(available)
+    if unknown[0] == LOGITS and COARSE_LOGITS in available:
+        raise FornetError(
+            f"{artifact} has no output {LOGITS!r}: it is a CPU graph, which computes the 1/4-scale "
+            f"{COARSE_LOGITS!r} and its labels without the full-resolution logits (its outputs: {has}); "
+            f"ask for {COARSE_LOGITS!r}, or run {ONNX_FP32} for full-resolution logits"
+        )
+    raise FornetError(f"{artifact} has no output {unknown[0]!r} (its outputs: {has})")
 
 
 def network_size(spec: InputSpec, preprocessing, image_hw: tuple[int, int],

@@ -115,23 +115,71 @@ def _present(bundle: Bundle, fmt: Format, request: EngineRequest | None = None) 
     return fmt if bundle.has(fmt.artifact) else None
 
 
-def resolve_format(bundle: Bundle, runtime: str, precision: str, device: str, artifact: str | None = None,
+def named_format(bundle: Bundle, runtime: str, precision: str | None, device: str, artifact: str) -> Format:
+    """The format of one named artefact (``--artifact``): recorded in the bundle, run by
+    ``runtime``, of ``precision`` (``None``: the artefact's own); else one line saying why."""
+    if not bundle.has(artifact):
+        present = ", ".join(sorted(bundle.artifacts)) or "none"
+        raise FornetError(f"bundle {bundle.root} has no {artifact} (artefacts: {present})")
+    entry = bundle.artifacts[artifact]
+    if runtime == "trt":
+        rows = [f for f in FORMATS if f.runtime == runtime] if entry.get("kind") == ENGINE_KIND else []
+    else:
+        rows = [f for f in FORMATS if f.runtime == runtime and f.artifact == artifact]
+    if not rows:
+        runs = sorted({f.runtime for f in FORMATS if f.artifact == artifact}
+                      | ({"trt"} if entry.get("kind") == ENGINE_KIND else set()))
+        raise FornetError(f"{artifact} is not run by --runtime {runtime}"
+                          + (f" (use --runtime {' or '.join(runs)})" if runs else ""))
+    recorded = entry.get("precision")
+    precision = precision or recorded or rows[0].precision
+    if recorded is not None and recorded != precision:
+        raise FornetError(f"{artifact} is the bundle's {recorded} artefact, not {precision}: "
+                          f"leave out --precision, or give --precision {recorded}")
+    options = formats_for(runtime, precision, device)  # unknown names, or not on this device
+    row = next((f for f in rows if f.precision == precision), options[0])
+    return replace(row, artifact=artifact)
+
+
+def artifact_precision(bundle: Bundle, artifact: str | None, precision: str | None) -> str:
+    """The precision a run is of: ``precision`` when given, else the named artefact's
+    (its manifest entry's), else fp32."""
+    if precision is not None:
+        return precision
+    if artifact is not None and bundle.has(artifact):
+        return bundle.artifacts[artifact].get("precision") or "fp32"
+    return "fp32"
+
+
+def formats_present(bundle: Bundle, runtime: str, precision: str, device: str,
+                    request: EngineRequest | None = None) -> list[Format]:
+    """Every artefact the bundle holds for (runtime, precision, device), in the table's order:
+    on a CPU, ONNX Runtime FP32 is ``model.cpu.onnx`` and ``model.onnx``, INT8 the U8S8 graph
+    and the Q/DQ graph TensorRT builds from (what parity checks by default); one line naming
+    the command that makes the artefact when there is none."""
+    options = formats_for(runtime, precision, device)
+    found = [f for f in (_present(bundle, fmt, request) for fmt in options) if f is not None]
+    if not found:
+        raise FornetError(
+            f"bundle {bundle.root} has no {runtime} {precision} artefact ({options[-1].artifact}); "
+            f"make it with `{options[-1].made_by}`"
+        )
+    return found
+
+
+def resolve_format(bundle: Bundle, runtime: str, precision: str | None, device: str, artifact: str | None = None,
                    request: EngineRequest | None = None) -> Format:
     """The first format of the table the bundle holds for (runtime, precision, device);
-    ``artifact`` picks a specific file (e.g. one of several engines of one precision), else
+    ``artifact`` picks a specific file (:func:`named_format`: e.g. ``model.onnx`` where a CPU
+    runs ``model.cpu.onnx`` by default, or one of several engines of one precision), else
     ``request`` says what a TensorRT engine must fit (:func:`select_engine`)."""
-    options = formats_for(runtime, precision, device)
     if artifact is not None:
-        if not bundle.has(artifact):
-            raise FornetError(f"bundle {bundle.root} has no {artifact}")
-        return replace(options[0], artifact=artifact)
-    for fmt in options:
+        return named_format(bundle, runtime, precision, device, artifact)
+    precision = precision or "fp32"
+    for fmt in formats_for(runtime, precision, device):  # the first present, without probing the others
         if (found := _present(bundle, fmt, request)) is not None:
             return found
-    raise FornetError(
-        f"bundle {bundle.root} has no {runtime} {precision} artefact ({options[-1].artifact}); "
-        f"make it with `{options[-1].made_by}`"
-    )
+    return formats_present(bundle, runtime, precision, device, request)[0]  # none: the one-line error
 
 
 def available_formats(bundle: Bundle, device: str, request: EngineRequest | None = None) -> list[Format]:
@@ -158,7 +206,7 @@ def trt_request(gpu: int = 0, shape: Sequence[int] | None = None, dla_core: int 
     return EngineRequest(shape=tuple(shape) if shape is not None else None, dla_core=dla_core, **machine_facts(gpu))
 
 
-def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str = "fp32", device: str = "cpu",
+def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu",
                 *, artifact: str | None = None, topk: str = "exact", threads: int | None = None,
                 ort_device: str | None = None, gpu: int = 0, shape: Sequence[int] | None = None,
                 dla_core: int | None = None, profile_dir: str | Path | None = None) -> Runner:
@@ -170,9 +218,9 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
     commits to the bundle in between (then the runner stops with one line).
 
     ``device`` is cpu, cuda or jetson. ``artifact``: a specific file when the bundle has
-    several for one precision. ``topk`` (torch): exact or threshold. ``threads``: CPU
-    threads (torch / ONNX Runtime). ``ort_device``: ONNX Runtime providers (cpu, cuda,
-    tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index. TensorRT:
+    several for one precision. ``precision``: default fp32, or the ``artifact``'s own. ``topk`` (torch):
+    exact or threshold. ``threads``: CPU threads (torch / ONNX Runtime). ``ort_device``: ONNX
+    Runtime providers (cpu, cuda, tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index. TensorRT:
     ``shape`` (NCHW) and ``dla_core`` pick the engine (:func:`select_engine`).
     ``profile_dir`` (ONNX Runtime): profile every run into that folder
     (:meth:`~fornet_deploy.runtimes.ort_runner.OrtRunner.end_profiling`).
@@ -181,6 +229,7 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
         bundle = Bundle.open(bundle, verify=False)
     request = trt_request(gpu, shape, dla_core) if runtime == "trt" and artifact is None else None
     fmt = resolve_format(bundle, runtime, precision, device, artifact, request)
+    precision = fmt.precision
     path = bundle.path(fmt.artifact)  # verifies the sha256 and the lineage
     sha256 = bundle.sha256(fmt.artifact)
     on_gpu = device in ("cuda", "jetson")

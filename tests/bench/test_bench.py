@@ -80,7 +80,7 @@ def test_a_dynamic_bundle_benchmarks_a_size_that_is_not_a_multiple_of_32(tiny_bu
 @pytest.mark.parametrize("cfg, words", [
     (BenchConfig(shape=(9000, 500)), ["9000x500", "larger than the supported 8192"]),
     (BenchConfig(batch=0), ["--batch", ">= 1"]),
-    (BenchConfig(iters=0), ["--iters", ">= 1"]),
+    (BenchConfig(iters=0), ["--iterations", ">= 1"]),
     (BenchConfig(warmup=-1), ["--warmup"]),
     (BenchConfig(device="tpu"), ["--device", "cpu, cuda, jetson"]),
     (BenchConfig(runtime="tflite"), ["tflite"]),
@@ -264,7 +264,9 @@ def test_matrix_on_cpu_with_accuracy(tiny_bundle, tiny_data, tmp_path):
     assert "| torch | fp32 | `checkpoint.safetensors` |" in table and ("| 1.00× |" in table or BUSY_CELL in table)
     assert "| ort | fp32 | `model.onnx` |" in table
     columns, table_rows = bench_rows(result)
-    assert columns[-1] == "note" and all(len(r) == len(columns) for r in table_rows)
+    assert columns[:2] == ["artefact", "runtime"] and all(len(r) == len(columns) for r in table_rows)
+    assert "GPU exec p50 ms" not in columns  # empty in every row on a CPU
+    assert [r[:2] for r in table_rows[:2]] == [["checkpoint.safetensors", "torch fp32"], ["model.cpu.onnx", "ort fp32"]]
 
 
 def test_matrix_without_data_and_with_a_broken_artefact(tiny_bundle, tmp_path):

@@ -42,7 +42,10 @@ def test_summary_checks_the_goals(tmp_path):
         split = {"device_split": {"compute": {"p50_ms": exec_ms}, "h2d": {"p50_ms": 0.9}, "d2h": {"p50_ms": 0.1}}}
         _write(tmp_path, f"bench_{run}.json", {"compute": {"p50_ms": exec_ms + 1.0}, "end_to_end": {"p50_ms": 40.0},
                                                **(split if run.startswith("trt") else {})})
-        _write(tmp_path, f"parity_{run}.json", {"summary": {"passed": True, "argmax_agreement": 0.9999}})
+        artefact = f"model.{precision}.engine" if run.startswith("trt") else "model.onnx"  # one artefact a run
+        _write(tmp_path, f"parity_{run}.json",
+               {"summary": {"passed": True}, "artifacts": {artefact: {"summary": {"passed": True,
+                                                                                  "argmax_agreement": 0.9999}}}})
     (tmp_path / "steps.txt").write_text("pytest rc=0 90s (budget 180s)\n")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_summary.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=60)

@@ -35,6 +35,7 @@ def test_parity_on_larger_images_records_the_resize(small_static_bundle, tiny_da
     report = parity_bundle(small_static_bundle, data=tiny_data, limit=2, out_dir=tmp_path / "p")
     assert report["resized"] == {"images": 2, "sizes": {"128x256->64x128": 2}}
     assert report["summary"]["passed"], report["summary"]
+    assert set(report["artifacts"]) == {"model.cpu.onnx", "model.onnx"}
 
 
 def test_a_dynamic_bundle_runs_images_at_their_own_size(tiny_bundle, tiny_data):

@@ -8,20 +8,31 @@ from fornet_deploy.evaluation.agreement import ImageAgreement
 from fornet_deploy.evaluation.parity import THRESHOLDS, compare_outputs, parity_bundle
 
 
-def test_ort_fp32_parity_passes_with_report_and_pictures(tiny_bundle, tiny_data, tmp_path):
+def test_ort_fp32_parity_checks_every_fp32_graph_with_report_and_pictures(tiny_bundle, tiny_data, tmp_path):
+    """On a CPU, FP32 ships as model.cpu.onnx (what ONNX Runtime runs here) and model.onnx
+    (what Triton, DeepStream and TensorRT take): parity checks both, a report each."""
     report = parity_bundle(tiny_bundle, "ort", "fp32", "cpu", data=tiny_data, out_dir=tmp_path / "p")
-    s = report["summary"]
-    assert s["passed"] and s["images"] == 3
-    assert s["argmax_agreement"] >= 0.9999 and s["max_abs_logit"] <= 1e-3
-    assert s["mask_agreement"] == 1.0 and s["mask_identical_images"] == 3
+    assert report["summary"] == {"passed": True, "artifacts": ["model.cpu.onnx", "model.onnx"], "failed": {}}
+    for name, artefact in report["artifacts"].items():
+        s = artefact["summary"]
+        assert artefact["candidate"]["artifact"] == name
+        assert s["passed"] and s["images"] == 3
+        assert s["argmax_agreement"] >= 0.9999 and s["max_abs_logit"] <= 1e-3
+        assert s["mask_agreement"] == 1.0 and s["mask_identical_images"] == 3
+        assert len(artefact["pictures"]) == 3 and all((tmp_path / "p" / p).is_file() for p in artefact["pictures"])
+        assert all(p.startswith(f"{name}/") for p in artefact["pictures"])
+    assert report["artifacts"]["model.onnx"]["summary"]["logits_compared"] == ["logits"]
+    assert report["artifacts"]["model.cpu.onnx"]["summary"]["logits_compared"] == ["coarse_logits"]
     saved = json.loads((tmp_path / "p" / "parity.json").read_text())
-    assert saved["summary"] == s
-    assert len(report["pictures"]) == 3 and all((tmp_path / "p" / p).is_file() for p in report["pictures"])
+    assert saved["artifacts"] == report["artifacts"] and saved["thresholds"]["max_abs_logit"] == 1e-3
+    assert saved["picture_scale"] == 1e-3  # FP32: every heat map of the run on its threshold
 
 
 def test_parity_on_synthetic_images_without_data(tiny_bundle, tmp_path):
-    report = parity_bundle(tiny_bundle, "ort", "fp32", "cpu", limit=2, out_dir=tmp_path / "p")
-    assert report["summary"]["images"] == 2 and report["summary"]["passed"]
+    report = parity_bundle(tiny_bundle, "ort", "fp32", "cpu", limit=2, out_dir=tmp_path / "p",
+                           artifact="model.onnx")
+    (artefact,) = report["artifacts"].values()
+    assert artefact["summary"]["images"] == 2 and report["summary"]["passed"]
 
 
 def test_compare_outputs_counts_superset_masks_and_disagreement():
@@ -248,7 +259,21 @@ def failing_bundle(tiny_bundle, tmp_path_factory):
     return root
 
 
-def test_parity_command_exits_1_and_names_the_failing_check(failing_bundle, tmp_path):
+def _row(stdout: str, first: str) -> list[str]:
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n{stdout}")
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # one table row a line, so a row can be read cell by cell
+
+
+def test_parity_command_exits_1_and_names_the_failing_artefact_and_check(failing_bundle, tmp_path, wide):
+    """The CPU graph fails, model.onnx passes: one row each, exit 1, the last line names both."""
     from cli_helpers import run_cli
 
     result = run_cli("parity", "--bundle", str(failing_bundle), "--num-images", "2", "--out", str(tmp_path / "p"),
@@ -256,36 +281,85 @@ def test_parity_command_exits_1_and_names_the_failing_check(failing_bundle, tmp_
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads((tmp_path / "parity.json").read_text())
-    s = report["summary"]
+    assert report["summary"] == {"passed": False, "artifacts": ["model.cpu.onnx", "model.onnx"],
+                                 "failed": {"model.cpu.onnx": ["max_abs_logit"]}}
+    s = report["artifacts"]["model.cpu.onnx"]["summary"]
     assert s["passed"] is False and s["images"] == 2
     assert s["checks"] == {"argmax_agreement": True, "max_abs_logit": False, "mask_agreement": True,
                            "topk_count": True}
     assert 1.9e-3 < s["max_abs_logit_outside_ties"] < 2.1e-3 and s["argmax_agreement"] == 1.0
-    assert json.loads((tmp_path / "p" / "parity.json").read_text())["summary"] == s
-    row = next(line for line in result.stdout.splitlines() if "away from near-tie Top-K swaps" in line)
-    assert "FAIL" in row
-    assert "FAIL: max_abs_logit; report" in result.stdout
+    assert report["artifacts"]["model.onnx"]["summary"]["passed"] is True
+    assert json.loads((tmp_path / "p" / "parity.json").read_text())["artifacts"] == report["artifacts"]
+    header = next(line for line in result.stdout.splitlines() if "artefact" in line)
+    assert "logit diff <= 0.001" in header and "argmax >= 0.9999" in header and "mask >= 0.999 " in header
+    cpu, full = _row(result.stdout, "model.cpu.onnx"), _row(result.stdout, "model.onnx")
+    assert cpu[1].endswith("* FAIL") and cpu[-1] == "FAIL"  # *: a CPU graph's 1/4-scale logits
+    assert "FAIL" not in " ".join(full[:-1]) and full[-1] == "PASS"
+    assert result.stdout.strip().splitlines()[-1].startswith("FAIL: max_abs_logit (model.cpu.onnx); report")
 
 
-def test_parity_command_exits_0_on_a_passing_artefact_with_its_table_and_json(tiny_bundle, tiny_data, tmp_path):
+def test_parity_checks_one_artefact_with_settable_thresholds(failing_bundle, tmp_path, wide):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    only_full = run_cli("parity", "--bundle", str(failing_bundle), "--num-images", "1", "--artifact", "model.onnx",
+                        "--out", str(tmp_path / "a"))
+    assert only_full.returncode == 0, only_full.stdout + only_full.stderr
+    assert "model.cpu.onnx" not in only_full.stdout and _row(only_full.stdout, "model.onnx")[-1] == "PASS"
+    looser = run_cli("parity", "--bundle", str(failing_bundle), "--num-images", "1", "--atol", "0.01",
+                     "--min-argmax-agreement", "0.5", "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
+    assert looser.returncode == 0, looser.stdout + looser.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["thresholds"] == {
+        "max_abs_logit": 0.01, "min_argmax_agreement": 0.5, "min_mask_agreement": 0.999}
+    assert "<= 0.01" in looser.stdout and ">= 0.5" in looser.stdout
+    stricter = run_cli("parity", "--bundle", str(failing_bundle), "--num-images", "1", "--artifact", "model.onnx",
+                       "--atol", "1e-9", "--out", str(tmp_path / "c"))
+    assert stricter.returncode == 1 and "FAIL: max_abs_logit; report" in stricter.stdout
+    wrong = run_cli("parity", "--bundle", str(failing_bundle), "--min-mask-agreement", "1.5")
+    assert wrong.returncode == 2
+    other = run_cli("parity", "--bundle", str(failing_bundle), "--artifact", "model.int8.qdq.onnx")
+    assert other.returncode == 3
+    assert_one_line_error(other, "has no model.int8.qdq.onnx", "model.cpu.onnx")
+    mismatch = run_cli("parity", "--bundle", str(failing_bundle), "--artifact", "model.onnx", "--precision", "int8")
+    assert_one_line_error(mismatch, "model.onnx is the bundle's fp32 artefact, not int8")
+    assert not (failing_bundle / "parity").exists()  # a run that could not start leaves no folder
+
+
+def test_parity_int8_checks_both_int8_graphs(tiny_bundle, tiny_data, tmp_path):
+    """INT8 ships as the U8S8 CPU graph and the Q/DQ graph TensorRT builds from: both checked."""
+    import shutil
+
+    from fornet_deploy.calibration.qdq import calibrate_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("parity"))
+    for target in ("tensorrt", "cpu"):
+        calibrate_bundle(bundle, tiny_data, num_images=2, method="minmax", target=target)
+    report = parity_bundle(bundle, "ort", "int8", "cpu", limit=1, out_dir=tmp_path / "p")
+    assert report["summary"]["artifacts"] == ["model.int8.cpu.onnx", "model.int8.qdq.onnx"]
+    assert {r["candidate"]["artifact"] for r in report["artifacts"].values()} == set(report["summary"]["artifacts"])
+    assert report["summary"]["passed"] == all(r["summary"]["passed"] for r in report["artifacts"].values())
+
+
+def test_parity_command_exits_0_on_passing_artefacts_with_its_table_and_json(tiny_bundle, tiny_data, tmp_path, wide):
     from cli_helpers import run_cli
 
     result = run_cli("parity", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--num-images", "2",
                      "--out", str(tmp_path / "p"), "--json", str(tmp_path / "parity.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "parity.json").read_text())
-    s = report["summary"]
-    assert s["passed"] is True and s["images"] == 2 and all(s["checks"].values())
-    assert set(s["checks"]) == {"argmax_agreement", "max_abs_logit", "mask_agreement", "topk_count"}
-    assert s["logits_compared"] == ["coarse_logits"] and s["max_abs_logit"] <= 1e-3
-    assert report["candidate"]["backend"] == "onnxruntime" and report["reference"]["backend"] == "torch"
-    assert len(report["images"]) == 2 and len(report["pictures"]) == 2
-    assert all((tmp_path / "p" / picture).is_file() for picture in report["pictures"])
-    for label in ("argmax agreement", "Top-K mask agreement", "images off k (Top-K cells)",
-                  "away from near-tie Top-K swaps"):
-        row = next(line for line in result.stdout.splitlines() if label in line)
-        assert "ok" in row and "FAIL" not in row, row
-    assert "PASS; report" in result.stdout
+    assert report["summary"]["passed"] is True and report["precision"] == "fp32"
+    for name, artefact in report["artifacts"].items():
+        s = artefact["summary"]
+        assert s["passed"] is True and s["images"] == 2 and all(s["checks"].values())
+        assert set(s["checks"]) == {"argmax_agreement", "max_abs_logit", "mask_agreement", "topk_count"}
+        assert s["max_abs_logit"] <= 1e-3
+        assert artefact["candidate"]["backend"] == "onnxruntime" and artefact["reference"]["backend"] == "torch"
+        assert len(artefact["images"]) == 2 and len(artefact["pictures"]) == 2
+        assert all((tmp_path / "p" / picture).is_file() for picture in artefact["pictures"])
+        row = _row(result.stdout, name)
+        assert row[-1] == "PASS" and "FAIL" not in " ".join(row)
+    assert "vs torch fp32 (exact Top-K), 2 images" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("PASS; report")
 
 
 def test_near_tie_cells_at_a_size_that_is_not_a_multiple_of_8():

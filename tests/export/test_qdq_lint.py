@@ -122,7 +122,7 @@ def test_integer_to_uint8_cast_is_a_blocker_and_the_fp32_tail_a_warning():
     assert _checks(_tail(cast_via_half=True, quantized=False)) == {}
 
 
-def test_report_counts_every_check(tmp_path):
+def test_report_counts_every_check(tmp_path, monkeypatch):
     path = tmp_path / "old_labels.onnx"
     onnx.save(_tail(cast_via_half=False), str(path))
     report = lint_file(path)
@@ -130,9 +130,15 @@ def test_report_counts_every_check(tmp_path):
     assert report["counts"] == {"fp32-tail": 2, "int-to-uint8-cast": 1}
     assert report["qdq"]["quantized_convs"] == 1 and report["qdq"]["quantize_linear"] == 1
     assert json.loads(json.dumps(report)) == report
+    monkeypatch.setenv("COLUMNS", "240")  # a table row a line
     result = run_cli("lint", str(path))  # the command prints the counts and fails on the blocker
     assert result.returncode == ExitCode.CHECK_FAILED
-    assert "per check: fp32-tail 2, int-to-uint8-cast 1" in result.stdout
+    counts = {}  # the command's table of findings per check: check, severity, findings, first node
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 4 and cells[2].isdigit():
+            counts[cells[0]] = (cells[1], int(cells[2]))
+    assert counts == {"int-to-uint8-cast": ("blocker", 1), "fp32-tail": ("warning", 2)}
 
 
 def test_standalone_quantize_prediction():

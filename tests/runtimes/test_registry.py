@@ -119,3 +119,21 @@ def test_load_runner_asks_with_this_machine_and_the_gpu_index(tmp_path, monkeypa
 def test_machine_facts_here_leave_out_what_is_unknown():
     facts = trt_metadata.machine_facts(0)
     assert "gpu_name" not in facts or facts["compute_capability"]  # no GPU on CI: nothing about one
+
+
+def test_a_named_artefact_must_be_in_the_bundle_of_its_runtime_and_precision(tiny_bundle):
+    from fornet_deploy.runtimes.registry import artifact_precision, formats_present, named_format
+
+    bundle = Bundle.open(tiny_bundle, verify=False)
+    assert [f.artifact for f in formats_present(bundle, "ort", "fp32", "cpu")] == ["model.cpu.onnx", "model.onnx"]
+    assert [f.artifact for f in formats_present(bundle, "ort", "fp32", "cuda")] == ["model.onnx"]
+    with pytest.raises(FornetError, match="no ort int8 artefact .*calibrate"):
+        formats_present(bundle, "ort", "int8", "cpu")
+    assert named_format(bundle, "ort", None, "cpu", "model.onnx").precision == "fp32"
+    assert artifact_precision(bundle, "model.onnx", None) == "fp32" and artifact_precision(bundle, None, None) == "fp32"
+    with pytest.raises(FornetError, match="model.onnx is the bundle's fp32 artefact, not fp16"):
+        named_format(bundle, "ort", "fp16", "cpu", "model.onnx")
+    with pytest.raises(FornetError, match="checkpoint.safetensors is not run by --runtime ort .use --runtime torch"):
+        named_format(bundle, "ort", None, "cpu", "checkpoint.safetensors")
+    with pytest.raises(FornetError, match="has no model.fp16.onnx .artefacts: checkpoint.safetensors, model.cpu"):
+        named_format(bundle, "ort", None, "cpu", "model.fp16.onnx")

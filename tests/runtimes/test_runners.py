@@ -7,7 +7,14 @@ from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import FORMATS
-from fornet_deploy.errors import ExitCode, FornetError, HardwareError, MissingDependencyError, PackageClashError
+from fornet_deploy.errors import (
+    ExitCode,
+    FornetError,
+    HardwareError,
+    MissingDependencyError,
+    OptionError,
+    PackageClashError,
+)
 from fornet_deploy.runtimes.ort_runner import (
     CPU,
     CUDA,
@@ -96,7 +103,7 @@ def test_both_wheels_installed_is_one_line_at_first_use(tmp_path, tiny_bundle, m
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.24.4\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
-    result = run_cli("bench", "--bundle", str(tiny_bundle), "--iters", "1", "--warmup", "0")
+    result = run_cli("bench", "--bundle", str(tiny_bundle), "--iterations", "1", "--warmup", "0")
     assert result.returncode == ExitCode.MISSING_PACKAGE
     assert_one_line_error(result, "both onnxruntime and onnxruntime-gpu are installed", ORT_REPAIR)
 
@@ -107,7 +114,8 @@ def test_format_table_resolution(tiny_bundle):
     assert resolve_format(bundle, "ort", "fp32", "cuda").artifact == "model.onnx"
     with pytest.raises(FornetError, match="fornet-deploy calibrate"):
         resolve_format(bundle, "ort", "int8", "cpu")
-    with pytest.raises(FornetError, match="does not run on cpu"):
+    with pytest.raises(OptionError, match="--runtime trt --precision fp16 does not run on --device cpu "
+                                          r"\(use --device cuda or jetson\)"):
         resolve_format(bundle, "trt", "fp16", "cpu")
     assert [(f.runtime, f.precision, f.artifact) for f in available_formats(bundle, "cpu")] == [
         ("torch", "fp32", "checkpoint.safetensors"), ("ort", "fp32", "model.cpu.onnx"), ("ort", "fp32", "model.onnx")]
