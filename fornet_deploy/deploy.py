@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, check_choice, check_stride, checkpoint_path
+from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, check_choice, check_size, checkpoint_path
 from .errors import OptionError
 from .io import atomic_write_bytes, atomic_write_json, now_iso
 
@@ -65,7 +65,7 @@ class DeployConfig:
 
     def validate(self) -> None:
         check_choice(self.target, tuple(TARGETS), "deploy target")
-        check_stride(self.height, self.width)
+        check_size(self.height, self.width)
         for name in ("num_images", "calib_images", "bench_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
