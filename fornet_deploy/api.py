@@ -261,12 +261,13 @@ def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: 
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
-         bench_iters: int = 20, log: Callable[[str], None] = print) -> dict:
-    """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``."""
+         bench_iters: int = 20, runtime: str = "ort", log: Callable[[str], None] = print) -> dict:
+    """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``runtime``
+    (ort or openvino): whose artefacts the parity and evaluation stages verify."""
     from .demo import DemoConfig
     from .demo import run_demo as run
 
     _positive(train_iterations, "--train-iterations")
     _positive(bench_iters, "--bench-iters")
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None,
-                               train_iterations=train_iterations, bench_iters=bench_iters), log=log)
+                               train_iterations=train_iterations, bench_iters=bench_iters, runtime=runtime), log=log)

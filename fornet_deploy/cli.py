@@ -34,6 +34,7 @@ from .contract import (
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
+    RUN_PRECISIONS,
     RUNTIMES,
     TAILS,
     TOPK_FORMS,
@@ -42,7 +43,7 @@ from .contract import (
 from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 
 app = typer.Typer(
-    help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
+    help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, OpenVINO, Jetson).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,6 +54,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 # Choices come from the contract's tables: --help lists them, a wrong value is a usage error.
 Runtime = Literal[RUNTIMES]
 Precision = Literal[PRECISIONS]
+RunPrecision = Literal[RUN_PRECISIONS]
 Device = Literal[DEVICES]
 TopkForm = Literal[TOPK_FORMS]
 Method = Literal[CALIBRATION_METHODS]
@@ -65,7 +67,8 @@ Tail = Literal[TAILS]
 BUNDLE = typer.Option(..., help="deploy bundle folder")
 RUNTIME = typer.Option("ort", help="inference runtime")
 PRECISION = typer.Option("fp32", help="artefact precision")
-DEVICE = typer.Option("cpu", help="where to run")
+RUN_PRECISION = typer.Option("fp32", help="precision to run at (bf16: OpenVINO on a CPU with BF16)")
+DEVICE = typer.Option("cpu", help="where to run (gpu / npu: an Intel GPU / NPU, with --runtime openvino)")
 NUM_IMAGES = typer.Option(None, min=1, help="at most this many images (default: all)")
 JSON_OUT = typer.Option(None, "--json", help="also write the result to this JSON file")
 SPLIT = typer.Option("val", help="dataset split")
@@ -119,7 +122,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the version and exit")) -> None:
-    """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson)."""
+    """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, OpenVINO, Jetson)."""
 
 
 @contextlib.contextmanager
@@ -387,7 +390,7 @@ def _check(summary: dict, key: str) -> str:
 def parity(
     bundle: Path = BUNDLE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: RunPrecision = RUN_PRECISION,
     device: Device = DEVICE,
     data: Optional[Path] = typer.Option(None, help="dataset root (Cityscapes layout); else synthetic images"),
     split: str = SPLIT,
@@ -426,7 +429,7 @@ def eval_cmd(
     bundle: Path = BUNDLE,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: RunPrecision = RUN_PRECISION,
     device: Device = DEVICE,
     split: str = SPLIT,
     num_images: Optional[int] = NUM_IMAGES,
@@ -456,12 +459,12 @@ def bench(
     bundle: Path = BUNDLE,
     device: Device = DEVICE,
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: RunPrecision = RUN_PRECISION,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="input HxW (default: the export shape)"),
     batch: int = typer.Option(1, min=1),
     warmup: int = typer.Option(10, min=0),
     iters: int = typer.Option(50, min=1),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime / OpenVINO"),
     images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
@@ -497,7 +500,7 @@ def predict(
     bundle: Path = BUNDLE,
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
-    precision: Precision = PRECISION,
+    precision: RunPrecision = RUN_PRECISION,
     device: Device = DEVICE,
     shape: Optional[str] = typer.Option(None, metavar="HxW", help="network input HxW (images are resized, predictions resized back)"),
     importance: bool = typer.Option(False, "--importance", help="also write the importance-map heat map"),
@@ -572,14 +575,16 @@ def demo(
     weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
     bench_iters: int = typer.Option(20, min=1, help="timed iterations per artefact"),
+    runtime: Literal["ort", "openvino"] = typer.Option("ort", help="whose artefacts parity and eval verify (the "
+                                                                   "benchmark matrix measures every runtime)"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
     from .api import run_demo as run
 
-    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters,
+    result = run(out, weights, train_iterations=train_iterations, bench_iters=bench_iters, runtime=runtime,
                  log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
-                [[f"ort {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
+                [[f"{runtime} {p}", s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
                  for p, s in result["parity"].items()])
     print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
