@@ -16,10 +16,12 @@ def test_ratio_over_quiet_rounds_only():
                    "slow": [QUIET, QUIET, QUIET]}, cpu={"fast": [1.0], "slow": [2.5]}, rounds=3)
     ratio = quiet_ratio(timed, "fast vs slow", "fast", "slow")
     assert ratio == {"median": 2.5, "min": 2.0, "max": 3.0, "quiet_rounds": 2, "rounds": 3, "busy": False,
-                     "cpu_time_ratio": 2.5}  # the busy round's 9x is left out
+                     "cpu_time_ratio": 2.5,  # the busy round's 9x is left out ...
+                     "all_rounds": {"median": 3.0, "min": 2.0, "max": 9.0}}  # ... and kept apart
     timed.loads["slow"] = [BUSY, QUIET, BUSY]
     busy = quiet_ratio(timed, "fast vs slow", "fast", "slow")
-    assert busy == {"busy": True, "quiet_rounds": 0, "cpu_time_ratio": 2.5}
+    assert busy == {"busy": True, "quiet_rounds": 0, "cpu_time_ratio": 2.5,
+                    "all_rounds": {"median": 3.0, "min": 2.0, "max": 9.0}}
 
 
 def test_every_variant_is_timed_on_the_same_inputs_in_every_round():
