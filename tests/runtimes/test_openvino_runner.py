@@ -123,6 +123,18 @@ def test_compiled_models_are_cached_in_the_bundle(int8_bundle):
     assert sorted(p.name for p in cache.iterdir()) == blobs  # ... and imported the second time
 
 
+def test_the_cache_serves_each_precision_its_own_model(int8_bundle):
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU runs no bf16")
+    x = _batch()
+    with load_runner(int8_bundle, "openvino", "fp32", "cpu") as fp32:  # fills the bundle's cache first
+        f32_logits = fp32(x)["coarse_logits"]
+    with load_runner(int8_bundle, "openvino", "bf16", "cpu") as cached, \
+            OpenVinoRunner(int8_bundle / "model.cpu.onnx", precision="bf16", cache_dir=None) as uncached:
+        a, b = cached(x)["coarse_logits"], uncached(x)["coarse_logits"]
+    assert np.array_equal(a, b) and not np.array_equal(a, f32_logits)
+
+
 def test_absent_device_is_one_line(tiny_bundle):
     if any(d.startswith("NPU") for d in ov.Core().available_devices):
         pytest.skip("this machine has an Intel NPU")
@@ -228,6 +240,7 @@ def test_demo_verifies_openvino(tmp_path, tiny_checkpoint):
         assert results[f"results/eval_openvino_{precision}.json"]["runner"]["backend"] == "openvino"
     assert result["failed"] == [f"parity openvino {p}" for p, s in result["parity"].items() if not s["passed"]]
     matrix = results["results/bench_matrix.json"]["rows"]
-    assert {(r["runtime"], r["precision"]) for r in matrix} >= {("ort", "fp32"), ("openvino", "fp32"), ("openvino", "int8")}
+    assert {(r["runtime"], r["precision"]) for r in matrix} >= {("ort", "fp32"), ("openvino", "fp32"),
+                                                               ("openvino", "int8")}
     with pytest.raises(OptionError, match="unknown demo runtime 'trt'"):
         run_demo(DemoConfig(out=tmp_path / "other", runtime="trt"))
