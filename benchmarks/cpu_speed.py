@@ -32,28 +32,25 @@ image) and the mIoU / boundary IoU of ``torch``, ``ort_fp32`` and ``ort_int8`` o
 ``fornet-deploy eval`` runs). The closing table holds every target of issue 15 against its
 number: met, NOT MET, or busy (no quiet round: measured on a busy machine, not a result).
 
-Timing: rounds; in each, every variant runs 2 untimed calls then ``--block`` timed calls
-(the images cycle, the same sequence for every variant), inside a ``LoadProbe`` (the CPU
-share other processes took meanwhile). Per variant: median / p10 / p90 ms and CPU ms per
-call. Ratios (the issue's targets) are the per-round ratios of block medians over the quiet
-rounds only (both blocks timed while other processes took at most 10 % of the CPUs): their
-median and range, and how many rounds were quiet; with no quiet round a ratio is ``busy``,
-not a result.
+Timing: rounds of ``--block`` timed calls per variant (benchmarks/rounds.py). Per variant:
+median / p10 / p90 ms and CPU ms per call. Ratios (the issue's targets) are the per-round
+ratios of block medians over the quiet rounds only (both blocks timed while other processes
+took at most 10 % of the CPUs): their median and range, and how many rounds were quiet; with
+no quiet round a ratio is ``busy``, not a result.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
+from rounds import quiet_ratio, time_rounds, variant_row
 
-from fornet_deploy.bench.load import LoadProbe, load_summary, loadavg
+from fornet_deploy.bench.load import LoadProbe, loadavg
 from fornet_deploy.bench.profile import profile_runner
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import Bundle
@@ -204,25 +201,7 @@ def main() -> None:
             name, artefact, options = parse_variant(text)
             calls[name] = ort_variant(bundle, artefact, options, args.threads, Path(tmp))
             artefacts[name] = f"{artefact} {options}"
-        wall = {name: [] for name in calls}
-        cpu = {name: [] for name in calls}
-        blocks: dict[str, list[float]] = {name: [] for name in calls}
-        loads: dict[str, list[dict]] = {name: [] for name in calls}
-        with LoadProbe() as whole:
-            for _ in range(args.rounds):
-                for name, call in calls.items():
-                    for i in range(2):
-                        call(batches[i % len(batches)])
-                    times = []
-                    with LoadProbe() as probe:
-                        for i in range(args.block):
-                            start_cpu, start = time.process_time(), time.perf_counter()
-                            call(batches[i % len(batches)])
-                            times.append(time.perf_counter() - start)
-                            cpu[name].append(time.process_time() - start_cpu)
-                    wall[name] += times
-                    blocks[name].append(statistics.median(times))
-                    loads[name].append(probe.result())
+        timed = time_rounds(calls, batches, args.rounds, args.block)
         if args.profile_runs:
             report["tail"] = tail_shares(bundle, [n for n in ORT_GRAPHS if n in runners], args.threads, batches[0],
                                          args.profile_runs)
@@ -234,35 +213,10 @@ def main() -> None:
     for runner in runners.values():
         runner.deactivate()
 
-    for name in calls:
-        ms = 1e3 * np.asarray(wall[name])
-        report["variants"][name] = {
-            "artefact": artefacts[name], "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-            "p90_ms": float(np.percentile(ms, 90)), "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
-            "machine_load": load_summary(loads[name])}
-        row = report["variants"][name]
-        print(f"{name:22s} {row['median_ms']:8.2f} ms (p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f}) "
-              f"cpu {row['cpu_median_ms']:8.2f} ms  foreign max {row['machine_load']['foreign_share']:.0%}  "
-              f"[{artefacts[name]}]", flush=True)
-    report["ratios"] = {}
-    for label, fast, slow in RATIOS:
-        if fast not in blocks or slow not in blocks:
-            continue
-        quiet = [s / f for f, s, lf, ls in zip(blocks[fast], blocks[slow], loads[fast], loads[slow])
-                 if not lf["busy"] and not ls["busy"]]
-        # CPU time per call: with one thread, nearly independent of other processes (only cache and
-        # memory bandwidth are shared); with more, it also counts the spinning of idle workers.
-        cpu_ratio = statistics.median(cpu[slow]) / statistics.median(cpu[fast])
-        if not quiet:
-            report["ratios"][label] = {"busy": True, "quiet_rounds": 0, "cpu_time_ratio": cpu_ratio}
-            print(f"{label:42s} measured on a busy machine in every round: not a result (CPU time {cpu_ratio:.2f}x)")
-            continue
-        report["ratios"][label] = {"median": statistics.median(quiet), "min": min(quiet), "max": max(quiet),
-                                   "quiet_rounds": len(quiet), "rounds": args.rounds, "busy": False,
-                                   "cpu_time_ratio": cpu_ratio}
-        print(f"{label:42s} {statistics.median(quiet):.2f}x (range {min(quiet):.2f}-{max(quiet):.2f} over "
-              f"{len(quiet)} quiet rounds of {args.rounds}; CPU time {cpu_ratio:.2f}x)")
-    report["machine_load"] = whole.result()
+    report["variants"] = {name: variant_row(timed, name, artefacts[name]) for name in calls}
+    report["ratios"] = {label: quiet_ratio(timed, label, fast, slow) for label, fast, slow in RATIOS
+                        if fast in calls and slow in calls}
+    report["machine_load"] = timed.machine_load
     report["loadavg_end"] = loadavg()
     report["machine"] = describe_machine()
     report["targets"] = targets(report)

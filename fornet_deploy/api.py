@@ -309,11 +309,12 @@ def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: 
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
-         bench_iterations: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50,
+         bench_iterations: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50, runtime: str = "ort",
          log: Callable[[str], None] = print) -> dict:
     """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
     SynthCity images' and the export's H x W (any size from 64 px); ``num_images``: the SynthCity
-    val images that parity and evaluation run on."""
+    val images that parity and evaluation run on; ``runtime`` (ort or openvino): whose artefacts
+    the parity and evaluation stages verify."""
     from .data.synthcity.dataset import MIN_SIDE
     from .demo import DemoConfig
     from .demo import run_demo as run
@@ -326,7 +327,7 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
                           "pixels per side")
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
                           synth_val=num_images, train_iterations=train_iterations,
-                          bench_iters=bench_iterations), log=log)
+                          bench_iters=bench_iterations, runtime=runtime), log=log)
 
 
 def deploy_checkpoint(checkpoint: str | Path, target: str, data: str | Path, out: str | Path, *,

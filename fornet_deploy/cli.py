@@ -34,6 +34,7 @@ from .contract import (
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
+    RUN_PRECISIONS,
     RUNTIMES,
     TAILS,
     TOPK_FORMS,
@@ -47,7 +48,7 @@ from .errors import WRITE_ERRNOS, ExitCode, FornetError, OptionError
 # panels cut option names and defaults on narrow terminals), flags without a value placeholder,
 # and "[default: ...]" in help texts kept as text rather than read as markup.
 app = typer.Typer(
-    help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson).",
+    help="FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, OpenVINO, Jetson).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -60,6 +61,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 # Choices come from the contract's tables: --help lists them, a wrong value is a usage error.
 Runtime = Literal[RUNTIMES]
 Precision = Literal[PRECISIONS]
+RunPrecision = Literal[RUN_PRECISIONS]
 Device = Literal[DEVICES]
 TopkForm = Literal[TOPK_FORMS]
 Method = Literal[CALIBRATION_METHODS]
@@ -73,11 +75,13 @@ DeployTargetName = Literal[DEPLOY_TARGETS]
 BUNDLE = typer.Option(..., help="deploy bundle folder")
 RUNTIME = typer.Option("ort", help="inference runtime")
 PRECISION = typer.Option("fp32", help="artefact precision")
-RUN_PRECISION = typer.Option(None, help="artefact precision [default: fp32, or the --artifact's]")
+RUN_PRECISION = typer.Option(None, help="artefact precision (bf16: OpenVINO on a CPU with BF16) "
+                                         "[default: fp32, or the --artifact's]")
 ARTIFACT = typer.Option(None, help="a specific file of the bundle, e.g. model.onnx where a CPU runs model.cpu.onnx "
                                    "[default: the format table's choice]")
-DEVICE = typer.Option("cpu", help="where to run")
-RUN_DEVICE = typer.Option(None, help="where to run [default: cpu; cuda for --runtime trt]")
+DEVICE = typer.Option("cpu", help="where to run (gpu / npu: an Intel GPU / NPU, with --runtime openvino)")
+RUN_DEVICE = typer.Option(None, help="where to run (gpu / npu: Intel, with --runtime openvino) "
+                                      "[default: cpu; cuda for --runtime trt]")
 FP16 = typer.Option(False, "--fp16", help="shorthand for --precision fp16")
 INT8 = typer.Option(False, "--int8", help="shorthand for --precision int8")
 FP32 = typer.Option(False, "--fp32", help="shorthand for --precision fp32")
@@ -157,7 +161,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the version and exit")) -> None:
-    """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, Jetson)."""
+    """FoR-Net from training to fast, verified inference (ONNX Runtime, TensorRT, OpenVINO, Jetson)."""
 
 
 LOG_EVERY_S = 10.0  # without a terminal: the least time between two progress lines
@@ -570,7 +574,7 @@ def build_trt(
 def parity(
     bundle: Path = BUNDLE,
     runtime: Runtime = RUNTIME,
-    precision: Optional[Precision] = RUN_PRECISION,
+    precision: Optional[RunPrecision] = RUN_PRECISION,
     fp16: bool = FP16,
     int8: bool = INT8,
     fp32: bool = FP32,
@@ -611,7 +615,7 @@ def eval_cmd(
     bundle: Path = BUNDLE,
     data: Path = typer.Option(..., help="dataset root (Cityscapes layout)"),
     runtime: Runtime = RUNTIME,
-    precision: Optional[Precision] = RUN_PRECISION,
+    precision: Optional[RunPrecision] = RUN_PRECISION,
     fp16: bool = FP16,
     int8: bool = INT8,
     fp32: bool = FP32,
@@ -649,7 +653,7 @@ def bench(
     bundle: Path = BUNDLE,
     device: Optional[Device] = RUN_DEVICE,
     runtime: Runtime = RUNTIME,
-    precision: Optional[Precision] = RUN_PRECISION,
+    precision: Optional[RunPrecision] = RUN_PRECISION,
     fp16: bool = FP16,
     int8: bool = INT8,
     fp32: bool = FP32,
@@ -659,7 +663,7 @@ def bench(
     warmup: int = typer.Option(10, min=0, help="untimed iterations first"),
     iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations [default: 50]"),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, hidden=True),  # the old spelling
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch / ONNX Runtime / OpenVINO"),
     images: Optional[Path] = typer.Option(None, help="real images (file, folder or dataset root) for end-to-end timing"),
     matrix: bool = typer.Option(False, "--matrix", help="every runtime x precision in the bundle, with accuracy"),
     data: Optional[Path] = typer.Option(None, help="with --matrix: labelled dataset for the mIoU column"),
@@ -700,7 +704,7 @@ def predict(
     bundle: Path = BUNDLE,
     out: Path = typer.Option(..., help="output folder"),
     runtime: Runtime = RUNTIME,
-    precision: Optional[Precision] = RUN_PRECISION,
+    precision: Optional[RunPrecision] = RUN_PRECISION,
     fp16: bool = FP16,
     int8: bool = INT8,
     fp32: bool = FP32,
@@ -829,15 +833,17 @@ def demo(
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
     bench_iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations per artefact [default: 20]"),
     bench_iters: Optional[int] = typer.Option(None, "--bench-iters", min=1, hidden=True),  # the old spelling
-    shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (multiples of 32)"),
+    shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (64 px and up)"),
     num_images: int = typer.Option(50, min=1, help="SynthCity val images for parity and evaluation"),
+    runtime: Literal["ort", "openvino"] = typer.Option("ort", help="whose artefacts parity and eval verify (the "
+                                                                   "benchmark matrix measures every runtime)"),
 ):
     """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
     from .api import run_demo as run
 
     bench_iterations = _renamed(bench_iterations, bench_iters, "--bench-iterations", "--bench-iters") or 20
     result = run(out, weights, train_iterations=train_iterations, bench_iterations=bench_iterations,
-                 shape=_shape(shape), num_images=num_images,
+                 shape=_shape(shape), num_images=num_images, runtime=runtime,
                  log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
                 [[name, s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]

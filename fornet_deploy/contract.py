@@ -10,7 +10,9 @@ runners, the command line and the docs cannot drift apart:
 * the file names of the artefacts of a deploy bundle;
 * the table of deployable formats (runtime x precision -> file, the graph it is made
   from, the command that makes it, where it runs), which drives runner selection, the
-  engine builder, the benchmark matrix, the CLI's choices and the docs;
+  engine builder, the benchmark matrix, the CLI's choices and the docs, and beside it the
+  runner class of each runtime (:data:`RUNNERS`): a new backend is one runner file, one
+  entry there and its rows in :data:`FORMATS`;
 * image sizes: one parser (``HxW``), one formatter, one bounds check and the size arithmetic
   of padding to the stride (the network takes any size, see :data:`STRIDE`).
 
@@ -76,6 +78,7 @@ ONNX_INT8_CPU = "model.int8.cpu.onnx"  # U8S8 Q/DQ: fast on ONNX Runtime for x86
 CALIBRATION_DIR = "calibration"  # the activation-range caches of `calibrate` (no images)
 TRT_CALIBRATION_CACHE = "model.int8.calib"  # TensorRT 10.x entropy-calibrator cache
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # engines built by ONNX Runtime's TensorRT EP
+OPENVINO_CACHE_DIR = "openvino_cache"  # models compiled by OpenVINO (its CACHE_DIR)
 PARITY_DIR = "parity"
 
 # The SynthCity weights shipped inside the package (package data, so `pip install .` has them).
@@ -89,9 +92,24 @@ def checkpoint_path(checkpoint: str | Path) -> Path:
 
 # --- formats --------------------------------------------------------------------------
 
-RUNTIMES = ("torch", "ort", "trt")
+# The runner class of each runtime, as "module:Class": runtimes/registry.py imports it only
+# when a runner of that runtime is made (heavy packages stay out of every other command).
+RUNNERS = {
+    "torch": "fornet_deploy.runtimes.torch_runner:TorchRunner",
+    "ort": "fornet_deploy.runtimes.ort_runner:OrtRunner",
+    "trt": "fornet_deploy.runtimes.trt.runner:TrtRunner",
+    "openvino": "fornet_deploy.runtimes.openvino_runner:OpenVinoRunner",
+}
+RUNTIMES = tuple(RUNNERS)
+# What an artefact carries (the manifest, build-trt, package).
 PRECISIONS = ("fp32", "fp16", "int8")
-DEVICES = ("cpu", "cuda", "jetson")
+# What a runner may be asked to run at (parity, eval, bench, predict): the artefacts' precisions
+# and bf16, OpenVINO's inference precision on a CPU with BF16 instructions (its default there).
+RUN_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+NVIDIA_DEVICES = ("cuda", "jetson")
+INTEL_DEVICES = ("gpu", "npu")  # an Intel GPU / NPU, through OpenVINO's GPU / NPU devices
+DEVICES = ("cpu", *NVIDIA_DEVICES, *INTEL_DEVICES)
+OPENVINO_DEVICES = ("cpu", *INTEL_DEVICES)
 TOPK_FORMS = ("threshold", "exact")
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 CALIBRATION_PERCENTILE = 99.999  # --method percentile: the share of values a range keeps
@@ -136,6 +154,16 @@ FORMATS: tuple[Format, ...] = (
     # INT8 convolutions, FP16 elsewhere, the selector / Top-K FP32: what a strongly typed TensorRT engine runs.
     Format("ort", "int8", ONNX_INT8_QDQ, ONNX_FP16, ("cpu", "cuda", "jetson"), "fornet-deploy calibrate",
            "S8 Q/DQ on FP16"),
+    # OpenVINO reads the same ONNX graphs; the precision is its inference-precision hint
+    # (runtimes/openvino_runner.py), the U8S8 graph's Q/DQ pairs give INT8.
+    Format("openvino", "fp32", ONNX_CPU, ONNX_FP32, OPENVINO_DEVICES, "fornet-deploy export", "f32 hint, CPU tail"),
+    Format("openvino", "fp32", ONNX_FP32, CHECKPOINT, OPENVINO_DEVICES, "fornet-deploy export", "f32 hint"),
+    Format("openvino", "bf16", ONNX_CPU, ONNX_FP32, ("cpu",), "fornet-deploy export", "bf16 hint, CPU tail"),
+    Format("openvino", "bf16", ONNX_FP32, CHECKPOINT, ("cpu",), "fornet-deploy export", "bf16 hint"),
+    Format("openvino", "fp16", ONNX_CPU, ONNX_FP32, INTEL_DEVICES, "fornet-deploy export", "f16 hint, CPU tail"),
+    Format("openvino", "fp16", ONNX_FP32, CHECKPOINT, INTEL_DEVICES, "fornet-deploy export", "f16 hint"),
+    Format("openvino", "int8", ONNX_INT8_CPU, ONNX_FP32, OPENVINO_DEVICES, "fornet-deploy calibrate --target cpu",
+           "U8S8"),
     Format("trt", "fp32", "model.fp32.engine", ONNX_FP32, ("cuda", "jetson"), "fornet-deploy build-trt --fp32"),
     Format("trt", "fp16", "model.fp16.engine", ONNX_FP16, ("cuda", "jetson"), "fornet-deploy build-trt --fp16"),
     Format("trt", "int8", "model.int8.engine", ONNX_INT8_QDQ, ("cuda", "jetson"), "fornet-deploy build-trt --int8"),
@@ -152,7 +180,7 @@ def check_choice(value: str, choices: Sequence[str], what: str) -> str:
 def formats_for(runtime: str, precision: str, device: str | None = None) -> list[Format]:
     """The table's rows for (runtime, precision[, device]); unknown names are one-line errors."""
     check_choice(runtime, RUNTIMES, "runtime")  # usage errors: the CLI's choices catch them first
-    check_choice(precision, PRECISIONS, "precision")
+    check_choice(precision, RUN_PRECISIONS, "precision")
     if device is not None:
         check_choice(device, DEVICES, "device")
     found = [f for f in FORMATS if f.runtime == runtime and f.precision == precision
@@ -160,6 +188,8 @@ def formats_for(runtime: str, precision: str, device: str | None = None) -> list
     if not found:  # a usage error: the table says where each runtime and precision runs
         where = sorted({d for f in FORMATS if f.runtime == runtime and f.precision == precision for d in f.devices},
                        key=DEVICES.index)
+        if not where:
+            raise OptionError(f"--runtime {runtime} has no {precision} precision")
         raise OptionError(f"--runtime {runtime} --precision {precision} does not run on --device {device} "
                           f"(use --device {' or '.join(where)})")
     return found
@@ -174,6 +204,7 @@ def default_device(runtime: str) -> str:
 
 def onnx_graph(precision: str) -> Format:
     """The ONNX graph that carries ``precision`` (the source of a strongly typed engine)."""
+    check_choice(precision, PRECISIONS, "precision")
     return next(f for f in FORMATS if f.runtime == "ort" and f.precision == precision and "cuda" in f.devices)
 
 

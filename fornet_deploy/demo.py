@@ -1,7 +1,8 @@
 """``fornet-deploy demo``: the embedded default end to end on a CPU machine.
 
 SynthCity -> shipped (or freshly trained) weights -> export FP32 + FP16 -> calibrate INT8
-(TensorRT Q/DQ + CPU U8S8) -> TensorRT lint -> parity -> evaluation -> benchmark matrix ->
+(TensorRT Q/DQ + CPU U8S8) -> TensorRT lint -> parity -> evaluation (of ONNX Runtime's
+artefacts, or with ``runtime="openvino"`` of OpenVINO's) -> benchmark matrix (every runtime) ->
 prediction pictures -> ``report.md``. Every number in the report is read back from the JSON
 files written beside it (``results/*.json``), so the two cannot disagree.
 """
@@ -13,11 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, SHIPPED_WEIGHTS
+from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, SHIPPED_WEIGHTS, check_choice
 from .errors import FornetError
 from .io import atomic_write_bytes, atomic_write_json, read_json
 
-ORT_PRECISIONS = ("fp32", "fp16", "int8")
+# What the parity and evaluation stages verify, per runtime: ONNX Runtime's three graphs;
+# OpenVINO's runs of the CPU graphs (its bf16 is measured by the benchmark matrix).
+DEMO_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "int8")}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class DemoConfig:
     bench_iters: int = 20
     accuracy_images: int = 16
     seed: int = 0
+    runtime: str = "ort"  # whose artefacts parity and evaluation verify: ort or openvino
 
 
 Log = Callable[[str], None]
@@ -65,6 +69,8 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
 
+    check_choice(cfg.runtime, tuple(DEMO_PRECISIONS), "demo runtime")
+    precisions = DEMO_PRECISIONS[cfg.runtime]
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FornetError(f"--out {out} exists and is not a folder")
@@ -88,10 +94,11 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     atomic_write_json(results / "lint.json", lint)
 
     log("5/8 parity against the PyTorch FP32 reference: every graph the bundle ships")
-    parity, _ = parity_all(bundle, "ort", ORT_PRECISIONS, "cpu", data, out_dir=lambda p: results / f"parity_ort_{p}")
+    parity, _ = parity_all(bundle, cfg.runtime, precisions, "cpu", data,
+                           out_dir=lambda p: results / f"parity_{cfg.runtime}_{p}")
 
     log("6/8 evaluation on the val split")
-    evaluation = evaluate_all(bundle, data, [("torch", "fp32")] + [("ort", p) for p in ORT_PRECISIONS], "cpu",
+    evaluation = evaluate_all(bundle, data, [("torch", "fp32")] + [(cfg.runtime, p) for p in precisions], "cpu",
                               json_out=lambda runtime, precision: results / f"eval_{runtime}_{precision}.json")
 
     log("7/8 benchmark matrix (CPU)")
@@ -147,13 +154,14 @@ def render_report(results: Path, pictures: Path) -> str:
     lines += ["", "## Parity against PyTorch FP32 (exact Top-K)", "",
               "| artefact | max abs logit diff | argmax agreement % | Top-K mask agreement % | agreement mIoU % | pass |",
               "|---|---|---|---|---|---|"]
-    for path in sorted(results.glob("parity_ort_*/parity.json")):
+    for path in sorted(results.glob("parity_*/parity.json")):
+        runtime = path.parent.name.split("_")[1]  # parity_RUNTIME_PRECISION
         for name, p in read_json(path, "parity report")["artifacts"].items():
             s = p["summary"]
             max_abs = "-" if s["max_abs_logit"] is None else f"{s['max_abs_logit']:.2e}"
             if s["logits_compared"] == ["coarse_logits"]:  # a CPU graph: the logits before the x4 upsample
                 max_abs += " (1/4 scale)"
-            lines.append(f"| ort {p['candidate']['precision']} ({name}) | {max_abs} | {_pct(s['argmax_agreement'])} "
+            lines.append(f"| {runtime} {p['candidate']['precision']} ({name}) | {max_abs} | {_pct(s['argmax_agreement'])} "
                          f"| {_pct(s['mask_agreement'])} | {_pct(s['agreement_miou'])} "
                          f"| {'yes' if s['passed'] else 'NO'} |")
     lines += ["", "## Benchmark matrix (CPU)", "", matrix_table(matrix), "",
@@ -166,7 +174,7 @@ def render_report(results: Path, pictures: Path) -> str:
     for picture in sorted(shown, key=lambda p: (p.name.rsplit("_", 1)[0], kinds.index("_" + p.name.rsplit("_", 1)[1]))):
         lines.append(f"![{picture.stem}]({picture.relative_to(pictures.parent).as_posix()})")
     lines += ["", "Parity diff pictures (reference | candidate | disagreement | |logit diff|) are in "
-              "`results/parity_ort_*/ARTEFACT/`.", ""]
+              "`results/parity_RUNTIME_PRECISION/ARTEFACT/`.", ""]
     return "\n".join(lines)
 
 

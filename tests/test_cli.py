@@ -82,10 +82,10 @@ def test_version_prints_the_package_version():
 def test_a_wrong_choice_is_a_one_line_usage_error_listing_the_choices(tiny_bundle):
     result = run_cli("parity", "--bundle", str(tiny_bundle), "--runtime", "tflite")
     assert result.returncode == 2
-    assert_one_line_error(result, "'tflite' is not one of 'torch', 'ort', 'trt'")
+    assert_one_line_error(result, "'tflite' is not one of 'torch', 'ort', 'trt', 'openvino'")
     result = run_cli("bench", "--bundle", str(tiny_bundle), "--precision", "int4")
     assert result.returncode == 2
-    assert_one_line_error(result, "'int4' is not one of 'fp32', 'fp16', 'int8'")
+    assert_one_line_error(result, "'int4' is not one of 'fp32', 'fp16', 'bf16', 'int8'")
 
 
 def test_usage_and_input_errors_have_their_own_exit_codes(tmp_path, tiny_bundle):

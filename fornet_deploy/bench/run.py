@@ -54,15 +54,15 @@ Progress = Callable[..., None]  # progress(done, total, note)
 class BenchConfig:
     """What to benchmark and how; the CLI's ``bench`` options map onto these fields."""
 
-    device: str = "cpu"  # cpu | cuda | jetson
-    runtime: str = "ort"  # torch | ort | trt (ignored by the matrix)
-    precision: str | None = None  # fp32 | fp16 | int8; None: fp32, or the artifact's own (ignored by the matrix)
+    device: str = "cpu"  # cpu | cuda | jetson | gpu | npu (Intel, OpenVINO)
+    runtime: str = "ort"  # torch | ort | trt | openvino (ignored by the matrix)
+    precision: str | None = None  # fp32 | fp16 | bf16 | int8; None: fp32, or the artifact's own (ignored by the matrix)
     artifact: str | None = None  # a specific file of the bundle; None: the format table's choice
     shape: tuple[int, int] | None = None  # (H, W); None = the bundle's export shape
     batch: int = 1
     warmup: int = 10
     iters: int = 50
-    threads: int | None = None  # CPU threads of ONNX Runtime / PyTorch; None = the runtime's default
+    threads: int | None = None  # CPU threads of ONNX Runtime / PyTorch / OpenVINO; None = the runtime's default
     # Encoded frames for the end-to-end loop: an image file, a folder of images, or a
     # Cityscapes-layout root (its leftImg8bit/val images). None = one synthetic SynthCity
     # scene at the benchmark size, PNG-encoded once in memory.

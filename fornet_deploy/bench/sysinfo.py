@@ -42,6 +42,7 @@ PACKAGES = (
     ("opencv", "cv2"),
     ("tensorrt", "tensorrt"),
     ("cuda-python", "cuda.bindings"),
+    ("openvino", "openvino"),
 )
 
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]

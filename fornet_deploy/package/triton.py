@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle
-from ..contract import DEVICES, LABELS, LOGITS, PRECISIONS, check_choice, onnx_graph
+from ..contract import LABELS, LOGITS, NVIDIA_DEVICES, PRECISIONS, check_choice, onnx_graph
 from ..data.labels import manifest_label_set
 from ..data.transforms import Preprocessing
 from ..errors import FornetError, OptionError, require
@@ -82,7 +82,7 @@ class TritonOptions:
 
     def validate(self) -> None:
         check_choice(self.precision, PRECISIONS, "precision")
-        check_choice(self.device, DEVICES, "device")
+        check_choice(self.device, ("cpu", *NVIDIA_DEVICES), "device")  # Triton serves ONNX Runtime and TensorRT models
         for name, least in (("instances", 1), ("max_batch", 1), ("queue_delay_us", 0), ("workspace_mb", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:

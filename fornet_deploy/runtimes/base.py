@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -101,8 +102,27 @@ class RunnerInfo:
         }
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """One checked artefact of a bundle and how to run it: what
+    :func:`~fornet_deploy.runtimes.registry.load_runner` hands the runner class of the
+    artefact's runtime (:meth:`Runner.from_request`). Each runner reads the fields that apply
+    to it and ignores the others."""
+
+    path: Path  # the artefact, its sha256 and lineage checked against the manifest
+    sha256: str  # what the runner checks again on the bytes it loads
+    bundle_root: Path  # where a runtime's caches live (ONNX Runtime's TensorRT engines, OpenVINO's blobs)
+    precision: str
+    device: str  # contract.DEVICES
+    threads: int | None = None  # CPU threads; None: the runtime's default
+    topk: str = "exact"  # PyTorch: exact or threshold
+    ort_device: str | None = None  # ONNX Runtime providers; None: follows ``device``
+    gpu: int = 0  # CUDA device index
+    profile_dir: Path | None = None  # ONNX Runtime: profile every run into this folder
+
+
 class Runner(abc.ABC):
-    """Base class of all backends (PyTorch, ONNX Runtime, TensorRT)."""
+    """Base class of all backends (PyTorch, ONNX Runtime, TensorRT, OpenVINO)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -158,6 +178,11 @@ class Runner(abc.ABC):
         return None
 
     # hooks ---------------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def from_request(cls, request: LoadRequest) -> "Runner":
+        """The runner for one artefact of a bundle (how ``load_runner`` makes every runner)."""
+
     @abc.abstractmethod
     def input_spec(self) -> InputSpec: ...
 

@@ -32,9 +32,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..contract import NVIDIA_DEVICES, ORT_TRT_CACHE_DIR
 from ..errors import FornetError, HardwareError, MissingDependencyError, PackageClashError
 from ..io import read_bytes
-from .base import InputSpec, Runner, RunnerInfo
+from .base import InputSpec, LoadRequest, Runner, RunnerInfo
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 # Distributions that install the ``onnxruntime`` import package.
@@ -138,6 +139,15 @@ class OrtRunner(Runner):
         self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         self.session = None
         self._output_names: list[str] = []
+
+    @classmethod
+    def from_request(cls, request: LoadRequest) -> "OrtRunner":
+        # ONNX Runtime's TensorRT EP names cached engines after the graph's structure, not
+        # its weights: one folder per graph hash keeps a re-exported model off old engines.
+        device = request.ort_device or ("cuda" if request.device in NVIDIA_DEVICES else "cpu")
+        return cls(request.path, device=device, precision=request.precision, threads=request.threads,
+                   cache_dir=request.bundle_root / ORT_TRT_CACHE_DIR / request.sha256[:16], gpu=request.gpu,
+                   sha256=request.sha256, profile_dir=request.profile_dir)
 
     @property
     def optimized_model_path(self) -> Path | None:

@@ -1,35 +1,37 @@
 """Which runner runs which artefact of a bundle, from the one format table in
-:mod:`fornet_deploy.contract` (as Ultralytics' exporter table drives its formats).
+:mod:`fornet_deploy.contract` (as Ultralytics' exporter table drives its formats): the table's
+rows say which file a (runtime, precision, device) runs, and its :data:`~fornet_deploy.contract.RUNNERS`
+map says which class runs it (imported only then). A new backend is one runner file and
+table rows; an unknown runtime is an error, never another runtime's runner.
 
 TensorRT engines are picked by their metadata (``<engine>.json``), not by their file name:
 the engine of the asked precision whose profile covers the input shape, built for the asked
 DLA core (GPU engines first when none is asked), and, when they are known here, by this
-machine's TensorRT release and GPU (:func:`rank_engines`).
+machine's TensorRT release and GPU (:func:`rank_engines`, through
+:func:`~fornet_deploy.runtimes.trt.metadata.engine_problem`, the check the runner makes too).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import importlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..bundle import Bundle
-from ..contract import FORMATS, ORT_TRT_CACHE_DIR, Format, format_shape, formats_for
+from ..contract import FORMATS, RUNNERS, RUNTIMES, Format, check_choice, formats_for
 from ..errors import FornetError
-from .base import Runner
+from .base import LoadRequest, Runner
+from .trt.metadata import EngineRequest, engine_problem, read_engine_metadata
 
 ENGINE_KIND = "tensorrt-engine"
 
 
-@dataclass(frozen=True)
-class EngineRequest:
-    """What a run needs of a TensorRT engine; ``None`` fields do not constrain the choice."""
-
-    shape: tuple[int, ...] | None = None  # NCHW the engine will be fed
-    dla_core: int | None = None  # None: any engine, GPU engines first
-    tensorrt_version: str | None = None  # this machine's, when TensorRT is installed
-    gpu_name: str | None = None  # this machine's GPU, when CUDA sees one
-    compute_capability: str | None = None
+def runner_class(runtime: str) -> type[Runner]:
+    """The runner class of ``runtime`` (:data:`~fornet_deploy.contract.RUNNERS`), imported now."""
+    check_choice(runtime, RUNTIMES, "runtime")
+    module, _, name = RUNNERS[runtime].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def engines_for(bundle: Bundle, precision: str) -> list[str]:
@@ -39,23 +41,6 @@ def engines_for(bundle: Bundle, precision: str) -> list[str]:
     default = formats_for("trt", precision)[0].artifact
     found = [name for name, meta in bundle.artifacts_of(ENGINE_KIND).items() if meta.get("precision") == precision]
     return sorted(found, key=lambda name: (name != default, name))
-
-
-def engine_problem(meta: Mapping, request: EngineRequest) -> str | None:
-    """Why an engine (its metadata) cannot serve ``request``; ``None`` if it can."""
-    if request.dla_core is not None and meta.get("dla_core") != request.dla_core:
-        return f"built for {'the GPU' if meta.get('dla_core') is None else 'DLA core ' + str(meta['dla_core'])}"
-    if request.tensorrt_version is not None and meta.get("tensorrt_version") != request.tensorrt_version:
-        return f"built with TensorRT {meta.get('tensorrt_version')}, this machine has {request.tensorrt_version}"
-    built_on = (meta.get("gpu_name"), meta.get("compute_capability"))
-    if request.gpu_name is not None and built_on != (request.gpu_name, request.compute_capability):
-        return f"built on {built_on[0]} ({built_on[1]}), this machine has {request.gpu_name}"
-    profile = meta.get("profile") or {}
-    if request.shape is not None and profile:
-        low, high = profile["min"], profile["max"]
-        if len(low) != len(request.shape) or not all(lo <= d <= hi for d, lo, hi in zip(request.shape, low, high)):
-            return f"profile {format_shape(low)} to {format_shape(high)} does not cover {format_shape(request.shape)}"
-    return None
 
 
 def rank_engines(engines: Mapping[str, Mapping], request: EngineRequest,
@@ -89,8 +74,6 @@ def rank_engines(engines: Mapping[str, Mapping], request: EngineRequest,
 def select_engine(bundle: Bundle, precision: str, request: EngineRequest = EngineRequest()) -> str | None:
     """The bundle's best engine of ``precision`` for ``request``; ``None`` when it has no
     engine of that precision; one line listing why each was refused when none fits."""
-    from .trt.metadata import read_engine_metadata
-
     metas, unreadable = {}, {}
     for name in engines_for(bundle, precision):
         try:
@@ -217,35 +200,25 @@ def load_runner(bundle: Bundle | str | Path, runtime: str = "ort", precision: st
     the bytes it loads: what runs is what this manifest records, even if another command
     commits to the bundle in between (then the runner stops with one line).
 
-    ``device`` is cpu, cuda or jetson. ``artifact``: a specific file when the bundle has
-    several for one precision. ``precision``: default fp32, or the ``artifact``'s own. ``topk`` (torch):
-    exact or threshold. ``threads``: CPU threads (torch / ONNX Runtime). ``ort_device``: ONNX
-    Runtime providers (cpu, cuda, tensorrt, auto; default follows ``device``). ``gpu``: CUDA device index. TensorRT:
-    ``shape`` (NCHW) and ``dla_core`` pick the engine (:func:`select_engine`).
-    ``profile_dir`` (ONNX Runtime): profile every run into that folder
+    ``runtime``: torch, ort, trt or openvino. ``precision``: fp32, fp16, int8, or bf16
+    (OpenVINO on a CPU). ``device``: cpu, cuda or jetson (NVIDIA), gpu or npu (Intel, through
+    OpenVINO). ``artifact``: a specific file when the bundle has several for one precision (``precision`` then
+    defaults to the ``artifact``'s own).
+    ``topk`` (torch): exact or threshold. ``threads``: CPU threads (torch / ONNX Runtime /
+    OpenVINO). ``ort_device``: ONNX Runtime providers (cpu, cuda, tensorrt, auto; default
+    follows ``device``). ``gpu``: CUDA device index. TensorRT: ``shape`` (NCHW) and
+    ``dla_core`` pick the engine (:func:`select_engine`). ``profile_dir`` (ONNX Runtime):
+    profile every run into that folder
     (:meth:`~fornet_deploy.runtimes.ort_runner.OrtRunner.end_profiling`).
     """
+    cls = runner_class(runtime)
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle, verify=False)
     request = trt_request(gpu, shape, dla_core) if runtime == "trt" and artifact is None else None
     fmt = resolve_format(bundle, runtime, precision, device, artifact, request)
     precision = fmt.precision
     path = bundle.path(fmt.artifact)  # verifies the sha256 and the lineage
-    sha256 = bundle.sha256(fmt.artifact)
-    on_gpu = device in ("cuda", "jetson")
-    if runtime == "torch":
-        from .torch_runner import TorchRunner
-
-        return TorchRunner(path, topk=topk, device=f"cuda:{gpu}" if on_gpu else "cpu", precision=precision,
-                           threads=threads, sha256=sha256)
-    if runtime == "ort":
-        from .ort_runner import OrtRunner
-
-        # ONNX Runtime's TensorRT EP names cached engines after the graph's structure, not
-        # its weights: one folder per graph hash keeps a re-exported model off old engines.
-        return OrtRunner(path, device=ort_device or ("cuda" if on_gpu else "cpu"), precision=precision,
-                         threads=threads, cache_dir=bundle.root / ORT_TRT_CACHE_DIR / sha256[:16], gpu=gpu,
-                         sha256=sha256, profile_dir=profile_dir)
-    from .trt.runner import TrtRunner
-
-    return TrtRunner(path, device=gpu, sha256=sha256)
+    return cls.from_request(LoadRequest(
+        path=path, sha256=bundle.sha256(fmt.artifact), bundle_root=bundle.root, precision=precision, device=device,
+        threads=threads, topk=topk, ort_device=ort_device, gpu=gpu,
+        profile_dir=Path(profile_dir) if profile_dir is not None else None))

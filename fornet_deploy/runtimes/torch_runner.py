@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, TOPK_MASK
+from ..contract import COARSE_LOGITS, IMPORTANCE, LABELS, LOGITS, NVIDIA_DEVICES, TOPK_MASK
 from ..errors import HardwareError
 from ..model.checkpoint import load_checkpoint
 from ..model.fornet import FoRNet
-from .base import InputSpec, Runner, RunnerInfo
+from .base import InputSpec, LoadRequest, Runner, RunnerInfo
 
 
 def torch_device(device: str) -> torch.device:
@@ -71,6 +71,12 @@ class TorchRunner(Runner):
         self.threads = threads
         self._previous_threads: int | None = None
         self.model: FoRNet | None = None
+
+    @classmethod
+    def from_request(cls, request: LoadRequest) -> "TorchRunner":
+        device = f"cuda:{request.gpu}" if request.device in NVIDIA_DEVICES else "cpu"
+        return cls(request.path, topk=request.topk, device=device, precision=request.precision,
+                   threads=request.threads, sha256=request.sha256)
 
     def _activate_impl(self) -> None:
         model = self.checkpoint if isinstance(self.checkpoint, FoRNet) else \

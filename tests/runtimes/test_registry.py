@@ -66,7 +66,8 @@ def test_dla_core_machine_and_version_constraints():
     assert ranked == [] and problems["a.engine"] == "built with TensorRT 10.3.0, this machine has 10.7.0"
     ranked, problems = rank_engines(ENGINES, EngineRequest(gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"),
                                     EXPORT)
-    assert ranked == [] and problems["a.engine"] == "built on Orin (8.7), this machine has NVIDIA H100 80GB HBM3"
+    assert ranked == [] and problems["a.engine"] == (
+        "built on Orin (compute capability 8.7), this machine has NVIDIA H100 80GB HBM3 (compute capability 9.0)")
 
 
 def engine_bundle(tmp_path, engines):

@@ -118,7 +118,9 @@ def test_format_table_resolution(tiny_bundle):
                                           r"\(use --device cuda or jetson\)"):
         resolve_format(bundle, "trt", "fp16", "cpu")
     assert [(f.runtime, f.precision, f.artifact) for f in available_formats(bundle, "cpu")] == [
-        ("torch", "fp32", "checkpoint.safetensors"), ("ort", "fp32", "model.cpu.onnx"), ("ort", "fp32", "model.onnx")]
+        ("torch", "fp32", "checkpoint.safetensors"), ("ort", "fp32", "model.cpu.onnx"), ("ort", "fp32", "model.onnx"),
+        ("openvino", "fp32", "model.cpu.onnx"), ("openvino", "fp32", "model.onnx"),
+        ("openvino", "bf16", "model.cpu.onnx"), ("openvino", "bf16", "model.onnx")]
     assert len({(f.runtime, f.precision, f.artifact) for f in FORMATS}) == len(FORMATS)
 
 

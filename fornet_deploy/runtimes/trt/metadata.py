@@ -1,15 +1,20 @@
-"""The metadata file beside every engine, and the checks made before an engine loads.
+"""The metadata file beside every engine, and the one check of an engine against a run.
 
 An engine only runs with the TensorRT release and the GPU that built it, so every engine
 ``model.<precision>.engine`` has a metadata file ``model.<precision>.engine.json`` beside it
-(written by ``fornet-deploy build-trt``); the runner checks it before it deserializes
-anything, so a mismatch ends in one sentence that says to rebuild, not in a TensorRT error.
+(written by ``fornet-deploy build-trt``). :func:`engine_problem` is the one place that says
+whether an engine fits a run (release, GPU, DLA core, profile): engine selection ranks with
+it, and the runner checks it before it deserializes anything, so a mismatch ends in one
+sentence that says to rebuild, not in a TensorRT error.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
+from ...contract import format_shape
 from ...errors import FornetError
 from ...io import read_json
 from ..base import InputSpec
@@ -47,21 +52,46 @@ def read_engine_metadata(engine_path: str | Path) -> dict:
     return meta
 
 
-def check_engine_metadata(meta: dict, trt_version: str, gpu_name: str, compute_capability: str) -> None:
-    """Raise a :class:`FornetError` unless the engine was built by this TensorRT on this GPU.
+@dataclass(frozen=True)
+class EngineRequest:
+    """What a run needs of a TensorRT engine; ``None`` fields do not constrain the choice."""
+
+    shape: tuple[int, ...] | None = None  # NCHW the engine will be fed
+    dla_core: int | None = None  # None: any engine, GPU engines first
+    tensorrt_version: str | None = None  # this machine's, when TensorRT is installed
+    gpu_name: str | None = None  # this machine's GPU, when CUDA sees one
+    compute_capability: str | None = None
+
+
+def engine_problem(meta: Mapping, request: EngineRequest) -> str | None:
+    """Why an engine (its metadata) cannot serve ``request``; ``None`` if it can.
 
     TensorRT engines are not portable across TensorRT releases or GPU models (we never
     build version- or hardware-compatible engines), so both must match exactly.
     """
-    built_with = meta.get("tensorrt_version")
-    if built_with != trt_version:
-        raise FornetError(f"engine built with TensorRT {built_with}, this machine has {trt_version}: {REBUILD_HINT}")
+    if request.dla_core is not None and meta.get("dla_core") != request.dla_core:
+        return f"built for {'the GPU' if meta.get('dla_core') is None else 'DLA core ' + str(meta['dla_core'])}"
+    if request.tensorrt_version is not None and meta.get("tensorrt_version") != request.tensorrt_version:
+        return f"built with TensorRT {meta.get('tensorrt_version')}, this machine has {request.tensorrt_version}"
     built_on = (meta.get("gpu_name"), meta.get("compute_capability"))
-    if built_on != (gpu_name, compute_capability):
-        raise FornetError(
-            f"engine built on {built_on[0]} (compute capability {built_on[1]}), this machine has "
-            f"{gpu_name} (compute capability {compute_capability}): {REBUILD_HINT}"
-        )
+    if request.gpu_name is not None and built_on != (request.gpu_name, request.compute_capability):
+        return (f"built on {built_on[0]} (compute capability {built_on[1]}), this machine has {request.gpu_name} "
+                f"(compute capability {request.compute_capability})")
+    profile = meta.get("profile") or {}
+    if request.shape is not None and profile:
+        low, high = profile["min"], profile["max"]
+        if len(low) != len(request.shape) or not all(lo <= d <= hi for d, lo, hi in zip(request.shape, low, high)):
+            return f"profile {format_shape(low)} to {format_shape(high)} does not cover {format_shape(request.shape)}"
+    return None
+
+
+def check_engine_metadata(meta: dict, trt_version: str, gpu_name: str, compute_capability: str) -> None:
+    """Raise a :class:`FornetError` unless the engine was built by this TensorRT on this GPU
+    (:func:`engine_problem`, asked with this machine's facts)."""
+    problem = engine_problem(meta, EngineRequest(tensorrt_version=trt_version, gpu_name=gpu_name,
+                                                 compute_capability=compute_capability))
+    if problem is not None:
+        raise FornetError(f"engine {problem}: {REBUILD_HINT}")
 
 
 def input_spec_from_profile(name: str, profile: dict) -> InputSpec:

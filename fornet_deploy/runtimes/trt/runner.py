@@ -36,7 +36,7 @@ import numpy as np
 
 from ...errors import FornetError, require
 from ...io import read_bytes, sha256_bytes
-from ..base import InputSpec, Runner, RunnerInfo
+from ..base import InputSpec, LoadRequest, Runner, RunnerInfo
 from .cuda import (
     COMPUTE_START,
     D2H_START,
@@ -77,6 +77,10 @@ class TrtRunner(Runner):
         self._outputs: dict[str, np.dtype] = {}
         self._input_dtype: np.dtype | None = None
         self._timings: dict[str, float] | None = None
+
+    @classmethod
+    def from_request(cls, request: LoadRequest) -> "TrtRunner":
+        return cls(request.path, device=request.gpu, sha256=request.sha256)
 
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._outputs)

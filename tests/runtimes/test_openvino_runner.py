@@ -1,0 +1,246 @@
+"""The OpenVINO runner against the real openvino package (the [test] extra installs it)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+
+import numpy as np
+import pytest
+from cli_helpers import assert_one_line_error, run_cli
+
+from fornet_deploy.calibration.qdq import calibrate_bundle
+from fornet_deploy.contract import FORMATS, OPENVINO_CACHE_DIR, RUNNERS, RUNTIMES, formats_for, onnx_graph
+from fornet_deploy.errors import ExitCode, FornetError, HardwareError, MissingDependencyError, OptionError
+from fornet_deploy.evaluation.parity import THRESHOLDS, parity_bundle
+from fornet_deploy.model.topk import topk_count
+from fornet_deploy.runtimes.base import Runner
+from fornet_deploy.runtimes.openvino_runner import (
+    OpenVinoRunner,
+    check_inference_precision,
+    import_openvino,
+    openvino_device,
+)
+from fornet_deploy.runtimes.registry import load_runner, runner_class
+
+ov = pytest.importorskip("openvino")  # a hard dependency of the [test] extra; this names it when absent
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, tiny_data):
+    """The shipped weights exported at the tiny images' size (static, as `export` makes it) with
+    the U8S8 CPU graph: a selector that ranks real scenes (the tiny random model's importance
+    map is flat, so its INT8 masks fail parity in ONNX Runtime too)."""
+    from fornet_deploy.contract import SHIPPED_WEIGHTS
+    from fornet_deploy.export.onnx import ExportConfig, export_bundle
+
+    root = tmp_path_factory.mktemp("ov") / "bundle"
+    export_bundle(SHIPPED_WEIGHTS, root, ExportConfig(height=128, width=256))
+    calibrate_bundle(root, tiny_data, num_images=6, method="percentile", target="cpu")
+    return root
+
+
+def _batch(h: int = 128, w: int = 256, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(1, 3, h, w)).astype(np.float32)
+
+
+def test_openvino_fp32_matches_onnx_runtime_on_the_same_graph(tiny_bundle):
+    with load_runner(tiny_bundle, "ort", "fp32", "cpu") as ort_runner, \
+            load_runner(tiny_bundle, "openvino", "fp32", "cpu", threads=1) as ov_runner:
+        assert ov_runner.info().artifact == ort_runner.info().artifact == "model.cpu.onnx"
+        assert ov_runner.output_names() == ort_runner.output_names()
+        for h, w in ((128, 256), (64, 128)):  # the tiny bundle is dynamic: one compiled model, any size
+            x = _batch(h, w)
+            a, b = ort_runner(x), ov_runner(x)
+            assert np.abs(a["coarse_logits"] - b["coarse_logits"]).max() < 1e-4
+            assert np.array_equal(a["labels"], b["labels"]) and b["labels"].dtype == np.uint8
+            assert np.array_equal(a["topk_mask"], b["topk_mask"])
+        assert ov_runner(x, outputs=("labels",)).keys() == {"labels"}
+        assert ov_runner.last_inference_time > 0
+        info = ov_runner.info().to_dict()
+    assert info["backend"] == "openvino" and info["inference_precision"] == "f32" and info["threads"] == 1
+    assert info["performance_hint"] == "LATENCY" and info["streams"] == 1 and info["openvino_device"] == "CPU"
+
+
+def test_exactly_k_cells_at_every_size_of_a_dynamic_graph(tiny_bundle):
+    # OpenVINO's CPU plugin computes the dynamic graph's k with a float32 integer division
+    # (k + 1 regions); the runner compiles each input shape statically (module docstring).
+    with load_runner(tiny_bundle, "openvino", "fp32", "cpu") as runner:
+        for seed, (h, w) in enumerate([(128, 256), (64, 128), (96, 224), (128, 256)] * 3):
+            mask = runner(_batch(h, w, seed), outputs=("topk_mask",))["topk_mask"]
+            assert int(mask.sum()) == topk_count(0.25, mask.size), (h, w)
+        assert runner.info().to_dict()["compiled_shapes"] == [[1, 3, 128, 256], [1, 3, 64, 128], [1, 3, 96, 224]]
+
+
+def test_input_checks_apply(tiny_bundle):
+    with load_runner(tiny_bundle, "openvino", "fp32", "cpu") as runner:
+        with pytest.raises(FornetError, match="stride 32"):
+            runner(np.zeros((1, 3, 60, 64), np.float32))
+        with pytest.raises(FornetError, match="float32"):
+            runner(np.zeros((1, 3, 64, 64), np.float64))
+
+
+def test_bf16_is_explicit_and_recorded(int8_bundle):
+    runner = load_runner(int8_bundle, "openvino", "bf16", "cpu")  # a static graph: compiled on activation
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with runner:
+            assert runner.info().to_dict()["inference_precision"] == "bf16"
+            assert runner(_batch())["labels"].shape == (1, 128, 256)
+    else:  # OpenVINO would run f32 and call it bf16
+        with pytest.raises(HardwareError, match="not the bf16 asked for"):
+            runner.activate()
+
+
+def test_compiled_precision_check():
+    check_inference_precision("f32", "f32", "CPU")
+    with pytest.raises(HardwareError) as err:
+        check_inference_precision("bf16", "f32", "CPU")
+    assert err.value.exit_code == ExitCode.NO_HARDWARE and "use --precision fp32" in str(err.value)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_parity_passes_with_exactly_k_cells_per_image(int8_bundle, tiny_data, precision, tmp_path):
+    report = parity_bundle(int8_bundle, "openvino", precision, "cpu", data=tiny_data, out_dir=tmp_path)
+    summary = report["summary"]
+    assert report["candidate"]["backend"] == "openvino"
+    assert report["candidate"]["artifact"] == {"fp32": "model.cpu.onnx", "int8": "model.int8.cpu.onnx"}[precision]
+    assert report["thresholds"]["min_argmax_agreement"] == THRESHOLDS[precision].min_argmax_agreement
+    assert summary["checks"]["topk_count"] and summary["images"] == 3  # the per-image count of k
+    assert summary["topk_selection"]["images_over_k"] == summary["topk_selection"]["images_under_k"] == 0
+    assert summary["passed"], summary
+
+
+def test_compiled_models_are_cached_in_the_bundle(int8_bundle):
+    cache = int8_bundle / OPENVINO_CACHE_DIR
+    shutil.rmtree(cache, ignore_errors=True)
+    with load_runner(int8_bundle, "openvino", "int8", "cpu") as runner:
+        assert runner.info().to_dict()["cache_dir"] == str(cache)
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert blobs  # compiled once ...
+    with load_runner(int8_bundle, "openvino", "int8", "cpu"):
+        pass
+    assert sorted(p.name for p in cache.iterdir()) == blobs  # ... and imported the second time
+
+
+def test_the_cache_serves_each_precision_its_own_model(int8_bundle):
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU runs no bf16")
+    x = _batch()
+    with load_runner(int8_bundle, "openvino", "fp32", "cpu") as fp32:  # fills the bundle's cache first
+        f32_logits = fp32(x)["coarse_logits"]
+    with load_runner(int8_bundle, "openvino", "bf16", "cpu") as cached, \
+            OpenVinoRunner(int8_bundle / "model.cpu.onnx", precision="bf16", cache_dir=None) as uncached:
+        a, b = cached(x)["coarse_logits"], uncached(x)["coarse_logits"]
+    assert np.array_equal(a, b) and not np.array_equal(a, f32_logits)
+
+
+def test_absent_device_is_one_line(tiny_bundle):
+    if any(d.startswith("NPU") for d in ov.Core().available_devices):
+        pytest.skip("this machine has an Intel NPU")
+    with pytest.raises(HardwareError) as err:
+        load_runner(tiny_bundle, "openvino", "fp32", "npu").activate()
+    assert "--device npu needs its NPU device" in str(err.value)
+    result = run_cli("parity", "--bundle", str(tiny_bundle), "--runtime", "openvino", "--device", "npu",
+                     "--num-images", "1")
+    assert result.returncode == ExitCode.NO_HARDWARE
+    assert_one_line_error(result, "OpenVINO sees CPU", "--device npu needs its NPU device")
+
+
+def test_device_names_pass_through():
+    assert openvino_device("cpu", ["CPU"]) == "CPU"
+    assert openvino_device("gpu", ["CPU", "GPU.0", "GPU.1"]) == "GPU"
+    assert openvino_device("GPU.1", ["CPU", "GPU.0", "GPU.1"]) == "GPU.1"
+    assert openvino_device("npu", ["CPU", "NPU"]) == "NPU"
+    with pytest.raises(HardwareError, match=r"OpenVINO sees CPU, GPU here; --device GPU.1 needs"):
+        openvino_device("GPU.1", ["CPU", "GPU"])
+    with pytest.raises(HardwareError, match="an Intel GPU and its compute driver"):
+        openvino_device("gpu", ["CPU"])
+
+
+def test_missing_package_names_the_extra(monkeypatch, tiny_bundle):
+    real_import = builtins.__import__
+
+    def without_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_openvino)
+    with pytest.raises(MissingDependencyError) as err:
+        import_openvino("parity")
+    assert str(err.value) == ("parity needs the Python package 'openvino', which is not installed: "
+                              "pip install 'fornet-deploy[openvino]'")
+    with pytest.raises(MissingDependencyError, match=r"fornet-deploy\[openvino\]"):
+        load_runner(tiny_bundle, "openvino", "fp32", "cpu").activate()
+
+
+def test_missing_package_on_the_command_line(tmp_path, tiny_bundle, monkeypatch):
+    # An `openvino` that cannot be imported, first on the path of the CLI's process.
+    fake = tmp_path / "site" / "openvino"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: openvino is not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site") + ":" + __import__("os").environ.get("PYTHONPATH", ""))
+    result = run_cli("bench", "--bundle", str(tiny_bundle), "--runtime", "openvino", "--iters", "1", "--warmup", "0")
+    assert result.returncode == ExitCode.MISSING_PACKAGE
+    assert_one_line_error(result, "pip install 'fornet-deploy[openvino]'")
+
+
+def test_the_format_table_creates_every_runner_and_nothing_else(tiny_bundle):
+    assert RUNTIMES == tuple(RUNNERS) and "openvino" in RUNTIMES
+    for runtime in RUNTIMES:
+        cls = runner_class(runtime)
+        assert issubclass(cls, Runner) and cls.__module__ == RUNNERS[runtime].split(":")[0]
+        assert any(f.runtime == runtime for f in FORMATS)
+    assert isinstance(load_runner(tiny_bundle, "openvino", "fp32", "cpu"), OpenVinoRunner)
+    for unknown in ("tensorrt", "onnxruntime", ""):
+        with pytest.raises(OptionError, match="unknown runtime"):
+            runner_class(unknown)
+        with pytest.raises(OptionError, match="unknown runtime"):  # not a TensorRT runner
+            load_runner(tiny_bundle, unknown, "fp32", "cpu")
+
+
+def test_precisions_and_devices_of_the_table():
+    assert [f.artifact for f in formats_for("openvino", "fp32", "cpu")] == ["model.cpu.onnx", "model.onnx"]
+    assert [f.artifact for f in formats_for("openvino", "int8", "cpu")] == ["model.int8.cpu.onnx"]
+    with pytest.raises(FornetError, match="openvino bf16 does not run on gpu"):
+        formats_for("openvino", "bf16", "gpu")
+    with pytest.raises(FornetError, match="openvino fp16 does not run on cpu"):
+        formats_for("openvino", "fp16", "cpu")
+    with pytest.raises(FornetError, match="^trt has no bf16 precision$"):
+        formats_for("trt", "bf16")
+    with pytest.raises(OptionError, match="unknown precision 'bf16'"):  # no ONNX graph carries bf16
+        onnx_graph("bf16")
+    with pytest.raises(FornetError, match="torch fp32 does not run on npu"):
+        formats_for("torch", "fp32", "npu")
+
+
+def test_eval_and_predict_run_on_openvino(int8_bundle, tiny_data, tmp_path):
+    from fornet_deploy.api import evaluate, predict_files
+
+    result = evaluate(int8_bundle, tiny_data, "openvino", "int8", "cpu")
+    assert result["runner"]["backend"] == "openvino" and 0 <= result["miou"] <= 1
+    assert result["topk_selection"]["images_over_k"] == result["topk_selection"]["images_under_k"] == 0
+    images = sorted((tiny_data / "leftImg8bit" / "val").rglob("*.png"))[:1]
+    summary = predict_files(int8_bundle, [str(images[0])], tmp_path / "out", "openvino", "fp32", "cpu")
+    assert summary["files"] and json.loads((tmp_path / "out" / "predictions.json").read_text())
+
+
+def test_demo_verifies_openvino(tmp_path, tiny_checkpoint):
+    from fornet_deploy.demo import DemoConfig, load_results, run_demo
+
+    cfg = DemoConfig(out=tmp_path / "demo", weights=tiny_checkpoint, synth_train=6, synth_val=2, height=64, width=128,
+                     calib_images=2, bench_iters=2, accuracy_images=1, runtime="openvino")
+    result = run_demo(cfg, log=lambda line: None)
+    report = (tmp_path / "demo" / "report.md").read_text()
+    results = load_results(tmp_path / "demo")
+    for precision, artifact in (("fp32", "model.cpu.onnx"), ("int8", "model.int8.cpu.onnx")):
+        s = results[f"results/parity_openvino_{precision}/parity.json"]["summary"]
+        assert s == result["parity"][precision] and f"| openvino {precision} ({artifact}) |" in report
+        assert results[f"results/eval_openvino_{precision}.json"]["runner"]["backend"] == "openvino"
+    assert result["failed"] == [f"parity openvino {p}" for p, s in result["parity"].items() if not s["passed"]]
+    matrix = results["results/bench_matrix.json"]["rows"]
+    assert {(r["runtime"], r["precision"]) for r in matrix} >= {("ort", "fp32"), ("openvino", "fp32"),
+                                                               ("openvino", "int8")}
+    with pytest.raises(OptionError, match="unknown demo runtime 'trt'"):
+        run_demo(DemoConfig(out=tmp_path / "other", runtime="trt"))
