@@ -60,7 +60,10 @@ def test_bench_matrix_reads_at_100_columns(tiny_bundle, tiny_data):
     readable(result.stdout)
     rows = [line for line in result.stdout.splitlines() if line.startswith("│ ") and not line.startswith("│  ")]
     names = [row.split("│")[1].strip() for row in rows]
-    assert names == ["checkpoint.safetensors", "model.cpu.onnx", "model.onnx"]  # whole, told apart
+    # whole, told apart: ONNX Runtime's rows, then OpenVINO's on the same graphs (fp32, and bf16 where
+    # the CPU has it)
+    assert names[:3] == ["checkpoint.safetensors", "model.cpu.onnx", "model.onnx"]
+    assert names[3:5] == ["model.cpu.onnx", "model.onnx"] and set(names[5:]) <= {"model.cpu.onnx", "model.onnx"}
     assert "GPU exec" not in result.stdout  # no column that is empty on a CPU
 
 
