@@ -212,7 +212,7 @@ def test_precisions_and_devices_of_the_table():
         formats_for("trt", "bf16")
     with pytest.raises(OptionError, match="unknown precision 'bf16'"):  # no ONNX graph carries bf16
         onnx_graph("bf16")
-    with pytest.raises(FornetError, match="torch fp32 does not run on npu"):
+    with pytest.raises(FornetError, match="--runtime torch --precision fp32 does not run on --device npu"):
         formats_for("torch", "fp32", "npu")
 
 
