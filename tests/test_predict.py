@@ -417,8 +417,9 @@ def test_pictures_carry_their_key_and_a_stretched_input_its_note(tiny_bundle, in
     from fornet_deploy.evaluation.keys import STRIP
 
     wide = tmp_path / "wide.png"
-    cv2.imwrite(str(wide), cv2.resize(read(inputs["image"]), (160, 90)))  # 16:9, runs at 96x160 (5:3)
-    summary = predict(tiny_bundle, [inputs["image"], wide], tmp_path / "out", PredictConfig(importance=True))
+    cv2.imwrite(str(wide), cv2.resize(read(inputs["image"]), (160, 90)))  # 16:9, runs at 64x128 (2:1)
+    summary = predict(tiny_bundle, [inputs["image"], wide], tmp_path / "out",
+                      PredictConfig(importance=True, shape=(64, 128)))
     labels = manifest_label_set(Bundle.open(tiny_bundle).manifest)
     stem = inputs["image"].name[: -len(".png")]
     train_ids = read(tmp_path / "out" / f"{stem}_trainIds.png")
@@ -435,4 +436,4 @@ def test_pictures_carry_their_key_and_a_stretched_input_its_note(tiny_bundle, in
     importance = read(tmp_path / "out" / f"{stem}_importance.png")
     assert importance.shape[0] > train_ids.shape[0]
     stretched = [note for note in summary["notes"] if "stretched" in note]
-    assert len(stretched) == 1 and stretched[0].startswith(f"{wide}: 90x160 (16:9) ran at 96x160 (5:3)")
+    assert len(stretched) == 1 and stretched[0].startswith(f"{wide}: 90x160 (16:9) ran at 64x128 (2:1)")
