@@ -88,6 +88,25 @@ def _no_images(folder: Path, what: str) -> FornetError:
     return FornetError(f"{folder} holds no {what}")
 
 
+def _mirrored_samples(image_dir: Path, label_dir: Path, require_labels: bool, what: str) -> list[Sample]:
+    """Every image under ``image_dir`` with the PNG of the same relative path and stem under
+    ``label_dir`` (CamVid's ``test/`` + ``testannot/``, generic ``images/`` + ``masks/``);
+    the sample's name is that path with ``_`` for ``/``."""
+    images = find_files(image_dir, IMAGE_EXTENSIONS)
+    if not images:
+        raise _no_images(image_dir, "images")
+    samples = []
+    for image in images:
+        rel = image.relative_to(image_dir)
+        label = label_dir / rel.with_suffix(".png")
+        if not label.is_file():
+            if require_labels:
+                raise FornetError(f"missing {what} {label} for image {image}")
+            label = None
+        samples.append(Sample(image, label, rel.with_suffix("").as_posix().replace("/", "_")))
+    return samples
+
+
 class CityscapesFormat(DatasetFormat):
     name = "cityscapes"
     layout = ("cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png + "
@@ -148,18 +167,7 @@ class CamVidFormat(DatasetFormat):
         image_dir, annot_dir = root / split, root / f"{split}annot"
         if not image_dir.is_dir():
             raise FornetError(f"{root} has no {split}/ folder: expected the CamVid layout {split}/ + {split}annot/")
-        images = find_files(image_dir, IMAGE_EXTENSIONS)
-        if not images:
-            raise _no_images(image_dir, "images")
-        samples = []
-        for image in images:
-            label = annot_dir / image.relative_to(image_dir).with_suffix(".png")
-            if not label.is_file():
-                if require_labels:
-                    raise FornetError(f"missing annotation {label} for image {image}")
-                label = None
-            samples.append(Sample(image, label, image.stem))
-        return samples
+        return _mirrored_samples(image_dir, annot_dir, require_labels, "annotation")
 
 
 class GenericFormat(DatasetFormat):
@@ -179,19 +187,7 @@ class GenericFormat(DatasetFormat):
         image_dir, mask_dir = root / "images" / split, root / "masks" / split
         if not image_dir.is_dir():
             raise FornetError(f"{root} has no images/{split}/ folder")
-        images = find_files(image_dir, IMAGE_EXTENSIONS)
-        if not images:
-            raise _no_images(image_dir, "images")
-        samples = []
-        for image in images:
-            rel = image.relative_to(image_dir)
-            label = mask_dir / rel.with_suffix(".png")
-            if not label.is_file():
-                if require_labels:
-                    raise FornetError(f"missing mask {label} for image {image}")
-                label = None
-            samples.append(Sample(image, label, rel.with_suffix("").as_posix().replace("/", "_")))
-        return samples
+        return _mirrored_samples(image_dir, mask_dir, require_labels, "mask")
 
 
 class ImageFolderFormat(DatasetFormat):
