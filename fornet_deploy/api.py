@@ -189,8 +189,12 @@ def parity(bundle: str | Path, runtime: str = "ort", precision: str = "fp32", de
     ``summary["passed"]``; diff pictures and ``parity.json`` in ``out``. ``ort_provider``
     (cpu, cuda, tensorrt) picks ONNX Runtime's execution provider (default: the device's)."""
     from .evaluation.parity import parity_bundle
+    from .targets import output_file, output_folder
 
     _ort_provider(ort_provider, runtime)
+    if out is not None:
+        output_folder(out, "--out", reads=(bundle, data))
+    output_file(json_out, "--json", reads=(bundle, data), writes=(out,))
     return parity_bundle(bundle, runtime, precision, device, data, split, num_images, out, json_out, progress,
                          ort_provider=ort_provider)
 
@@ -202,8 +206,10 @@ def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precisi
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact
     (``ort_provider``: as for :func:`parity`)."""
     from .evaluation.evaluate import evaluate_bundle
+    from .targets import output_file
 
     _ort_provider(ort_provider, runtime)
+    output_file(json_out, "--json", reads=(bundle, data))
     return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
                            progress, ort_provider=ort_provider)
 
@@ -221,7 +227,9 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
     while it was timed; ``busy`` above 10 %); ``profile`` adds ONNX Runtime's profiler
     breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
+    from .targets import output_file
 
+    output_file(json_out, "--json", reads=(bundle, images, data))
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
     cfg = BenchConfig(device=device, runtime=runtime, precision=precision, shape=shape, batch=batch, warmup=warmup,
                       iters=iters, threads=threads, images=Path(images) if images else None, ort_device=ort_provider,
@@ -232,16 +240,17 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str = "fp32",
     return run_benchmark(bundle, cfg, progress=progress, json_out=json_out)
 
 
-def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
+def predict_files(bundle: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, runtime: str = "ort",
             precision: str = "fp32", device: str = "cpu", *, progress: Progress | None = None, **options) -> dict:
     """Segment images, folders, videos and live sources (camera index, URL, GStreamer
-    pipeline, as strings) into ``out`` (``options``: fields of
+    pipeline, as strings; one input alone may be given as a ``str`` or ``Path``) into
+    ``out`` (``options``: fields of
     :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``); returns the run's summary."""
     from .predict import predict as run
 
     _ort_provider(options.get("ort_provider"), runtime)
     cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
-    return run(bundle, list(inputs), out, cfg, progress=progress)
+    return run(bundle, inputs, out, cfg, progress=progress)
 
 
 def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: str = "fp32", **options) -> dict:

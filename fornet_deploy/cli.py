@@ -104,7 +104,8 @@ def main() -> None:
         # the user's environment; every other OSError is a bug and keeps its traceback.
         if exc.errno not in WRITE_ERRNOS:
             raise
-        _error(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
+        what = exc.filename or "an output of this command (the writer did not name it)"
+        _error(f"cannot write {what}: {exc.strerror}; files already in place are whole (every write is atomic)")
         sys.exit(int(ExitCode.INPUT))
     if code == ExitCode.INTERRUPTED:  # typer turns a KeyboardInterrupt into a silent exit code 130
         _error("interrupted; files already written are complete, nothing is half-written")
@@ -164,6 +165,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _json_file(path: Optional[Path], reads: tuple = (), writes: tuple = ()) -> Optional[Path]:
+    """``--json PATH`` checked before the command runs (:func:`fornet_deploy.targets.output_file`)."""
+    from .targets import output_file
+
+    return output_file(path, "--json", reads=reads, writes=writes)
+
+
 def _write_json(path: Optional[Path], data: dict) -> None:
     if path is not None:
         from .io import atomic_write_json
@@ -184,6 +192,7 @@ def info(
     """Architecture summary: parameters and GFLOPs at a given input size."""
     from .api import info as run
 
+    _json_file(json_out, reads=(checkpoint,))
     summary = run(checkpoint, _shape(shape))
     print_table("FoR-Net", ["field", "value"], [[k, v] for k, v in summary.items() if k != "config"])
     console.print_json(json.dumps(summary["config"]))
@@ -235,6 +244,7 @@ def train_cmd(
     """Train FoR-Net (single process, or multi-GPU/multi-node under torchrun)."""
     from .api import train_model as train
 
+    _json_file(json_out, reads=(data,), writes=(out,))
     crop_h, crop_w = _shape(shape)
     with bar("train", total=iterations) as update:
         summary = train(data, out, resume=resume, focus=focus, topk_ratio=topk_ratio, iterations=iterations,
@@ -278,6 +288,7 @@ def export(
     """Export a checkpoint to ONNX in a deploy bundle (checked, simplified, hashed)."""
     from .api import export_model as run
 
+    _json_file(json_out, reads=(checkpoint, labels), writes=(out,))
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
                   opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
                   tail=tail, labels=labels)
@@ -295,6 +306,7 @@ def lint(
     """List what the TensorRT ONNX parser will reject or handle badly (exit 1 on blockers)."""
     from .api import lint as run
 
+    _json_file(json_out, reads=(model,))
     report = run(model, target)
     if report["findings"]:
         print_table(f"{model} ({target})", ["severity", "check", "node", "message"],
@@ -323,6 +335,7 @@ def calibrate(
     the ranges are measured once per image set and method and shared by both targets."""
     from .api import calibrate as run
 
+    _json_file(json_out, reads=(data,), writes=(bundle,))
     with bar(f"calibrate {method} -> {target}") as update:
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
                     percentile=percentile, progress=update)
@@ -371,6 +384,7 @@ def build_trt(
     """Build a TensorRT engine from the bundle's graph of the chosen precision."""
     from .api import build_engine
 
+    _json_file(json_out, reads=(data,), writes=(bundle, timing_cache))
     meta = build_engine(bundle, _build_precision(precision, fp16, int8, fp32), shape=_shape(shape),
                         min_shape=_shape(min_shape, "--min-shape"), max_shape=_shape(max_shape, "--max-shape"),
                         batch=batch, min_batch=min_batch, max_batch=max_batch, workspace_mb=workspace,
@@ -543,7 +557,7 @@ def predict(
 def package_cmd(
     bundle: Path = BUNDLE,
     target: PackageTarget = typer.Option(..., help="serving stack"),
-    out: Path = typer.Option(..., help="output folder (new, empty, or an earlier package, which is replaced)"),
+    out: Path = typer.Option(..., help="output folder; an earlier package's files are replaced, other files kept"),
     precision: Precision = PRECISION,
     device: Optional[Device] = typer.Option(None, help="triton: cuda/jetson (KIND_GPU, TensorRT EP) or cpu [default: cuda]"),
     instances: Optional[int] = typer.Option(None, min=1, help="triton: model instances [default: 1]"),
@@ -559,6 +573,7 @@ def package_cmd(
     """Hand the bundle to a serving stack: a Triton model repository or a DeepStream nvinfer config."""
     from .api import package_bundle
 
+    _json_file(json_out, reads=(bundle, data), writes=(out,))
     given = {"device": device, "instances": instances, "max_batch": max_batch, "batch": batch, "gpu_id": gpu_id,
              "shape": _shape(shape), "video": video, "data": data, "num_images": num_images}
     summary = package_bundle(bundle, target, out, precision, **{k: v for k, v in given.items() if v is not None})

@@ -14,6 +14,7 @@ depend on the precision; the report is JSON plus diff pictures of the worst imag
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -153,10 +154,15 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str =
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
     dataset = open_dataset(data) if data is not None else None
+    hint = "" if out_dir else "; give --out FOLDER to write it elsewhere"
     out_dir = Path(out_dir) if out_dir else bundle.root / PARITY_DIR / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before the comparison runs: a read-only bundle is one line, not a traceback at the end
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()  # the write error a report would meet, with its errno
+    except OSError as exc:
+        raise FornetError(f"cannot write the parity report into {out_dir}: {exc.strerror or exc}{hint}") from None
     with load_runner(bundle, "torch", "fp32", "cpu", topk="exact") as reference, \
             load_runner(bundle, runtime, precision, device, ort_device=ort_provider) as candidate:
         # images of any size are fed as predict feeds them: resized to the candidate's input

@@ -7,6 +7,7 @@ how fast anything is (benchmarks are scripts, not timed tests).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,8 +76,13 @@ def test_time_iterations_warms_up_untimed_and_reports_between_calls():
 @pytest.mark.parametrize("cfg, words", [
     (BenchConfig(shape=(250, 500)), ["250x500", "32", "256x512"]),
     (BenchConfig(batch=0), ["--batch", ">= 1"]),
-    (BenchConfig(iters=0), ["--iters", ">= 1"]),
+    (BenchConfig(iters=0), ["--iters", "from 1 to 100000"]),
     (BenchConfig(warmup=-1), ["--warmup"]),
+    # issue 26: --threads 100000 crashed ONNX Runtime (SIGSEGV); --warmup 10**12 ran until killed
+    (BenchConfig(threads=100_000), ["--threads", f"from 1 to {os.cpu_count()}"]),
+    (BenchConfig(warmup=10**12), ["--warmup", "from 0 to 100000"]),
+    (BenchConfig(iters=100_001), ["--iters", "from 1 to 100000"]),
+    (BenchConfig(batch=8, shape=(1024, 2048)), ["8 x 1024x2048", "16.0 M pixels"]),
     (BenchConfig(device="tpu"), ["--device", "cpu, cuda, jetson"]),
     (BenchConfig(runtime="tflite"), ["tflite"]),
 ])
