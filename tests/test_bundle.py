@@ -373,10 +373,13 @@ def test_calibrate_killed_midway_leaves_no_trace(bundle, tiny_data):
 
     before = artefacts(bundle)
     result = signal_when_staging(["calibrate", "--bundle", str(bundle), "--data", str(tiny_data), "--num-images", "2",
-                                  "--target", "tensorrt"], bundle, signal.SIGKILL, delay=0.2)
+                                  "--target", "tensorrt"], bundle, signal.SIGKILL)
     assert result.returncode == -signal.SIGKILL
-    assert_consistent(bundle)
-    assert artefacts(bundle) == before
+    after = assert_consistent(bundle)
+    # The kill lands while the stage stages its files (the bundle stays as it was) or, on a fast
+    # machine, once its journal has decided the commit (the next reader completes it): never in between.
+    assert artefacts(bundle) == before or (ONNX_INT8_QDQ in after and set(before) < set(artefacts(bundle))), \
+        (before, after)
     calibrate_bundle(bundle, tiny_data, num_images=2, method="minmax", target="tensorrt")
     assert ONNX_INT8_QDQ in assert_consistent(bundle) and not list(bundle.glob(STAGING_PREFIX + "*"))
 
