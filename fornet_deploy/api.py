@@ -35,6 +35,7 @@ from .contract import (
     TAILS,
     TOPK_FORMS,
     check_choice,
+    check_size,
     checkpoint_path,
 )
 from .data.transforms import Preprocessing
@@ -309,12 +310,15 @@ def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: 
 
 
 def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None, *, train_iterations: int = 300,
-         bench_iterations: int = 20, shape: tuple[int, int] = (256, 512), num_images: int = 50, runtime: str = "ort",
-         log: Callable[[str], None] = print) -> dict:
-    """The whole pipeline on SynthCity on this machine, with ``OUT/report.md``; ``shape``: the
-    SynthCity images' and the export's H x W (any size from 64 px); ``num_images``: the SynthCity
-    val images that parity and evaluation run on; ``runtime`` (ort or openvino): whose artefacts
-    the parity and evaluation stages verify."""
+         bench_iterations: int = 20, shape: tuple[int, int] | None = None, num_images: int = 50, runtime: str = "ort",
+         data: str | Path | None = None, split: str = "val", log: Callable[[str], None] = print) -> dict:
+    """The whole pipeline on this machine, with ``OUT/report.md``, on SynthCity or on ``data``
+    (a labelled dataset in any known layout: calibration on its train split, parity and
+    evaluation on ``num_images`` images of its ``split``; weights: ``weights``, else the shipped
+    ones where they predict its classes, else ``train_iterations`` of training on it).
+    ``shape``: the export's H x W (default: SynthCity 256x512, or the size of the data's first
+    ``split`` image), and SynthCity's image size (64 px and up); ``runtime`` (ort or
+    openvino): whose artefacts the parity and evaluation stages verify."""
     from .data.synthcity.dataset import MIN_SIDE
     from .demo import DemoConfig
     from .demo import run_demo as run
@@ -322,22 +326,35 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     _positive(train_iterations, "--train-iterations")
     _positive(bench_iterations, "--bench-iterations")
     _positive(num_images, "--num-images")
-    if not all(MIN_SIDE <= side <= MAX_SIDE for side in shape):  # before anything is written
-        raise OptionError(f"--shape {shape[0]}x{shape[1]}: the demo's SynthCity images need {MIN_SIDE} to {MAX_SIDE} "
-                          "pixels per side")
+    if data is None:
+        if split != "val":
+            raise OptionError("--split chooses a split of --data; SynthCity's is val")
+        shape = shape or (256, 512)
+        if not all(MIN_SIDE <= side <= MAX_SIDE for side in shape):  # before anything is written
+            raise OptionError(f"--shape {shape[0]}x{shape[1]}: the demo's SynthCity images need {MIN_SIDE} to "
+                              f"{MAX_SIDE} pixels per side")
+        return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0],
+                              width=shape[1], synth_val=num_images, train_iterations=train_iterations,
+                              bench_iters=bench_iterations, runtime=runtime), log=log)
+    if shape is None:
+        from .data.formats import open_dataset
+        from .io import read_image_size
+
+        shape = read_image_size(open_dataset(data).samples(split)[0].image)
+    check_size(*shape)
     return run(DemoConfig(out=Path(out), weights=Path(weights) if weights else None, height=shape[0], width=shape[1],
-                          synth_val=num_images, train_iterations=train_iterations,
+                          data=Path(data), split=split, num_images=num_images, train_iterations=train_iterations,
                           bench_iters=bench_iterations, runtime=runtime), log=log)
 
 
 def deploy_checkpoint(checkpoint: str | Path, target: str, data: str | Path, out: str | Path, *,
                       shape: tuple[int, int] = (512, 1024), dynamic: bool = False, num_images: int = 32,
                       calib_images: int = 64, method: str = "entropy", iterations: int = 20, seed: int = 0,
-                      log: Callable[[str], None] = print) -> dict:
+                      split: str = "val", log: Callable[[str], None] = print) -> dict:
     """From a checkpoint (``"shipped"``: the shipped weights) to a verified bundle ``out`` for
     ``target`` (:data:`fornet_deploy.deploy.TARGETS`: cpu, tensorrt): export, INT8 calibration
     on ``calib_images`` images of ``data``, TensorRT lint, parity of every artefact and
-    evaluation on ``num_images`` val images, a benchmark of ``iterations`` timed runs per
+    evaluation on ``num_images`` images of ``data``'s ``split``, a benchmark of ``iterations`` timed runs per
     artefact, and ``out/deploy/report.md`` + ``deploy.json``. Returns the summary, with
     ``passed`` and ``failed`` (the checks that failed)."""
     from .deploy import DeployConfig, run_deploy
@@ -346,4 +363,4 @@ def deploy_checkpoint(checkpoint: str | Path, target: str, data: str | Path, out
     return run_deploy(DeployConfig(checkpoint=Path(checkpoint), target=target, data=Path(data), out=Path(out),
                                    height=shape[0], width=shape[1], dynamic=dynamic, num_images=num_images,
                                    calib_images=calib_images, calib_method=method, bench_iterations=iterations,
-                                   seed=seed), log=log)
+                                   seed=seed, split=split), log=log)

@@ -787,9 +787,10 @@ def deploy(
     data: Path = typer.Option(..., help="images to calibrate on and check with (any dataset layout; a labelled "
                                         "one adds the mIoU)"),
     out: Path = typer.Option(..., help="bundle folder to create or update"),
-    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW (multiples of 32)"),
+    shape: str = typer.Option("512x1024", metavar="HxW", help="export input HxW"),
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
-    num_images: int = typer.Option(32, min=1, help="val images for parity and evaluation"),
+    num_images: int = typer.Option(32, min=1, help="images of --split for parity and evaluation"),
+    split: str = typer.Option("val", help="dataset split parity and evaluation run on (CamVid: test)"),
     calib_images: int = typer.Option(64, min=1, help="calibration images"),
     method: Method = typer.Option("entropy", help="calibration method"),
     iterations: int = typer.Option(20, min=1, help="timed iterations per artefact in the benchmark"),
@@ -805,7 +806,7 @@ def deploy(
 
     summary = deploy_checkpoint(checkpoint, target, data, out, shape=_shape(shape), dynamic=dynamic,
                                 num_images=num_images, calib_images=calib_images, method=method,
-                                iterations=iterations, seed=seed,
+                                iterations=iterations, seed=seed, split=split,
                                 log=lambda line: console.print(f"[bold cyan]deploy[/] {escape(line)}"))
     if summary["lint"]:
         print_table("TensorRT lint", ["graph", "blockers", "warnings", "verdict"],
@@ -829,26 +830,32 @@ def deploy(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("fornet-demo"), help="output folder for data, bundle, results and report"),
-    weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights)"),
+    data: Optional[Path] = typer.Option(None, help="a labelled dataset (CamVid, Cityscapes, images/ + masks/) to "
+                                                   "run and report on instead of SynthCity"),
+    split: str = typer.Option("val", help="with --data: the split parity and evaluation run on (CamVid: test)"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint to use (default: the shipped SynthCity weights "
+                                                      "where they predict the data's classes, else trained here)"),
     train_iterations: int = typer.Option(300, min=1, help="CPU training iterations when no weights are found"),
     bench_iterations: Optional[int] = typer.Option(None, min=1, help="timed iterations per artefact [default: 20]"),
     bench_iters: Optional[int] = typer.Option(None, "--bench-iters", min=1, hidden=True),  # the old spelling
-    shape: str = typer.Option("256x512", metavar="HxW", help="SynthCity image and export HxW (64 px and up)"),
-    num_images: int = typer.Option(50, min=1, help="SynthCity val images for parity and evaluation"),
+    shape: Optional[str] = typer.Option(None, metavar="HxW", help="export HxW, and SynthCity's image size (64 px and "
+                                                                  "up) [default: 256x512, or the data's image size]"),
+    num_images: int = typer.Option(50, min=1, help="images for parity and evaluation (SynthCity: val images made)"),
     runtime: Literal["ort", "openvino"] = typer.Option("ort", help="whose artefacts parity and eval verify (the "
                                                                    "benchmark matrix measures every runtime)"),
 ):
-    """The whole pipeline on SynthCity, on this CPU, with a report: train/load -> export -> INT8 -> parity -> eval -> bench."""
+    """The whole pipeline on SynthCity (or --data), on this CPU, with a report: train/load -> export -> INT8 ->
+    parity -> eval -> bench."""
     from .api import run_demo as run
 
     bench_iterations = _renamed(bench_iterations, bench_iters, "--bench-iterations", "--bench-iters") or 20
     result = run(out, weights, train_iterations=train_iterations, bench_iterations=bench_iterations,
-                 shape=_shape(shape), num_images=num_images, runtime=runtime,
-                 log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
+                 shape=_shape(shape) if shape else None, num_images=num_images, runtime=runtime, data=data,
+                 split=split, log=lambda line: console.print(f"[bold cyan]demo[/] {escape(line)}"))
     print_table("parity vs PyTorch FP32", ["artefact", "argmax agreement", "mask agreement", "pass"],
                 [[name, s["argmax_agreement"], s["mask_agreement"], "yes" if s["passed"] else "NO"]
                  for name, s in result["parity"].items()])
-    print_table("accuracy (SynthCity val)", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
+    print_table(f"accuracy ({data or 'SynthCity'} {split})", ["runtime precision", "mIoU", "boundary IoU", "thin IoU"],
                 [[k, e["miou"], e["boundary_iou"], e["thin_iou"]] for k, e in result["evaluation"].items()])
     console.print(f"report: {result['report']}")
     if not result["passed"]:  # so that `fornet-deploy demo` can gate CI

@@ -1,6 +1,7 @@
 """``fornet-deploy demo``: the embedded default end to end on a CPU machine.
 
-SynthCity -> shipped (or freshly trained) weights -> export FP32 + FP16 -> calibrate INT8
+SynthCity (or the labelled dataset given as ``data``: CamVid, Cityscapes, images + masks) ->
+shipped (or given, or freshly trained) weights -> export FP32 + FP16 -> calibrate INT8
 (TensorRT Q/DQ + CPU U8S8) -> TensorRT lint -> parity -> evaluation (of ONNX Runtime's
 artefacts, or with ``runtime="openvino"`` of OpenVINO's) -> benchmark matrix (every runtime) ->
 prediction pictures -> ``report.md``. Every number in the report is read back from the JSON
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .contract import ONNX_FP16, ONNX_FP32, ONNX_INT8_QDQ, SHIPPED_WEIGHTS, check_choice
+from .data.labels import LabelSet, check_compatible, label_set_for, manifest_label_set
 from .errors import FornetError
 from .io import atomic_write_bytes, atomic_write_json, read_json
 
@@ -26,12 +28,17 @@ DEMO_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "int8")
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path = Path("fornet-demo")
-    weights: Path | None = None  # None: the shipped SynthCity weights, else train fresh
+    weights: Path | None = None  # None: the shipped SynthCity weights when they fit the data, else train fresh
     train_iterations: int = 300  # only used when no weights are found
     synth_train: int = 64  # calibration images are drawn from these
     synth_val: int = 50
     height: int = 256
     width: int = 512
+    # A labelled dataset of the user's instead of SynthCity: calibration on its train split,
+    # parity, evaluation and pictures on `num_images` images of `split`.
+    data: Path | None = None
+    split: str = "val"
+    num_images: int = 50
     calib_images: int = 32
     calib_method: str = "percentile"
     bench_iters: int = 20
@@ -43,28 +50,67 @@ class DemoConfig:
 Log = Callable[[str], None]
 
 
-def resolve_weights(cfg: DemoConfig, data: Path, log: Log) -> Path:
+def resolve_weights(cfg: DemoConfig, data: Path, data_labels: LabelSet, log: Log) -> Path:
+    """The given weights, else the shipped ones where they predict the data's classes, else a
+    model trained here on the data's train split."""
     if cfg.weights is not None:
         if not Path(cfg.weights).is_file():
             raise FornetError(f"--weights {cfg.weights} does not exist")
         return Path(cfg.weights)
-    if SHIPPED_WEIGHTS.is_file():
+    if SHIPPED_WEIGHTS.is_file() and _predicts(SHIPPED_WEIGHTS, data_labels):
         log(f"using the shipped SynthCity weights {SHIPPED_WEIGHTS.name}")
         return SHIPPED_WEIGHTS
     from .train import LAST, STATE, TrainConfig, train
 
-    log(f"no shipped weights found: training {cfg.train_iterations} iterations on the CPU")
+    why = "no shipped weights found" if not SHIPPED_WEIGHTS.is_file() else \
+        f"the shipped weights predict other classes than {data}'s {data_labels.name} classes"
+    log(f"{why}: training {cfg.train_iterations} iterations on the CPU")
     run = cfg.out / "train"
     # a demo run again into the same folder continues (or reuses) the earlier training
     train(TrainConfig(data=str(data), out=str(run), iterations=cfg.train_iterations,
-                      val_interval=cfg.train_iterations, seed=cfg.seed, device="cpu"), resume=(run / STATE).is_file())
+                      val_interval=cfg.train_iterations, seed=cfg.seed, device="cpu", val_split=cfg.split),
+          resume=(run / STATE).is_file())
     return run / LAST
+
+
+def _predicts(checkpoint: Path, data_labels: LabelSet) -> bool:
+    """Whether ``checkpoint`` predicts the classes of the data, by name (a dataset with generic
+    ``class_i`` names is no evidence that a model of as many named classes fits it)."""
+    from .io import read_bytes
+    from .model.checkpoint import MAX_FILE_BYTES, checkpoint_labels, read_checkpoint_config
+
+    stored = checkpoint_labels(read_bytes(checkpoint, "checkpoint", MAX_FILE_BYTES), checkpoint)
+    model = label_set_for(read_checkpoint_config(checkpoint).num_classes, stored, f"checkpoint {checkpoint}")
+    return model.classes == data_labels.classes
+
+
+def prepare_data(cfg: DemoConfig, out: Path, log: Log) -> tuple[Path, str, LabelSet, int | None]:
+    """The data every stage runs on: ``(folder, split, label set, image limit)``: SynthCity made
+    in ``out``, or the user's labelled dataset, checked before anything is written."""
+    from .data.formats import open_dataset
+
+    if cfg.data is None:
+        from .data.synthcity import SynthCityConfig, generate
+
+        log(f"1/8 SynthCity: {cfg.synth_train} train + {cfg.synth_val} val images at {cfg.height}x{cfg.width}")
+        data = out / "synthcity"
+        generate(data, SynthCityConfig(train=cfg.synth_train, val=cfg.synth_val, height=cfg.height, width=cfg.width,
+                                       seed=cfg.seed))
+        return data, "val", open_dataset(data).labels, None
+    dataset = open_dataset(cfg.data)
+    if dataset.labels is None:
+        raise FornetError(f"--data {cfg.data} has no labels: the demo scores the model, it needs a labelled dataset")
+    evaluated = dataset.samples(cfg.split)  # a missing or unlabelled split is one line, here
+    log(f"1/8 data: {cfg.data} ({dataset.format.name} layout, {dataset.labels.num_classes} {dataset.labels.name} "
+        f"classes); parity and evaluation on {min(cfg.num_images, len(evaluated))} of its {len(evaluated)} "
+        f"{cfg.split} images, exported at {cfg.height}x{cfg.width}")
+    return Path(cfg.data), cfg.split, dataset.labels, cfg.num_images
 
 
 def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     """Run every stage; returns the summary that ``report.md`` is rendered from."""
+    from .bundle import Bundle
     from .calibration.qdq import calibrate_bundle
-    from .data.synthcity import SynthCityConfig, generate
     from .deploy import evaluate_all, lint_graphs, parity_all
     from .export.fp16 import convert_fp16
     from .export.onnx import ExportConfig, export_bundle
@@ -74,18 +120,17 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FornetError(f"--out {out} exists and is not a folder")
-    results = out / "results"
-    data, bundle = out / "synthcity", out / "bundle"
-
-    log(f"1/8 SynthCity: {cfg.synth_train} train + {cfg.synth_val} val images at {cfg.height}x{cfg.width}")
-    generate(data, SynthCityConfig(train=cfg.synth_train, val=cfg.synth_val, height=cfg.height, width=cfg.width, seed=cfg.seed))
-    weights = resolve_weights(cfg, data, log)
+    results, bundle = out / "results", out / "bundle"
+    data, split, data_labels, limit = prepare_data(cfg, out, log)
+    weights = resolve_weights(cfg, data, data_labels, log)
 
     log("2/8 export: model.onnx (threshold Top-K) and model.fp16.onnx")
     export_bundle(weights, bundle, ExportConfig(height=cfg.height, width=cfg.width))
+    # weights of other classes than the data's stop here, not after calibration
+    check_compatible(manifest_label_set(Bundle.open(bundle, verify=False).manifest), data_labels, f"--data {data}")
     convert_fp16(bundle)
 
-    log(f"3/8 calibrate INT8 on {cfg.calib_images} SynthCity train images ({cfg.calib_method})")
+    log(f"3/8 calibrate INT8 on {cfg.calib_images} train images of {data} ({cfg.calib_method})")
     for target in ("tensorrt", "cpu"):
         calibrate_bundle(bundle, data, num_images=cfg.calib_images, method=cfg.calib_method, target=target, seed=cfg.seed)
 
@@ -94,27 +139,29 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict:
     atomic_write_json(results / "lint.json", lint)
 
     log("5/8 parity against the PyTorch FP32 reference: every graph the bundle ships")
-    parity, _ = parity_all(bundle, cfg.runtime, precisions, "cpu", data,
-                           out_dir=lambda p: results / f"parity_{cfg.runtime}_{p}")
+    parity, _ = parity_all(bundle, cfg.runtime, precisions, "cpu", data, limit,
+                           out_dir=lambda p: results / f"parity_{cfg.runtime}_{p}", split=split)
 
-    log("6/8 evaluation on the val split")
+    log(f"6/8 evaluation on the {split} split")
     evaluation = evaluate_all(bundle, data, [("torch", "fp32")] + [(cfg.runtime, p) for p in precisions], "cpu",
-                              json_out=lambda runtime, precision: results / f"eval_{runtime}_{precision}.json")
+                              limit, json_out=lambda runtime, precision: results / f"eval_{runtime}_{precision}.json",
+                              split=split)
 
     log("7/8 benchmark matrix (CPU)")
     from .bench import BenchConfig, run_matrix
 
     matrix = run_matrix(bundle, "cpu", data=data, accuracy_images=cfg.accuracy_images,
-                        cfg=BenchConfig(iters=cfg.bench_iters, warmup=3))
+                        cfg=BenchConfig(iters=cfg.bench_iters, warmup=3), split=split)
     atomic_write_json(results / "bench_matrix.json", matrix)
 
     log("8/8 prediction pictures and report")
     from .data.formats import open_dataset
     from .predict import PredictConfig, predict
 
-    examples = [s.image for s in open_dataset(data).samples("val")[:2]]
+    examples = [s.image for s in open_dataset(data).samples(split)[:2]]
     predict(bundle, examples, out / "pictures", PredictConfig(importance=True, mask=True))
-    summary = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "weights": str(weights), "bundle": str(bundle)}
+    summary = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "weights": str(weights), "bundle": str(bundle),
+               "data": "SynthCity" if cfg.data is None else str(data), "split": split}
     atomic_write_json(results / "demo.json", summary)
     report = write_report(out)
     log(f"report: {report}")
@@ -142,7 +189,7 @@ def render_report(results: Path, pictures: Path) -> str:
         "# fornet-deploy demo report", "",
         f"Weights: `{demo['weights']}`; bundle: `{demo['bundle']}`. Machine: {machine_line(matrix['machine'])}. "
         "All numbers below are read from `results/*.json`.", "",
-        "## Accuracy (SynthCity val)", "",
+        f"## Accuracy ({demo.get('data', 'SynthCity')} {demo.get('split', 'val')})", "",
         "| runtime | precision | artefact | mIoU | boundary IoU | thin-structure IoU | Top-K covers boundary px |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -168,7 +215,7 @@ def render_report(results: Path, pictures: Path) -> str:
               "## TensorRT lint", "", "| graph | blockers | warnings |", "|---|---|---|"]
     lines += [f"| {name} | {r['blockers']} | {r['warnings']} |" for name, r in lint.items()]
     lines += ["", "## What FoR-Net focused on", "",
-              "Overlay, importance map and selected Top-K regions for two val images:", ""]
+              f"Overlay, importance map and selected Top-K regions for two {demo.get('split', 'val')} images:", ""]
     kinds = ("_overlay.png", "_importance.png", "_topk.png")  # segmentation, then what it focused on
     shown = [p for p in pictures.glob("**/*.png") if p.name.endswith(kinds)]
     for picture in sorted(shown, key=lambda p: (p.name.rsplit("_", 1)[0], kinds.index("_" + p.name.rsplit("_", 1)[1]))):

@@ -57,7 +57,8 @@ class DeployConfig:
     height: int = 512
     width: int = 1024
     dynamic: bool = False
-    num_images: int = 32  # val images for parity, evaluation and the benchmark's accuracy columns
+    num_images: int = 32  # images of `split` for parity, evaluation and the benchmark's accuracy columns
+    split: str = "val"
     calib_images: int = 64
     calib_method: str = "entropy"
     bench_iterations: int = 20
@@ -83,8 +84,8 @@ def lint_graphs(bundle: Path, names: Sequence[str]) -> dict[str, dict]:
 
 
 def parity_all(bundle: Path, runtime: str, precisions: Sequence[str], device: str, data: Path | None,
-               limit: int | None = None,
-               out_dir: Callable[[str], Path] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+               limit: int | None = None, out_dir: Callable[[str], Path] | None = None,
+               split: str = "val") -> tuple[dict[str, dict], dict[str, str]]:
     """Parity of every artefact of each precision: each artefact's summary by name, and the
     run report of each precision (in ``out_dir(precision)``, default
     ``BUNDLE/parity/RUNTIME-PRECISION``) by precision."""
@@ -92,7 +93,7 @@ def parity_all(bundle: Path, runtime: str, precisions: Sequence[str], device: st
 
     summaries, reports = {}, {}
     for precision in precisions:
-        report = parity_bundle(bundle, runtime, precision, device, data, limit=limit,
+        report = parity_bundle(bundle, runtime, precision, device, data, split=split, limit=limit,
                                out_dir=out_dir(precision) if out_dir else None)
         summaries.update({name: r["summary"] for name, r in report["artifacts"].items()})
         reports[precision] = report["report_path"]
@@ -100,11 +101,12 @@ def parity_all(bundle: Path, runtime: str, precisions: Sequence[str], device: st
 
 
 def evaluate_all(bundle: Path, data: Path, runs: Sequence[tuple[str, str]], device: str, limit: int | None = None,
-                 json_out: Callable[[str, str], Path] | None = None) -> dict[str, dict]:
-    """Evaluation of each (runtime, precision), by ``"runtime precision"``."""
+                 json_out: Callable[[str, str], Path] | None = None, split: str = "val") -> dict[str, dict]:
+    """Evaluation of each (runtime, precision) on ``data``'s ``split``, by ``"runtime precision"``."""
     from .evaluation.evaluate import evaluate_bundle
 
-    return {f"{runtime} {precision}": evaluate_bundle(bundle, data, runtime, precision, device, limit=limit,
+    return {f"{runtime} {precision}": evaluate_bundle(bundle, data, runtime, precision, device, split=split,
+                                                      limit=limit,
                                                       json_out=json_out(runtime, precision) if json_out else None)
             for runtime, precision in runs}
 
@@ -147,18 +149,19 @@ def run_deploy(cfg: DeployConfig, log: Log = print) -> dict:
     lint = lint_graphs(bundle, target.lint)
     log(f"4/6 parity of every {'/'.join(target.precisions)} artefact against PyTorch FP32")
     parity, parity_reports = parity_all(bundle, target.runtime, target.precisions, target.device, cfg.data,
-                                        cfg.num_images)
+                                        cfg.num_images, split=cfg.split)
     evaluation, notes = {}, []
     if labelled:
-        log(f"5/6 evaluation on {cfg.num_images} val images")
+        log(f"5/6 evaluation on {cfg.num_images} {cfg.split} images")
         evaluation = evaluate_all(bundle, cfg.data, [(target.runtime, p) for p in target.precisions], target.device,
-                                  cfg.num_images)
+                                  cfg.num_images, split=cfg.split)
     else:
         notes.append(f"{cfg.data} has no labels: no evaluation (mIoU needs a labelled dataset)")
         log(f"5/6 evaluation skipped: {notes[-1]}")
     log(f"6/6 benchmark ({cfg.bench_iterations} timed iterations per artefact)")
     bench = run_matrix(bundle, target.device, data=cfg.data if labelled else None,
-                       accuracy_images=min(cfg.num_images, 8), cfg=BenchConfig(iters=cfg.bench_iterations, warmup=3))
+                       accuracy_images=min(cfg.num_images, 8), cfg=BenchConfig(iters=cfg.bench_iterations, warmup=3),
+                       split=cfg.split)
     failed = failures(lint, parity)
     if target.next_step:
         notes.append(target.next_step.replace("BUNDLE", str(bundle)).replace("DATA", str(cfg.data)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.data.camvid import CAMVID
 
@@ -86,3 +86,50 @@ def test_predict_bench_package_on_the_camvid_bundle(camvid_bundle):
     assert ",".join(CAMVID.classes) in config
     _ok("package", "--bundle", str(bundle), "--target", "deepstream", "--out", str(root / "ds"))
     assert (root / "ds" / "labels.txt").read_text().splitlines() == list(CAMVID.classes)
+
+
+def test_the_demo_reports_on_a_camvid_folder(camvid_bundle):
+    """Issue 24: ``demo --data DIR --split test`` runs every stage on the user's data and its
+    report says so; the export size is the data's own (90x120)."""
+    data, _, root = camvid_bundle
+    out = root / "demo"
+    result = run_cli("demo", "--data", str(data), "--split", "test", "--weights", str(root / "run" / "best.safetensors"),
+                     "--out", str(out), "--num-images", "2", "--bench-iterations", "2")
+    assert result.returncode in (0, 1), result.stderr[-2000:]  # 1: a parity check of a 60-iteration model failed
+    report = (out / "report.md").read_text()
+    assert f"## Accuracy ({data} test)" in report and "SynthCity" not in report.split("## Parity")[0]
+    evaluation = json.loads((out / "results" / "eval_ort_fp32.json").read_text())
+    assert evaluation["split"] == "test" and evaluation["num_images"] == 2
+    assert list(evaluation["iou_per_class"]) == list(CAMVID.classes)
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert (manifest["export"]["height"], manifest["export"]["width"]) == (90, 120)
+    assert not (out / "synthcity").exists()
+
+
+def test_the_demo_refuses_weights_of_other_classes_before_calibrating(camvid_bundle):
+    data, _, root = camvid_bundle
+    out = root / "demo-cityscapes"
+    result = run_cli("demo", "--data", str(data), "--weights", str(root / "cityscapes.safetensors"), "--out", str(out))
+    assert_one_line_error(result, "does not exist")
+    from fornet_deploy.contract import SHIPPED_WEIGHTS
+
+    result = run_cli("demo", "--data", str(data), "--weights", str(SHIPPED_WEIGHTS), "--out", str(out))
+    assert_one_line_error(result, "camvid labels", "the model predicts cityscapes")
+    assert not list(out.rglob("*int8*"))  # stopped after the export, before calibration
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--split", "test"], "--split chooses a split of --data"),
+    (["--data", "IMAGES"], "needs a labelled dataset"),
+    (["--data", "IMAGES", "--shape", "64x64"], "needs a labelled dataset"),
+    (["--data", "CAMVID", "--split", "nope"], "nope"),
+])
+def test_demo_option_errors_are_one_line(camvid_bundle, args, fragment):
+    data, _, root = camvid_bundle
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    (images / "a.png").write_bytes((data / "test" / sorted(p.name for p in (data / "test").iterdir())[0]).read_bytes())
+    args = [{"IMAGES": str(images), "CAMVID": str(data)}.get(a, a) for a in args]
+    result = run_cli("demo", *args, "--out", str(root / "demo-errors"))
+    assert_one_line_error(result, fragment)
+    assert result.returncode in (2, 3)

@@ -27,13 +27,14 @@ from .telemetry import BenchEnvironment, with_jetson_board
 REFERENCE = ("torch", "fp32")
 
 
-def accuracy_examples(data: Path | None, count: int, shape: tuple[int, int], pre: Preprocessing) -> tuple[list[Example], str]:
+def accuracy_examples(data: Path | None, count: int, shape: tuple[int, int], pre: Preprocessing,
+                      split: str = "val") -> tuple[list[Example], str]:
     """Images the accuracy columns are measured on, at the benchmarked input size (kept in
     memory: every artefact runs on the same preprocessed batches)."""
     check_limit(count)
     if data is not None:
-        examples = list(dataset_examples(data, "val", pre, limit=count))
-        return examples, f"{len(examples)} val images of {data}, resized to {shape[0]}x{shape[1]}"
+        examples = list(dataset_examples(data, split, pre, limit=count))
+        return examples, f"{len(examples)} {split} images of {data}, resized to {shape[0]}x{shape[1]}"
     scenes = scene_examples(count, *shape, pre)
     return list(scenes), scenes.source
 
@@ -87,13 +88,14 @@ def _skipped(fmt: Format, exc: Exception) -> dict:
 
 def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = None, accuracy_images: int = 8,
                cfg: BenchConfig = BenchConfig(), progress: Progress | None = None,
-               json_out: str | Path | None = None, env: BenchEnvironment = BenchEnvironment()) -> dict:
+               json_out: str | Path | None = None, env: BenchEnvironment = BenchEnvironment(),
+               split: str = "val") -> dict:
     """Every (runtime, precision) the bundle can run on ``device``, measured in one process.
 
     Rows hold the compute and end-to-end latencies, the speed-up over PyTorch FP32 (ratio of
     mean compute latencies, both measured here; ``speedup_busy`` when either was measured
-    while other processes took more than 10 % of the CPUs), mIoU on ``accuracy_images`` val images of
-    ``data`` and argmax / Top-K mask agreement with the PyTorch FP32 reference on the same
+    while other processes took more than 10 % of the CPUs), mIoU on ``accuracy_images`` images of
+    ``data``'s ``split`` and argmax / Top-K mask agreement with the PyTorch FP32 reference on the same
     images (synthetic scenes without ``data``). An artefact that cannot start here (no GPU
     provider, an engine for another GPU) becomes a skipped row with its reason.
     ``progress(done, total, note)`` is called per format.
@@ -109,7 +111,7 @@ def run_matrix(bundle_dir: str | Path, device: str = "cpu", data: Path | None = 
         raise FornetError(f"bundle {bundle.root} has no artefact that runs on {device}")
     pre = bench_preprocessing(bundle, shape)
     frames, frames_source = load_frames(cfg.images, shape)
-    examples, accuracy_source = accuracy_examples(data, accuracy_images, shape, pre)
+    examples, accuracy_source = accuracy_examples(data, accuracy_images, shape, pre, split)
     machine = describe_machine(env.jetson_root)
     reference, reference_note = reference_outputs(bundle, examples, cfg.threads)
     labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
