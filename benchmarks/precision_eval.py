@@ -2,11 +2,13 @@
 
     python benchmarks/precision_eval.py BUNDLE DATA [--methods entropy,minmax,percentile]
         [--num-images 64] [--seed 0] [--runs 50] [--warmup 5] [--json results.json]
+        [--eval-split val] [--calib-data DIR]
 
 Works on a copy of the bundle (the given one is not touched): writes ``model.fp16.onnx``
 and, per calibration method, both INT8 targets (``tensorrt`` first: it measures the ranges,
 ``cpu`` reuses them from the bundle; ``calibration`` in the JSON has both times), then for
-every variant on the val split
+every variant on the ``--eval-split`` (default val; CamVid's protocol: test) of DATA,
+calibrated on the train split of ``--calib-data`` (default DATA)
 
 * segmentation metrics (mIoU, boundary IoU, thin IoU) and their drop vs FP32, in points;
 * agreement with FP32 on the same preprocessed images: argmax (``labels``) and Top-K mask,
@@ -43,6 +45,7 @@ import numpy as np
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.calibration.qdq import METHODS, calibrate_bundle
 from fornet_deploy.contract import LABELS, ONNX_FP16, ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_QDQ, TOPK_MASK
+from fornet_deploy.data.labels import LabelSet, manifest_label_set
 from fornet_deploy.data.transforms import Preprocessing
 from fornet_deploy.evaluation.agreement import compare_outputs, pooled
 from fornet_deploy.evaluation.examples import dataset_examples
@@ -58,13 +61,15 @@ INT8_MIOU_DROP, INT8_BOUNDARY_DROP = 1.0, 1.5  # points
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path)
-    p.add_argument("data", type=Path, help="dataset in the Cityscapes layout (train for calibration, val for eval)")
+    p.add_argument("data", type=Path, help="labelled dataset, any layout (train for calibration, val for eval)")
+    p.add_argument("--eval-split", default="val", help="split the variants are scored on")
+    p.add_argument("--calib-data", type=Path, default=None, help="calibration images (default: DATA's train split)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--num-images", type=int, default=64, help="calibration images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--fp32-ops", default=",".join(sorted(FP32_OPS)), help="op types kept FP32 in the FP16 graph")
-    p.add_argument("--val-images", type=int, default=None, help="val images (default all)")
+    p.add_argument("--val-images", type=int, default=None, help="images of --eval-split (default all)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
@@ -72,9 +77,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def evaluate_variant(name: str, path: Path, examples: list, reference: list[dict], args, classes: int) -> dict:
-    """Metrics and agreement with FP32 of one graph, from one inference per val image."""
-    metrics = SegmentationMetrics(num_classes=classes)
+def evaluate_variant(name: str, path: Path, examples: list, reference: list[dict], args, labels: LabelSet) -> dict:
+    """Metrics and agreement with FP32 of one graph, from one inference per evaluated image."""
+    metrics = SegmentationMetrics.for_labels(labels)
     agreements = []
     with OrtRunner(path, precision=name, threads=args.threads) as runner:
         for example, ref in zip(examples, reference):
@@ -84,7 +89,7 @@ def evaluate_variant(name: str, path: Path, examples: list, reference: list[dict
             agreements.append(compare_outputs(example.name, ref, out, hw))
     result = metrics.result()
     return {"variant": name, "artifact": path.name, "miou": result["miou"], "boundary_iou": result["boundary_iou"],
-            "thin_iou": result["thin_iou"], **pooled(agreements)}
+            "thin_iou": result["thin_iou"], "iou_per_class": result["iou_per_class"], **pooled(agreements)}
 
 
 def latency(paths: dict[str, Path], batch: np.ndarray, runs: int, warmup: int, threads: int | None) -> dict:
@@ -108,36 +113,47 @@ def latency(paths: dict[str, Path], batch: np.ndarray, runs: int, warmup: int, t
     return {name: {"median_ms": ms, "speedup_vs_fp32": medians["fp32"] / ms} for name, ms in medians.items()}
 
 
-def build_and_evaluate(work: Path, args) -> dict:
+def examples_and_reference(work: Path, args) -> tuple[list, list[dict], LabelSet]:
+    """The evaluated images (kept in memory) and the FP32 graph's outputs on them, computed once."""
     bundle = Bundle.open(work)
     pre = Preprocessing.from_dict(bundle.manifest["preprocessing"])
-    classes = len(bundle.manifest["classes"])
+    examples = list(dataset_examples(args.data, args.eval_split, pre, args.val_images))
+    with OrtRunner(work / ONNX_FP32, threads=args.threads) as fp32:
+        reference = [fp32(example.batch, outputs=(LABELS, TOPK_MASK)) for example in examples]
+    return examples, reference, manifest_label_set(bundle.manifest)
+
+
+def add_drops(rows: list[dict], base: dict) -> None:
+    """Each row's drop vs ``base`` (FP32), in points."""
+    for row in rows:
+        for metric in ("miou", "boundary_iou", "thin_iou"):
+            row[f"{metric}_drop_points"] = 100 * (base[metric] - row[metric])
+
+
+def build_and_evaluate(work: Path, args) -> dict:
     fp32_ops = frozenset(op for op in args.fp32_ops.split(",") if op)
     fp16_entry = convert_fp16(work, fp32_ops)
-    examples = list(dataset_examples(args.data, "val", pre, args.val_images))
-    with OrtRunner(work / ONNX_FP32, threads=args.threads) as fp32:  # the reference, computed once
-        reference = [fp32(example.batch, outputs=(LABELS, TOPK_MASK)) for example in examples]
+    examples, reference, labels = examples_and_reference(work, args)
+    calib_data = args.calib_data or args.data
     rows, calibration = [], {}
-    rows.append(evaluate_variant("fp32", work / ONNX_FP32, examples, reference, args, classes))
-    rows.append(evaluate_variant("fp16", work / ONNX_FP16, examples, reference, args, classes))
+    rows.append(evaluate_variant("fp32", work / ONNX_FP32, examples, reference, args, labels))
+    rows.append(evaluate_variant("fp16", work / ONNX_FP16, examples, reference, args, labels))
     for method in args.methods.split(","):
         for target, artifact in (("tensorrt", ONNX_INT8_QDQ), ("cpu", ONNX_INT8_CPU)):
             start = time.perf_counter()
-            entry = calibrate_bundle(work, args.data, args.num_images, method, target, args.seed,
+            entry = calibrate_bundle(work, calib_data, args.num_images, method, target, args.seed,
                                      percentile=args.percentile)
             seconds = time.perf_counter() - start
             calibration[f"{method}/{target}"] = {"seconds": seconds, "key": entry["calibration"]["key"]}
             rows.append(evaluate_variant(f"int8-{target}-{method}", work / artifact, examples, reference, args,
-                                         classes))
-    for row in rows:
-        for metric in ("miou", "boundary_iou", "thin_iou"):
-            row[f"{metric}_drop_points"] = 100 * (rows[0][metric] - row[metric])
+                                         labels))
+    add_drops(rows, rows[0])
     last = args.methods.split(",")[-1]  # the INT8 files on disk are the last method's
     timed = {"fp32": work / ONNX_FP32, "fp16": work / ONNX_FP16,
              f"int8-cpu-{last}": work / ONNX_INT8_CPU, f"int8-tensorrt-{last}": work / ONNX_INT8_QDQ}
     return {"rows": rows, "latency": latency(timed, examples[0].batch, args.runs, args.warmup, args.threads),
             "fp16": {k: fp16_entry[k] for k in ("fp32_nodes", "fp32_ops", "converter")}, "calibration": calibration,
-            "input_shape": list(examples[0].batch.shape)}
+            "input_shape": list(examples[0].batch.shape), "eval_images": len(examples)}
 
 
 def check_targets(result: dict) -> dict[str, bool]:

