@@ -310,7 +310,7 @@ def read_image_bytes(path: str | Path, what: str = "image") -> bytes:
     """The bytes of an image file whose header declares a size within the pixel budget, read
     only when the file is no larger than that size can need (:data:`MAX_BYTES_PER_PIXEL`)."""
     height, width = _image_header(path, what)
-    return read_bytes(path, what, height * width * MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES)
+    return read_bytes(path, what, max_bytes=height * width * MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES)
 
 
 def _decode(data: bytes, name: str, flags: int, verb: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import FornetError
-from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files, read_image
+from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files, read_image, read_image_size
 from .segmenter import Segmenter
 
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
@@ -160,11 +160,14 @@ class Source:
 def probe(item: InputItem, segment: Segmenter, stack: contextlib.ExitStack) -> Source:
     """An input checked before the run: readable, and a size the artefact accepts.
 
-    Images are decoded fully (a header check does not catch truncated data); videos must
-    open and yield a first frame; a live source is opened (and kept open in ``stack``).
+    Images are checked by their header's size, then decoded fully (a header check does not
+    catch truncated data); videos must open and yield a first frame; a live source is opened (and kept open in ``stack``).
     """
     capture = first = None
     if item.kind == "image":
+        # the size from the header first: an image the artefact cannot take is refused before
+        # it is decoded (an 8000x8000 picture is 192 MB decoded, its network input far more)
+        segment.check_size(read_image_size(item.path), item.source)
         hw, fps, frames = read_image(item.path).shape[:2], None, 1
     elif item.kind == "stream":
         capture = stack.enter_context(_open_stream(item.stream))
