@@ -58,8 +58,8 @@ MAX_BATCH = 1024
 # Most pixels one network input holds, batch x height x width, checked before anything is
 # allocated: 2048x4096, a 4K UHD frame at the stride (2176x3840) or 4 Cityscapes frames.
 # Memory grows with it (exporting the shipped model peaks at about 1.2 GB + 0.7 KB per
-# pixel, ~6.5 GB here; docs/reliability.md); MAX_SIDE alone let 8192x8192 through, which
-# grew past 24 GB.
+# pixel: 6.1 GB at this bound, docs/reliability.md); MAX_SIDE alone let 8192x8192 through,
+# which grew past 24 GB.
 MAX_PIXELS = 2048 * 4096
 
 # ONNX node-name scopes of the importance map and the Top-K subgraph (module paths as the

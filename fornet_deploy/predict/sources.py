@@ -161,7 +161,8 @@ def probe(item: InputItem, segment: Segmenter, stack: contextlib.ExitStack) -> S
     """An input checked before the run: readable, and a size the artefact accepts.
 
     Images are checked by their header's size, then decoded fully (a header check does not
-    catch truncated data); videos must open and yield a first frame; a live source is opened (and kept open in ``stack``).
+    catch truncated data); videos must open and yield a first frame; a live source is opened
+    (and kept open in ``stack``).
     """
     capture = first = None
     if item.kind == "image":
