@@ -41,14 +41,19 @@ LAYOUT = Layout(what="package folder", prefix=".package-", claim=MARKER, committ
 
 def earlier_files(out: Path) -> dict[str, str]:
     """The files an earlier package in ``out`` records (name -> sha256); none without a
-    readable marker of this format."""
-    try:
-        meta = read_json(out / MARKER, "package marker")
-    except FornetError:
+    marker. A ``fornet-package.json`` that is not a regular file holding a marker of this
+    format is the user's: one line, nothing written over it."""
+    marker = out / MARKER
+    if not (marker.exists() or marker.is_symlink()):
         return {}
+    try:
+        meta = read_json(marker, "package marker") if _regular(marker) else None
+    except FornetError:
+        meta = None
     files = meta.get("files") if isinstance(meta, dict) and meta.get("format") == PACKAGE_FORMAT else None
     if not isinstance(files, dict):
-        return {}
+        raise FornetError(f"{marker} is not the marker of a package fornet-deploy wrote; move it away or choose "
+                          "another --out (nothing was written)")
     return {name: sha for name, sha in files.items() if isinstance(sha, str) and confined(name)}
 
 

@@ -58,6 +58,11 @@ def test_an_earlier_packages_files_are_deleted_only_while_they_are_its_own(tiny_
     assert package_cli(tiny_bundle, repo).returncode == 0
     assert not (repo / "old_model").exists()  # the earlier package's file, unchanged: gone with its folder
     assert (repo / "edited.txt").read_text() == "the user's since"
+    mine = tmp_path / "mine"  # a file of the marker's name that is not a marker
+    mine.mkdir()
+    (mine / MARKER).write_text("my notes")
+    assert_one_line_error(package_cli(tiny_bundle, mine), "is not the marker of a package fornet-deploy wrote")
+    assert [p.name for p in mine.iterdir()] == [MARKER] and (mine / MARKER).read_text() == "my notes"
 
 
 def test_a_target_that_holds_or_is_inside_the_bundle_is_refused(tiny_bundle, tmp_path):
