@@ -123,7 +123,7 @@ def test_predict_never_reads_a_small_image_with_gigabytes_behind_it(tiny_bundle,
 @pytest.mark.parametrize("command", ["parity", "bench", "predict"])
 def test_a_manifest_claiming_a_huge_export_allocates_nothing(hostile_manifest, tmp_path, command):
     """A manifest claiming a 100000x100000 export made parity allocate 30 GB of synthetic images."""
-    args = {"parity": ["--num-images", "1", "--out", str(tmp_path / "report")], "bench": ["--iters", "1"],
+    args = {"parity": ["--num-images", "1", "--out", str(tmp_path / "report")], "bench": ["--iterations", "1"],
             "predict": [str(png_header_only(tmp_path / "x.png", 64, 64)), "--out", str(tmp_path / "out")]}[command]
     result, rss = run_bounded(command, "--bundle", str(hostile_manifest), *args)
     assert_one_line_error(result, "export", "beyond the supported")
@@ -134,7 +134,7 @@ def test_a_manifest_claiming_a_huge_export_allocates_nothing(hostile_manifest, t
 @pytest.mark.parametrize("option, value, fragment", [
     ("--threads", "100000", f"--threads must be an integer from 1 to {os.cpu_count()}"),  # SIGSEGV before
     ("--warmup", "1000000000000", "--warmup must be an integer from 0 to 100000"),  # ran until killed
-    ("--iters", "1000000000000", "--iters must be an integer from 1 to 100000"),
+    ("--iterations", "1000000000000", "--iterations must be an integer from 1 to 100000"),
     ("--shape", "8192x8192", "8192x8192 is 64.0 M pixels"),
 ])
 def test_bench_options_are_bounded(tiny_bundle, option, value, fragment):
@@ -149,5 +149,6 @@ def test_a_legal_run_fits_the_same_limit(tiny_bundle, tmp_path):
     image = small_png_with_a_tail(tmp_path / "small.png", 0)
     result, _ = run_bounded("predict", str(image), "--bundle", str(tiny_bundle), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    result, _ = run_bounded("bench", "--bundle", str(tiny_bundle), "--iters", "2", "--warmup", "1", "--threads", "1")
+    result, _ = run_bounded("bench", "--bundle", str(tiny_bundle), "--iterations", "2", "--warmup", "1",
+                            "--threads", "1")
     assert result.returncode == 0, result.stderr
