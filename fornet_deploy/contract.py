@@ -56,7 +56,7 @@ MAX_SIDE = 8192
 # Largest batch any command builds or runs: 1024 full-HD images are already 25 GB of input.
 MAX_BATCH = 1024
 # Most pixels one network input holds, batch x height x width, checked before anything is
-# allocated: 2048x4096, a 4K UHD frame at the stride (2176x3840) or 4 Cityscapes frames.
+# allocated: 2048x4096, a 4K UHD frame (2160x3840; 2176x3840 padded to the stride) or 4 Cityscapes frames.
 # Memory grows with it (exporting the shipped model peaks at about 1.2 GB + 0.7 KB per
 # pixel: 6.1 GB at this bound, docs/reliability.md); MAX_SIDE alone let 8192x8192 through,
 # which grew past 24 GB.

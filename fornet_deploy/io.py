@@ -291,6 +291,21 @@ def check_image_size(size: tuple[int, int] | None, name: str, verb: str = "read"
     return size
 
 
+# FFmpeg's own log level inside OpenCV (AV_LOG_QUIET), read from the environment once, when
+# OpenCV first uses FFmpeg: without it FFmpeg prints "[tcp @ 0x...] Connection refused" or
+# "moov atom not found" before our one-line error. Set only if unset: a user's value is kept.
+FFMPEG_LOG_LEVEL = ("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def check_frame_size(height: float, width: float, name: str) -> None:
+    """A video's frames as its container declares them (``CAP_PROP_FRAME_HEIGHT`` /
+    ``WIDTH``), within :data:`MAX_IMAGE_PIXELS`, checked before a frame is decoded (FFmpeg
+    allocates what the container declares). A container that declares no size (0) passes."""
+    if height * width > MAX_IMAGE_PIXELS:
+        raise FornetError(f"video {name} declares {int(width)}x{int(height)} frames, more than the "
+                          f"{MAX_SIDE}x{MAX_SIDE} pixels this toolkit decodes; downscale it first")
+
+
 def _image_header(path: str | Path, what: str) -> tuple[int, int]:
     """(height, width) from the header of an image file, read without reading the whole file:
     the first 64 KB, then (a JPEG with large metadata) up to :data:`MAX_HEADER_BYTES`."""

@@ -486,3 +486,17 @@ def test_the_file_system_root_is_not_walked(tiny_bundle, tmp_path):
     result = run_cli("predict", "/", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "folder / holds more than 200000 files and folders")
     assert time.monotonic() - started < 120 and not (tmp_path / "out").exists()
+
+
+def test_a_video_of_frames_beyond_the_pixel_budget_is_refused_before_decoding(tiny_bundle, inputs, tmp_path,
+                                                                             monkeypatch):
+    """The frame size the container declares is checked when the video opens, before a frame is
+    decoded; the budget lowered to just under the clip's 128 x 256 stands in for a huge file."""
+    import fornet_deploy.io as io_module
+
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", 128 * 256 - 1)
+    with pytest.raises(FornetError, match=f"video {inputs['video']} declares 256x128 frames"):
+        predict(tiny_bundle, [inputs["video"]], tmp_path / "out", PredictConfig())
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", 128 * 256)  # at the budget: segmented
+    assert predict(tiny_bundle, [inputs["video"]], tmp_path / "out", PredictConfig(max_frames=1))["video_frames"] == 1

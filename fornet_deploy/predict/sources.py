@@ -16,7 +16,15 @@ import cv2
 import numpy as np
 
 from ..errors import FornetError
-from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files, read_image, read_image_size
+from ..io import (
+    FFMPEG_LOG_LEVEL,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    check_frame_size,
+    find_files,
+    read_image,
+    read_image_size,
+)
 from .segmenter import Segmenter
 
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
@@ -38,6 +46,7 @@ class InputItem:
     def source(self) -> str:
         """How the report names the input (a URL without its password)."""
         return _redacted(self.stream) if self.stream is not None else str(self.path)
+
 
 def _is_camera(text: str) -> bool:
     return bool(_CAMERA.match(text))
@@ -188,12 +197,6 @@ def probe(item: InputItem, segment: Segmenter, stack: contextlib.ExitStack) -> S
     return Source(item, hw, segment.check_size(hw, item.source), fps, frames, capture, first)
 
 
-# FFmpeg's own log level inside OpenCV (AV_LOG_QUIET), read from the environment once, when
-# OpenCV first uses FFmpeg: without it FFmpeg prints "[tcp @ 0x...] Connection refused"
-# before our one-line error. A value the user set is kept.
-FFMPEG_LOG_LEVEL = ("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-
 @contextlib.contextmanager
 def quiet_opencv() -> Iterator[None]:
     # OpenCV logs multi-line warnings of its own for a source it cannot open, and FFmpeg
@@ -232,6 +235,7 @@ def open_video(path: Path) -> Iterator[cv2.VideoCapture]:
         try:
             if not cap.isOpened():
                 raise FornetError(f"cannot open video {path}: not a video file, corrupt, or a codec OpenCV lacks")
+            check_frame_size(cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH), str(path))
             yield cap
         finally:
             cap.release()
