@@ -299,7 +299,8 @@ def predict_files(bundle: str | Path, inputs: str | Path | Sequence[str | Path],
 def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: str = "fp32", **options) -> dict:
     """Hand a bundle to a serving stack: ``target="triton"`` writes a Triton model repository,
     ``"deepstream"`` an nvinfer config, labels and a deepstream-app config, into ``out``
-    (created, or replacing an earlier package; all or nothing). ``options``: fields of
+    (created, or an earlier package's own files replaced and other files kept; all or nothing;
+    never the bundle, inside it or holding it). ``options``: fields of
     :class:`~fornet_deploy.package.triton.TritonOptions` or
     :class:`~fornet_deploy.package.deepstream.DeepStreamOptions`. Returns the summary."""
     from dataclasses import fields
