@@ -222,8 +222,12 @@ def parity(bundle: str | Path, runtime: str = "ort", precision: str | None = Non
     provider (default: the device's)."""
     from .evaluation.parity import parity_bundle, thresholds_for
     from .runtimes.registry import artifact_precision
+    from .targets import output_file, output_folder
 
     _ort_provider(ort_provider, runtime)
+    if out is not None:
+        output_folder(out, "--out", reads=(bundle, data))
+    output_file(json_out, "--json", reads=(bundle, data), writes=(out,))
     if precision is not None:
         check_choice(precision, PRECISIONS, "precision")
     opened = Bundle.open(bundle, verify=False)
@@ -240,8 +244,10 @@ def evaluate(bundle: str | Path, data: str | Path, runtime: str = "ort", precisi
     """mIoU, per-class IoU, boundary IoU, thin-structure IoU and Top-K coverage of one artefact
     (``ort_provider``, ``artifact``, ``precision``: as for :func:`parity`)."""
     from .evaluation.evaluate import evaluate_bundle
+    from .targets import output_file
 
     _ort_provider(ort_provider, runtime)
+    output_file(json_out, "--json", reads=(bundle, data))
     return evaluate_bundle(bundle, data, runtime, precision, device, split, num_images, boundary_width, json_out,
                            progress, ort_provider=ort_provider, artifact=artifact)
 
@@ -261,7 +267,9 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = 
     breakdown by op type and by scope (backbone, neck, focus, selector, Top-K, head, tail).
     ``artifact``, ``precision``: as for :func:`parity` (not with ``matrix``, which runs them all)."""
     from .bench import BenchConfig, run_benchmark, run_matrix
+    from .targets import output_file
 
+    output_file(json_out, "--json", reads=(bundle, images, data))
     _ort_provider(ort_provider, "ort" if matrix else runtime)  # a matrix applies it to its ONNX Runtime rows
     if matrix and artifact is not None:
         raise OptionError("--artifact picks one artefact; --matrix runs every artefact of the bundle")
@@ -275,24 +283,25 @@ def benchmark(bundle: str | Path, runtime: str = "ort", precision: str | None = 
     return run_benchmark(bundle, cfg, progress=progress, json_out=json_out)
 
 
-def predict_files(bundle: str | Path, inputs: Sequence[str | Path], out: str | Path, runtime: str = "ort",
-            precision: str | None = None, device: str = "cpu", *, progress: Progress | None = None,
-            **options) -> dict:
+def predict_files(bundle: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
+                  runtime: str = "ort", precision: str | None = None, device: str = "cpu", *,
+                  progress: Progress | None = None, **options) -> dict:
     """Segment images, folders, videos and live sources (camera index, URL, GStreamer
-    pipeline, as strings) into ``out`` (``options``: fields of
-    :class:`~fornet_deploy.predict.PredictConfig`, e.g. ``max_frames``, ``artifact``);
-    returns the run's summary."""
+    pipeline, as strings; one input alone may be given as a ``str`` or ``Path``) into
+    ``out`` (``options``: fields of :class:`~fornet_deploy.predict.PredictConfig`, e.g.
+    ``max_frames``, ``artifact``); returns the run's summary."""
     from .predict import predict as run
 
     _ort_provider(options.get("ort_provider"), runtime)
     cfg = PredictConfig(runtime=runtime, precision=precision, device=device, **options)
-    return run(bundle, list(inputs), out, cfg, progress=progress)
+    return run(bundle, inputs, out, cfg, progress=progress)
 
 
 def package_bundle(bundle: str | Path, target: str, out: str | Path, precision: str = "fp32", **options) -> dict:
     """Hand a bundle to a serving stack: ``target="triton"`` writes a Triton model repository,
     ``"deepstream"`` an nvinfer config, labels and a deepstream-app config, into ``out``
-    (created, or replacing an earlier package; all or nothing). ``options``: fields of
+    (created, or an earlier package's own files replaced and other files kept; all or nothing;
+    never the bundle, inside it or holding it). ``options``: fields of
     :class:`~fornet_deploy.package.triton.TritonOptions` or
     :class:`~fornet_deploy.package.deepstream.DeepStreamOptions`. Returns the summary."""
     from dataclasses import fields
@@ -322,10 +331,12 @@ def run_demo(out: str | Path = "fornet-demo", weights: str | Path | None = None,
     from .data.synthcity.dataset import MIN_SIDE
     from .demo import DemoConfig
     from .demo import run_demo as run
+    from .targets import output_folder
 
     _positive(train_iterations, "--train-iterations")
     _positive(bench_iterations, "--bench-iterations")
     _positive(num_images, "--num-images")
+    output_folder(out, "--out", reads=(data, weights))  # the demo's folder never holds or lies inside its inputs
     if data is None:
         if split != "val":
             raise OptionError("--split chooses a split of --data; SynthCity's is val")

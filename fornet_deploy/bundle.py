@@ -44,19 +44,30 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from .contract import FORMATS, MANIFEST, PRECISIONS, engine_format
+from .contract import (
+    BUNDLE_FORMAT,
+    FORMATS,
+    INPUT_CHANNELS,
+    MANIFEST,
+    MAX_BATCH,
+    MAX_SIDE,
+    PRECISIONS,
+    check_pixels,
+    engine_format,
+    format_shape,
+)
 from .errors import WRITE_ERRNOS, FornetError
 from .io import now_iso, read_json, sha256_file
 from .staging import JOURNAL as JOURNAL  # the name of a commit's journal in a staging folder
 from .staging import Layout, Staging, pending, recover, staged
 
-BUNDLE_FORMAT = "fornet-deploy-bundle"
 BUNDLE_VERSION = 1
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
@@ -125,12 +136,36 @@ def check_manifest(manifest: Any, where: str) -> dict:
         raise FornetError(f"{where} lists artefacts but has no 'preprocessing' section (re-run `fornet-deploy export`)")
     if "classes" in manifest and not all(isinstance(c, str) for c in manifest["classes"]):
         raise FornetError(f"{where}: 'classes' must be a list of names")
-    export = manifest.get("export", {})
-    for key in ("height", "width"):
-        if "export" in manifest and (isinstance(export.get(key), bool) or not isinstance(export.get(key), int)
-                                     or export[key] < 1):
-            raise FornetError(f"{where}: export {key} {export.get(key)!r} is not a positive integer")
+    # Sizes that drive allocations (parity's synthetic images, DeepStream's infer-dims) are
+    # bounded here, before any is made: a hand-edited 100000x100000 allocates nothing.
+    if "export" in manifest:
+        export = manifest["export"]
+        shape = [export.get("batch", 1), INPUT_CHANNELS, export.get("height"), export.get("width")]
+        for key, value in zip(("batch", "channels", "height", "width"), shape):
+            if not _positive_int(value):
+                raise FornetError(f"{where}: export {key} {value!r} is not a positive integer")
+        _check_shape(shape, f"{where}: export")
+    for name, entry in artifacts.items():
+        if "export_shape" in entry:
+            shape = entry["export_shape"]
+            if not (isinstance(shape, list) and len(shape) == 4 and all(_positive_int(d) for d in shape)):
+                raise FornetError(f"{where}: export_shape {shape!r} of {name} is not four positive integers (NCHW)")
+            _check_shape(shape, f"{where}: export_shape of {name}")
     return manifest
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_shape(shape: list[int], where: str) -> None:
+    """An NCHW shape a manifest records, within the bounds every command runs at
+    (:data:`~fornet_deploy.contract.MAX_BATCH`, ``MAX_SIDE``, ``MAX_PIXELS``)."""
+    batch, _, height, width = shape
+    if batch > MAX_BATCH or max(height, width) > MAX_SIDE:
+        raise FornetError(f"{where} {format_shape(shape)} is beyond the supported {MAX_BATCH} images of at most "
+                          f"{MAX_SIDE} pixels per side")
+    check_pixels(batch, height, width, where, FornetError)
 
 
 # --- lineage ------------------------------------------------------------------------------
@@ -247,7 +282,23 @@ class Bundle:
             raise FornetError(f"bundle {self.root} has no {name} (artefacts: {present})")
         if verify:
             self._verify_one(name)
+        else:
+            self._own_file(name, missing_ok=True)
         return self.root / name
+
+    def _own_file(self, name: str, missing_ok: bool = False) -> None:
+        """An artefact is a regular file in the bundle folder: a symbolic link (to
+        ``/etc/passwd``, with a hash to match) or a device is never read, hashed or copied."""
+        try:
+            mode = os.lstat(self.root / name).st_mode
+        except FileNotFoundError:
+            if missing_ok:
+                return
+            raise FornetError(f"bundle {self.root}: {name} is listed in the manifest but missing") from None
+        if not stat.S_ISREG(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise FornetError(f"bundle {self.root}: {name} is {what}, not a file of the bundle; "
+                              f"re-run `{remake_command(name, self.artifacts)}`")
 
     def check_lineage(self, name: str) -> None:
         """Refuse ``name`` unless every artefact it was made from is the one the manifest lists."""
@@ -258,8 +309,7 @@ class Bundle:
 
     def _verify_one(self, name: str) -> None:
         path = self.root / name
-        if not path.is_file():
-            raise FornetError(f"bundle {self.root}: {name} is listed in the manifest but missing")
+        self._own_file(name)
         if sha256_file(path) != self.sha256(name):
             raise FornetError(
                 f"bundle {self.root}: {name} does not match the sha256 in the manifest "

@@ -124,7 +124,8 @@ def main() -> None:
         # the user's environment; every other OSError is a bug and keeps its traceback.
         if exc.errno not in WRITE_ERRNOS:
             raise
-        _error(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
+        what = exc.filename or "an output of this command (the writer did not name it)"
+        _error(f"cannot write {what}: {exc.strerror}; files already in place are whole (every write is atomic)")
         sys.exit(int(ExitCode.INPUT))
     if code == ExitCode.INTERRUPTED:  # typer turns a KeyboardInterrupt into a silent exit code 130
         _error("interrupted; files already written are complete, nothing is half-written")
@@ -257,6 +258,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _json_file(path: Optional[Path], reads: tuple = (), writes: tuple = ()) -> Optional[Path]:
+    """``--json PATH`` checked before the command runs (:func:`fornet_deploy.targets.output_file`)."""
+    from .targets import output_file
+
+    return output_file(path, "--json", reads=reads, writes=writes)
+
+
 def _write_json(path: Optional[Path], data: dict) -> None:
     if path is not None:
         from .io import atomic_write_json
@@ -278,6 +286,7 @@ def info(
     """Architecture summary: parameters and GFLOPs at a given input size."""
     from .api import info as run
 
+    _json_file(json_out, reads=(checkpoint,))
     summary = run(checkpoint, _shape(shape))
     print_table("FoR-Net", ["field", "value"], [[k, v] for k, v in summary.items() if k != "config"])
     console.print_json(json.dumps(summary["config"]))
@@ -330,6 +339,7 @@ def train_cmd(
     """Train FoR-Net (single process, or multi-GPU/multi-node under torchrun)."""
     from .api import train_model as train
 
+    _json_file(json_out, reads=(data,), writes=(out,))
     crop_h, crop_w = _shape(shape)
     batch = _renamed(batch, batch_size, "--batch", "--batch-size") or 8
     with bar("train", total=iterations) as update:
@@ -376,6 +386,7 @@ def export(
     """Export a checkpoint to ONNX in a deploy bundle (checked, simplified, hashed)."""
     from .api import export_model as run
 
+    _json_file(json_out, reads=(checkpoint, labels), writes=(out,))
     entries = run(checkpoint, out, _shape(shape), precision=precision, batch=batch, dynamic=dynamic, topk=topk,
                   opset=opset, outputs=[o.strip() for o in outputs.split(",") if o.strip()], labels_dtype=labels_dtype,
                   tail=tail, labels=labels, log=lambda line: console.print(escape(line)))
@@ -392,6 +403,7 @@ def inspect(
     """What a bundle holds: artefacts, their lineage, inputs and outputs, label set, sizes, parity reports."""
     from .api import inspect_bundle
 
+    _json_file(json_out, reads=(bundle,))
     found = inspect_bundle(bundle)
     export, labels = found["export"], found["labels"]
     dynamic = " (dynamic batch, height and width)" if export["dynamic"] else ""
@@ -431,6 +443,7 @@ def lint(
     """List what the TensorRT ONNX parser will reject or handle badly (exit 1 on blockers)."""
     from .api import lint as run
 
+    _json_file(json_out, reads=(model,))
     result = run(model, target)
     reports = result["graphs"] if "graphs" in result else {model.name: result}
     if "graphs" in result:
@@ -485,6 +498,7 @@ def calibrate(
     per image set and method and shared by both targets."""
     from .api import calibrate as run
 
+    _json_file(json_out, reads=(data,), writes=(bundle,))
     with bar(f"calibrate {method} -> {target}") as update:
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
                     percentile=percentile, progress=update)
@@ -556,6 +570,7 @@ def build_trt(
     """Build a TensorRT engine from the bundle's graph of the chosen precision."""
     from .api import build_engine
 
+    _json_file(json_out, reads=(data,), writes=(bundle, timing_cache))
     precision = _precision("build-trt", precision, fp16, int8, fp32, required=True)
     meta = build_engine(bundle, precision, shape=_shape(shape),
                         min_shape=_shape(min_shape, "--min-shape"), max_shape=_shape(max_shape, "--max-shape"),
@@ -741,7 +756,7 @@ def predict(
 def package_cmd(
     bundle: Path = BUNDLE,
     target: PackageTarget = typer.Option(..., help="serving stack"),
-    out: Path = typer.Option(..., help="output folder (new, empty, or an earlier package, which is replaced)"),
+    out: Path = typer.Option(..., help="output folder; an earlier package's files are replaced, other files kept"),
     precision: Precision = PRECISION,
     device: Optional[Device] = typer.Option(None, help="triton: cuda/jetson (KIND_GPU, TensorRT EP) or cpu [default: cuda]"),
     instances: Optional[int] = typer.Option(None, min=1, help="triton: model instances [default: 1]"),
@@ -757,6 +772,7 @@ def package_cmd(
     """Hand the bundle to a serving stack: a Triton model repository or a DeepStream nvinfer config."""
     from .api import package_bundle
 
+    _json_file(json_out, reads=(bundle, data), writes=(out,))
     given = {"device": device, "instances": instances, "max_batch": max_batch, "batch": batch, "gpu_id": gpu_id,
              "shape": _shape(shape), "video": video, "data": data, "num_images": num_images}
     summary = package_bundle(bundle, target, out, precision, **{k: v for k, v in given.items() if v is not None})
@@ -804,6 +820,7 @@ def deploy(
     from .evaluation.parity import parity_table
     from .io import read_json
 
+    _json_file(json_out, reads=(checkpoint, data), writes=(out,))
     summary = deploy_checkpoint(checkpoint, target, data, out, shape=_shape(shape), dynamic=dynamic,
                                 num_images=num_images, calib_images=calib_images, method=method,
                                 iterations=iterations, seed=seed, split=split,

@@ -55,6 +55,12 @@ FOCUS_SCALE = 8
 MAX_SIDE = 8192
 # Largest batch any command builds or runs: 1024 full-HD images are already 25 GB of input.
 MAX_BATCH = 1024
+# Most pixels one network input holds, batch x height x width, checked before anything is
+# allocated: 2048x4096, a 4K UHD frame (2160x3840; 2176x3840 padded to the stride) or 4 Cityscapes frames.
+# Memory grows with it (exporting the shipped model peaks at about 1.2 GB + 0.7 KB per
+# pixel: 6.1 GB at this bound, docs/reliability.md); MAX_SIDE alone let 8192x8192 through,
+# which grew past 24 GB.
+MAX_PIXELS = 2048 * 4096
 
 # ONNX node-name scopes of the importance map and the Top-K subgraph (module paths as the
 # TorchScript exporter names nodes, e.g. "/focus/selector/score/Conv"), kept FP32 by the FP16
@@ -69,6 +75,7 @@ TAIL_SCOPE = "/tail/"
 # --- bundle artefacts -----------------------------------------------------------------
 
 MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "fornet-deploy-bundle"  # the manifest's "format": what makes a folder a bundle
 CHECKPOINT = "checkpoint.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_CPU = "model.cpu.onnx"  # FP32 with the CPU tail: what ONNX Runtime runs on a CPU
@@ -235,6 +242,16 @@ def check_batch(batch: int, option: str = "--batch") -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise OptionError(f"{option} must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
     return batch
+
+
+def check_pixels(batch: int, height: int, width: int, what: str = "input",
+                 error: type[FornetError] = OptionError) -> None:
+    """``batch`` images of ``height`` x ``width`` within :data:`MAX_PIXELS`; else one line."""
+    pixels = batch * height * width
+    if pixels > MAX_PIXELS:
+        shape = f"{batch} x {height}x{width}" if batch != 1 else f"{height}x{width}"
+        raise error(f"{what} {shape} is {pixels / 2**20:.1f} M pixels, more than the {MAX_PIXELS // 2**20} M "
+                    "(2048x4096) one network input may hold; use a smaller size or batch")
 
 
 def format_shape(shape: Sequence[int | None]) -> str:

@@ -11,12 +11,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
+import stat
 import struct
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -83,16 +83,44 @@ def give_plain_file_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_replaceable(path: str | Path, what: str = "output") -> None:
+    """Refuse ``path`` as a file to write unless it is missing or a regular file: a write
+    renames a new file over it, which would replace a symbolic link itself (not the file it
+    points to), a device such as ``/dev/null``, a FIFO or a folder. One line."""
+    try:
+        found = os.lstat(path)
+    except OSError:  # missing (or a parent that is not a folder: the write names that)
+        return
+    if not stat.S_ISREG(found.st_mode):
+        raise FornetError(f"{what} {path} is {_kind(found.st_mode)}; writing it would replace it: "
+                          "name a new or a regular file")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
 
-    On any exception the temporary file is removed and ``path`` is left as it was; a full
-    disk or the file-size limit is one line naming ``path``.
+    ``path`` must be missing or a regular file (:func:`check_replaceable`). On any
+    exception the temporary file is removed and ``path`` is left as it was; a folder that
+    cannot be made or written (read-only, no permission, a file on the way), a full disk
+    and the file-size limit are one line naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise FornetError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -106,38 +134,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it becomes ``path``.
-
-    ``path`` must not exist, be an empty folder, or be a folder ``replaceable(path)``
-    accepts (e.g. an earlier output of the same command): anything else is refused before
-    any work, so nothing of the user's is overwritten. The old folder is moved aside and
-    removed only after the new one is complete; on any exception (Ctrl-C included) the
-    temporary folder is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
-        raise FornetError(f"{path} exists and is not an earlier output of this command: choose another folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
-        yield tmp
-        umask = os.umask(0)  # mkdtemp makes 0700 folders; give it what a plain mkdir would
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -187,7 +183,15 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 # as a pixel count. Sizes are read from the file header first, so a file that declares
 # 30000x30000 pixels (2.7 GB decoded) is refused before anything is allocated.
 MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
-_HEADER_BYTES = 1 << 16  # a JPEG's size may sit behind 64 KB of EXIF; then the whole file is read
+_HEADER_BYTES = 1 << 16  # where an image's size is looked for first
+# A JPEG's frame header may sit behind its metadata segments (EXIF, ICC profiles, XMP):
+# they are searched up to this far, never further, for the size.
+MAX_HEADER_BYTES = 16 << 20
+# Bytes an image file may hold for the size its header declares: 8 per pixel (four 16-bit
+# channels uncompressed, more than any PNG, JPEG or WebP of real pictures needs) plus the
+# metadata allowance above. A small picture followed by gigabytes of anything is refused
+# before it is read.
+MAX_BYTES_PER_PIXEL = 8
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -287,13 +291,41 @@ def check_image_size(size: tuple[int, int] | None, name: str, verb: str = "read"
     return size
 
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header (no decoding), within the pixel budget."""
-    data = read_bytes(path, "image", prefix=_HEADER_BYTES)
+# FFmpeg's own log level inside OpenCV (AV_LOG_QUIET), read from the environment once, when
+# OpenCV first uses FFmpeg: without it FFmpeg prints "[tcp @ 0x...] Connection refused" or
+# "moov atom not found" before our one-line error. Set only if unset: a user's value is kept.
+FFMPEG_LOG_LEVEL = ("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def check_frame_size(height: float, width: float, name: str) -> None:
+    """A video's frames as its container declares them (``CAP_PROP_FRAME_HEIGHT`` /
+    ``WIDTH``), within :data:`MAX_IMAGE_PIXELS`, checked before a frame is decoded (FFmpeg
+    allocates what the container declares). A container that declares no size (0) passes."""
+    if height * width > MAX_IMAGE_PIXELS:
+        raise FornetError(f"video {name} declares {int(width)}x{int(height)} frames, more than the "
+                          f"{MAX_SIDE}x{MAX_SIDE} pixels this toolkit decodes; downscale it first")
+
+
+def _image_header(path: str | Path, what: str) -> tuple[int, int]:
+    """(height, width) from the header of an image file, read without reading the whole file:
+    the first 64 KB, then (a JPEG with large metadata) up to :data:`MAX_HEADER_BYTES`."""
+    data = read_bytes(path, what, prefix=_HEADER_BYTES)
     size = image_size(data)
     if size is None and len(data) == _HEADER_BYTES:
-        size = image_size(read_bytes(path, "image"))
+        size = image_size(read_bytes(path, what, prefix=MAX_HEADER_BYTES))
     return check_image_size(size, str(path))
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header (no decoding), within the pixel budget."""
+    return _image_header(path, "image")
+
+
+def read_image_bytes(path: str | Path, what: str = "image") -> bytes:
+    """The bytes of an image file whose header declares a size within the pixel budget, read
+    only when the file is no larger than that size can need (:data:`MAX_BYTES_PER_PIXEL`)."""
+    height, width = _image_header(path, what)
+    return read_bytes(path, what, max_bytes=height * width * MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES)
 
 
 def _decode(data: bytes, name: str, flags: int, verb: str) -> np.ndarray:
@@ -309,15 +341,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
     The bytes are read by Python and decoded from memory: OpenCV's own file functions
     crash on a file name that is not valid UTF-8. The size is checked against
-    :data:`MAX_IMAGE_PIXELS` before decoding.
+    :data:`MAX_IMAGE_PIXELS`, and the file's length against that size, before reading.
     """
-    bgr = _decode(read_bytes(path, "image"), str(path), cv2.IMREAD_COLOR, "read")
+    bgr = _decode(read_image_bytes(path), str(path), cv2.IMREAD_COLOR, "read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def read_label_image(path: str | Path) -> np.ndarray:
     """Read an image file as stored (a label map: one channel of ids), same checks as :func:`read_image`."""
-    return _decode(read_bytes(path, "label image"), str(path), cv2.IMREAD_UNCHANGED, "read label")
+    return _decode(read_image_bytes(path, "label image"), str(path), cv2.IMREAD_UNCHANGED, "read label")
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -340,26 +372,38 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, encode_png(image, str(path)))
 
 
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+# Names a folder search looks at before it gives up (about a minute of a slow disk): a path
+# such as "/" or a home folder names a whole file system, not a set of inputs.
+MAX_FOLDER_ENTRIES = 200_000
 
 
 def find_files(folder: str | Path, extensions: tuple[str, ...], exclude: Path | None = None) -> list[Path]:
     """Files under ``folder`` (recursively, sorted) whose suffix is in ``extensions``.
 
-    Hidden files and folders are skipped, and so is everything under ``exclude`` (e.g. an
-    output folder inside the input folder, so a re-run does not read its own pictures).
+    Hidden files and folders are skipped (hidden folders are not entered), and so is
+    everything under ``exclude`` (e.g. an output folder inside the input folder, so a re-run
+    does not read its own pictures). Symbolic links to folders are not followed. A folder
+    tree of more than :data:`MAX_FOLDER_ENTRIES` names is one line, before any file is read.
     """
     folder = Path(folder)
     excluded = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in extensions or _hidden(path.relative_to(folder)) or not path.is_file():
-            continue
-        if excluded is not None and path.resolve().is_relative_to(excluded):
-            continue
-        found.append(path)
-    return found
+    found, seen = [], 0
+    for parent, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise FornetError(f"folder {folder} holds more than {MAX_FOLDER_ENTRIES} files and folders; "
+                              "name the folder of the inputs, not a whole disk")
+        here = Path(parent)
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not (excluded is not None and (here / d).resolve() == excluded)]
+        for name in files:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in extensions or not path.is_file():
+                continue
+            if excluded is not None and path.resolve().is_relative_to(excluded):
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def find_images(path: str | Path, option: str = "--images") -> list[Path]:

@@ -6,7 +6,8 @@ inside it (same file system, so the final moves are renames). :meth:`Staging.com
 then puts the whole write into place in one step:
 
 1. the claim (the file that says what the folder holds: a bundle's ``manifest.json``,
-   predict's ``predictions.json``) is written into the staging folder;
+   predict's ``predictions.json``, a package's ``fornet-package.json``) is written into the
+   staging folder;
 2. a journal (``COMMIT.json``: the files to move in, the files to delete) is written
    beside it; the **decision** is the journal landing, or -- for a writer with a
    ``committed_prefix`` -- renaming the staging folder to that prefix after it;

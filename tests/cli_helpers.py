@@ -23,3 +23,20 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert lines[0].startswith("error:"), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def private_char_device(folder: Path) -> Path:
+    """A character device of our own (the null device's numbers) in ``folder``: tests that a
+    write never replaces a device use this, never /dev/null, which a regression would replace
+    for every process on the machine. Needs CAP_MKNOD (root); skips without it."""
+    import os
+    import stat
+
+    import pytest
+
+    path = folder / "null-device"
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root (CAP_MKNOD)")
+    return path

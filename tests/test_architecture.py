@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "errors", "interrupts"),
     ("contract",),
     ("io",),
-    ("staging",),
+    ("staging", "targets"),
     ("bundle",),
     ("model", "data"),
     ("runtimes",),

@@ -188,6 +188,11 @@ HOSTILE_MANIFESTS = {
     "preprocessing a list": (lambda m: m.update(preprocessing=[1, 2]), "'preprocessing' is a list"),
     "classes not names": (lambda m: m.update(classes=[1, 2]), "'classes' must be a list of names"),
     "export height text": (lambda m: m["export"].update(height="128"), "export height '128'"),
+    # issue 26: parity allocated 30 GB of synthetic images for a manifest claiming this export
+    "export 100000x100000": (lambda m: m["export"].update(height=100000, width=100000), "beyond the supported"),
+    "export 8192x8192": (lambda m: m["export"].update(height=8192, width=8192), "64.0 M pixels"),
+    "export_shape of 32 M pixels": (lambda m: m["artifacts"]["model.onnx"].update(export_shape=[1, 3, 8192, 4096]),
+                                    "export_shape of model.onnx 8192x4096 is 32.0 M pixels"),
     "artifacts a list": (lambda m: m.update(artifacts=[]), "'artifacts' is a list"),
     "other version": (lambda m: m.update(version=7), "manifest version 7"),
 }

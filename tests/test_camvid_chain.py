@@ -123,13 +123,14 @@ def test_the_demo_refuses_weights_of_other_classes_before_calibrating(camvid_bun
     (["--data", "IMAGES"], "needs a labelled dataset"),
     (["--data", "IMAGES", "--shape", "64x64"], "needs a labelled dataset"),
     (["--data", "CAMVID", "--split", "nope"], "nope"),
+    (["--data", "CAMVID", "--out", "CAMVID/demo"], "inside"),
 ])
 def test_demo_option_errors_are_one_line(camvid_bundle, args, fragment):
     data, _, root = camvid_bundle
     images = root / "images"
     images.mkdir(exist_ok=True)
     (images / "a.png").write_bytes((data / "test" / sorted(p.name for p in (data / "test").iterdir())[0]).read_bytes())
-    args = [{"IMAGES": str(images), "CAMVID": str(data)}.get(a, a) for a in args]
-    result = run_cli("demo", *args, "--out", str(root / "demo-errors"))
+    args = [a.replace("IMAGES", str(images)).replace("CAMVID", str(data)) for a in args]
+    result = run_cli("demo", *args, *([] if "--out" in args else ["--out", str(root / "demo-errors")]))
     assert_one_line_error(result, fragment)
     assert result.returncode in (2, 3)

@@ -10,11 +10,23 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from cli_helpers import private_char_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fornet_deploy.io as io_module
 from fornet_deploy.errors import FornetError
-from fornet_deploy.io import MAX_IMAGE_PIXELS, folder_lock, image_size, read_image, read_image_size
+from fornet_deploy.io import (
+    IMAGE_EXTENSIONS,
+    MAX_HEADER_BYTES,
+    MAX_IMAGE_PIXELS,
+    atomic_write_bytes,
+    find_files,
+    folder_lock,
+    image_size,
+    read_image,
+    read_image_size,
+)
 
 FORMATS = [".png", ".jpg", ".bmp", ".webp", ".ppm", ".pgm", ".tiff"]
 
@@ -83,3 +95,64 @@ def test_folder_lock_is_exclusive(tmp_path):
                 pass
     with folder_lock(tmp_path):  # released
         pass
+
+
+def test_an_image_file_is_read_only_as_far_as_its_size_needs(tmp_path, monkeypatch):
+    """Issue 26 (4): a 64x128 PNG followed by 3 GB of zeros was read whole."""
+    ok, png = cv2.imencode(".png", np.full((64, 128, 3), 7, np.uint8))
+    image = tmp_path / "tail.png"
+    with open(image, "wb") as f:
+        f.write(png.tobytes())
+        f.truncate(len(png) + (3 << 30))  # sparse: no disk space
+    reads = []
+    real_read = io_module.read_bytes
+    monkeypatch.setattr(io_module, "read_bytes", lambda *a, **k: reads.append(k) or real_read(*a, **k))
+    with pytest.raises(FornetError, match=r"tail.png is 3221 MB, more than the 17 MB"):
+        read_image(image)
+    assert all(k.get("prefix") or k.get("max_bytes") for k in reads)  # never an unbounded read
+    image.write_bytes(png.tobytes() + b"\0" * 1000)  # a little trailing data is fine
+    assert read_image(image).shape == (64, 128, 3)
+    # a JPEG whose frame header sits behind more metadata than is ever searched
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((40, 60, 3), np.uint8))
+    app = b"\xff\xe1" + struct.pack(">H", 65535) + b"\0" * 65533
+    (tmp_path / "exif.jpg").write_bytes(jpeg.tobytes()[:2] + app * (MAX_HEADER_BYTES // len(app) + 1)
+                                        + jpeg.tobytes()[2:])
+    with pytest.raises(FornetError, match="not a PNG, JPEG"):
+        read_image_size(tmp_path / "exif.jpg")
+
+
+def test_a_folder_search_is_bounded_and_skips_hidden_folders(tmp_path, monkeypatch):
+    """Issue 26 (6): a path such as `/` walked the whole file system before anything else."""
+    for name in ("a.png", "b/c.png", ".hidden/d.png", "e.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "b", target_is_directory=True)  # not followed
+    assert find_files(tmp_path, IMAGE_EXTENSIONS) == [tmp_path / "a.png", tmp_path / "b" / "c.png"]
+    monkeypatch.setattr(io_module, "MAX_FOLDER_ENTRIES", 4)
+    with pytest.raises(FornetError, match="holds more than 4 files and folders"):
+        find_files(tmp_path, IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "device", "fifo", "folder"])
+def test_an_atomic_write_never_replaces_anything_but_a_regular_file(tmp_path, kind):
+    """Issue 26 (1): a write renamed over a link, a device or a FIFO replaced it."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    path = private_char_device(tmp_path) if kind == "device" else tmp_path / "target"
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    before = os.lstat(path)
+    with pytest.raises(FornetError, match="writing it would replace it"):
+        atomic_write_bytes(path, b"new")
+    assert os.lstat(path).st_ino == before.st_ino and victim.read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_folder_that_cannot_hold_the_write_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FornetError, match="cannot write .*afile/out.json: File exists"):
+        atomic_write_bytes(tmp_path / "afile" / "out.json", b"{}")

@@ -7,7 +7,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
 import fornet_deploy as fd
-from fornet_deploy.contract import MAX_BATCH, MAX_SIDE, parse_hw
+from fornet_deploy.contract import MAX_BATCH, MAX_PIXELS, MAX_SIDE, parse_hw
 from fornet_deploy.errors import ExitCode, FornetError, OptionError
 from fornet_deploy.export.onnx import ExportConfig, export_bundle
 from fornet_deploy.runtimes.base import InputSpec
@@ -56,7 +56,12 @@ def test_image_sizes_and_batches_have_upper_bounds():
         InputSpec().check_shape((1, 3, MAX_SIDE + 32, 64))
     with pytest.raises(FornetError, match="beyond the supported"):
         InputSpec().check_shape((MAX_BATCH + 1, 3, 64, 64))
-    InputSpec().check_shape((MAX_BATCH, 3, MAX_SIDE, 32))
+    with pytest.raises(FornetError, match="M pixels"):  # each bound alone is not enough: 8192x8192 is 64 M
+        InputSpec().check_shape((1, 3, MAX_SIDE, MAX_SIDE))
+    with pytest.raises(FornetError, match="M pixels"):
+        InputSpec().check_shape((MAX_BATCH, 3, MAX_SIDE, 32))
+    InputSpec().check_shape((1, 3, MAX_SIDE, MAX_PIXELS // MAX_SIDE))
+    InputSpec().check_shape((MAX_BATCH, 3, 32, MAX_PIXELS // MAX_BATCH // 32))
 
 
 def test_library_counts_are_checked(tiny_bundle, tiny_data):

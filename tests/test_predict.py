@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -437,3 +438,65 @@ def test_pictures_carry_their_key_and_a_stretched_input_its_note(tiny_bundle, in
     assert importance.shape[0] > train_ids.shape[0]
     stretched = [note for note in summary["notes"] if "stretched" in note]
     assert len(stretched) == 1 and stretched[0].startswith(f"{wide}: 90x160 (16:9) ran at 64x128 (2:1)")
+
+
+def test_the_output_folder_is_never_an_input_folder(tiny_bundle, inputs, tmp_path):
+    """Issue 26 (7): `predict --bundle B inB --out inB` said "holds no images"; out = ., holding
+    the input folder, did too (its images were taken for outputs of an earlier run)."""
+    folder = tmp_path / "inB"
+    shutil.copytree(inputs["folder"], folder)
+    before = listing(tmp_path)
+    for args, fragment in ((["inB", "--out", "inB"], "--out inB is an input of this command"),
+                           (["inB", "--out", "."], "--out . holds inB"),
+                           ([str(inputs["image"]), "--out", str(tiny_bundle)], "is an input of this command"),
+                           ([str(inputs["image"]), "--out", str(tiny_bundle.parent)], "holds")):
+        result = run_cli("predict", *args, "--bundle", str(tiny_bundle), cwd=tmp_path)
+        assert_one_line_error(result, fragment)
+        assert result.returncode == 3
+    assert listing(tmp_path) == before
+    predict(tiny_bundle, [folder], folder / "out", PredictConfig())  # inside the input folder: left out of it
+
+
+def test_no_output_replaces_an_input_file(tiny_bundle, inputs, tmp_path):
+    """An input named like another input's output (`x.png` and `x_overlay.png`, out = their folder)."""
+    shutil.copyfile(inputs["image"], tmp_path / "x.png")
+    shutil.copyfile(inputs["image"], tmp_path / "x_overlay.png")
+    before = listing(tmp_path)
+    result = run_cli("predict", "x.png", "x_overlay.png", "--bundle", str(tiny_bundle), "--out", ".", cwd=tmp_path)
+    assert_one_line_error(result, "x_overlay.png would replace an input of this run")
+    assert listing(tmp_path) == before
+    # an earlier report that lists an input: the input is not deleted as that run's output
+    (tmp_path / "predictions.json").write_text(json.dumps({"files": ["x_overlay.png"]}))
+    predict(tiny_bundle, [tmp_path / "x_overlay.png"], tmp_path, PredictConfig())
+    assert (tmp_path / "x_overlay.png").read_bytes() == before["x_overlay.png"]
+
+
+def test_one_input_given_as_a_string_is_one_input(tiny_bundle, inputs, tmp_path):
+    """Issue 26 (6): `fd.predict_files(B, "img.png", out)` iterated the string character by character."""
+    import fornet_deploy as fd
+
+    summary = fd.predict_files(tiny_bundle, str(inputs["image"]), tmp_path / "out")
+    assert summary["images"] == 1 and summary["items"][0]["source"] == str(inputs["image"])
+    assert fd.predict_files(tiny_bundle, inputs["odd"], tmp_path / "out2")["images"] == 1  # a Path too
+
+
+def test_the_file_system_root_is_not_walked(tiny_bundle, tmp_path):
+    """Issue 26 (6): an input `/` walked the whole file system before anything else."""
+    started = time.monotonic()
+    result = run_cli("predict", "/", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "folder / holds more than 200000 files and folders")
+    assert time.monotonic() - started < 120 and not (tmp_path / "out").exists()
+
+
+def test_a_video_of_frames_beyond_the_pixel_budget_is_refused_before_decoding(tiny_bundle, inputs, tmp_path,
+                                                                             monkeypatch):
+    """The frame size the container declares is checked when the video opens, before a frame is
+    decoded; the budget lowered to just under the clip's 128 x 256 stands in for a huge file."""
+    import fornet_deploy.io as io_module
+
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", 128 * 256 - 1)
+    with pytest.raises(FornetError, match=f"video {inputs['video']} declares 256x128 frames"):
+        predict(tiny_bundle, [inputs["video"]], tmp_path / "out", PredictConfig())
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", 128 * 256)  # at the budget: segmented
+    assert predict(tiny_bundle, [inputs["video"]], tmp_path / "out", PredictConfig(max_frames=1))["video_frames"] == 1

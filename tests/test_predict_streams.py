@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,28 @@ def test_a_gstreamer_pipeline(tiny_bundle, tmp_path):
     else:  # pragma: no cover - depends on the OpenCV build
         summary = predict(tiny_bundle, [pipeline], out, PredictConfig(max_frames=3))
         assert summary["items"][0]["frames"] == 3
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("http://127.0.0.1:99999/x", "the URL's port is not a port number"),  # ValueError: Port out of range
+    ("rtsp://cam:pass@127.0.0.1:http/x", "the URL's port is not a port number"),  # and its password stays out
+    ("²", "does not exist (nor is it a camera index"),  # "²".isdigit(), then int("²")
+    ("99999999999999999999", "does not exist (nor is it a camera index"),  # an int OpenCV's binding refused
+])
+def test_inputs_that_only_look_like_live_sources_are_one_line(tiny_bundle, tmp_path, text, fragment):
+    """Issue 26 (5): each was a traceback."""
+    result = run_cli("predict", text, "--bundle", str(tiny_bundle), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, fragment)
+    assert "pass" not in result.stderr
+    assert result.returncode == 3 and not (tmp_path / "out").exists()
+
+
+def test_ffmpegs_own_log_does_not_leak_before_the_error(tiny_bundle, tmp_path):
+    """Issue 26 (7): FFmpeg printed `[tcp @ 0x...] Connection to tcp://... failed` before our line."""
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("predict", f"http://127.0.0.1:{port}/x", "--bundle", str(tiny_bundle),
+                     "--out", str(tmp_path / "out"))
+    assert "[tcp @" not in result.stderr
+    assert_one_line_error(result, f"cannot open stream http://127.0.0.1:{port}/x")

@@ -23,12 +23,13 @@ scope (:mod:`.profile`). Every artefact of a bundle at once: :mod:`.matrix`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..bundle import Bundle
-from ..contract import DEVICES, Format, check_batch, check_size, format_shape, formats_for
+from ..contract import DEVICES, Format, check_batch, check_pixels, check_size, format_shape, formats_for
 from ..data.labels import LabelSet, manifest_label_set
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import FornetError, HardwareError, MissingDependencyError, OptionError
@@ -74,20 +75,35 @@ class BenchConfig:
     profile: bool = False
 
 
+# Timed and warm-up iterations per measurement: a per-iteration timing list is kept, and a
+# run of 100 000 iterations of even a 1 ms model takes minutes already.
+MAX_ITERATIONS = 100_000
+
+
+def max_threads() -> int:
+    """CPU threads a benchmark may ask for: this machine's CPUs (more only slows it down;
+    100 000 made ONNX Runtime crash)."""
+    return os.cpu_count() or 1
+
+
 def validate_config(cfg: BenchConfig, env: BenchEnvironment = BenchEnvironment()) -> None:
     """Check every option and the device before any work; one line per problem."""
     if cfg.device not in DEVICES:
         raise OptionError(f"--device {cfg.device!r}: use one of {', '.join(DEVICES)}")
-    for name, option, least in (("batch", "--batch", 1), ("iters", "--iterations", 1), ("warmup", "--warmup", 0),
-                                ("tegrastats_interval_ms", "--tegrastats-interval-ms", 1)):
+    for name, option, least, most in (("batch", "--batch", 1, None), ("iters", "--iterations", 1, MAX_ITERATIONS),
+                                      ("warmup", "--warmup", 0, MAX_ITERATIONS),
+                                      ("tegrastats_interval_ms", "--tegrastats-interval-ms", 1, None),
+                                      ("threads", "--threads", 1, max_threads())):
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise OptionError(f"{option} must be an integer >= {least}, got {value!r}")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise OptionError(f"--threads must be an integer >= 1, got {cfg.threads!r}")
+        if value is None and name == "threads":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least or (most and value > most):
+            bound = f"from {least} to {most}" if most else f">= {least}"
+            raise OptionError(f"{option} must be an integer {bound}, got {value!r}")
     check_batch(cfg.batch)
     if cfg.shape is not None:
         check_size(*cfg.shape)
+        check_pixels(cfg.batch, *cfg.shape, "bench --batch x --shape")
     check_device(cfg.device, env.jetson_root)
 
 

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import FornetError
+from ..io import FFMPEG_LOG_LEVEL, check_frame_size
 
 
 def evenly_spaced(total: int, num: int) -> list[int]:
@@ -33,15 +34,14 @@ def evenly_spaced(total: int, num: int) -> list[int]:
 
 @contextlib.contextmanager
 def open_video(path: Path) -> Iterator[cv2.VideoCapture]:
-    """An open ``cv2.VideoCapture`` of the file, or one line saying why not.
+    """An open ``cv2.VideoCapture`` of the file whose frames are of a size the toolkit decodes
+    (:func:`~fornet_deploy.io.check_frame_size`), or one line saying why not.
 
     OpenCV's Python binding crashes on a file name that is not valid UTF-8, so such a file
     is opened through a plainly named symlink in a private temporary folder; OpenCV's own
     multi-line warnings for a file it cannot open are silenced (the error says it), and so
-    are FFmpeg's own lines (``moov atom not found``): OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL``
-    once, at the first FFmpeg capture of the process, and it is set here only if unset (-8 is
-    FFmpeg's ``AV_LOG_QUIET``)."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    are FFmpeg's own lines (``moov atom not found``; :data:`~fornet_deploy.io.FFMPEG_LOG_LEVEL`)."""
+    os.environ.setdefault(*FFMPEG_LOG_LEVEL)
     with contextlib.ExitStack() as stack:
         name = str(path)
         try:
@@ -60,6 +60,7 @@ def open_video(path: Path) -> Iterator[cv2.VideoCapture]:
         stack.callback(capture.release)
         if not capture.isOpened():
             raise FornetError(f"cannot open video {path}: not a video file, corrupt, or a codec OpenCV lacks")
+        check_frame_size(capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH), str(path))
         yield capture
 
 

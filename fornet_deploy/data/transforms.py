@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from ..contract import MAX_SIDE
+from ..contract import MAX_SIDE, check_pixels
 from ..errors import FornetError
 
 
@@ -52,6 +52,8 @@ class Preprocessing:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or not 1 <= value <= MAX_SIDE):
                 raise FornetError(f"preprocessing {key} must be an integer from 1 to {MAX_SIDE}, got {value!r}")
+        if self.height is not None and self.width is not None:
+            check_pixels(1, self.height, self.width, "preprocessing resize", FornetError)
 
     def to_dict(self) -> dict:
         return asdict(self)

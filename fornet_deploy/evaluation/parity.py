@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -222,6 +223,17 @@ def parity_artifacts(bundle: Bundle, runtime: str, precision: str, device: str, 
     return [fmt.artifact for fmt in formats_present(bundle, runtime, precision, device, request)]
 
 
+def _check_writable(out_dir: Path, hint: str) -> None:
+    """One line now, before the comparison runs, when the report could not be written at its
+    end (a read-only bundle: EROFS). The probe is an unnamed temporary file in the nearest
+    folder that exists, so nothing is created when the run then cannot start."""
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    try:
+        tempfile.TemporaryFile(dir=existing).close()  # the write error a report would meet, with its errno
+    except OSError as exc:
+        raise FornetError(f"cannot write the parity report into {out_dir}: {exc.strerror or exc}{hint}") from None
+
+
 def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str | None = None, device: str = "cpu",
                   data: str | Path | None = None, split: str = "val", limit: int | None = None,
                   out_dir: str | Path | None = None, json_out: str | Path | None = None, progress=None,
@@ -247,10 +259,12 @@ def parity_bundle(bundle_dir: str | Path, runtime: str = "ort", precision: str |
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     labels = manifest_label_set(bundle.manifest, f"bundle {bundle.root}")
     dataset = open_dataset(data) if data is not None else None
+    hint = "" if out_dir else "; give --out FOLDER to write it elsewhere"
     out_dir = Path(out_dir) if out_dir else bundle.root / PARITY_DIR / f"{runtime}-{precision}"
     if out_dir.exists() and not out_dir.is_dir():
         raise FornetError(f"parity output {out_dir} exists and is not a folder")
     names = parity_artifacts(bundle, runtime, precision, device, artifact)
+    _check_writable(out_dir, hint)
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(load_runner(bundle, "torch", "fp32", "cpu", topk="exact"))
         candidates = {name: stack.enter_context(load_runner(bundle, runtime, precision, device, artifact=name,

@@ -32,6 +32,10 @@ from .qdq_lint import qdq_counts, rule_hits
 # TensorRT's TopK (ITopKLayer) handles K <= 3840 (MAX_TOPK_K in NvInfer.h).
 TRT_MAX_TOPK_K = 3840
 TRT_MAX_OPSET = 21
+# "Where possible, the parser is backward compatible to opset 9" (NVIDIA, TensorRT ONNX
+# Opset Guide, docs.nvidia.com/deeplearning/tensorrt/latest/reference/onnx-opset-guide.html:
+# minimum opset 9 and above; the TensorRT 10.x developer guides say the same).
+TRT_MIN_OPSET = 9
 
 # Ops the TensorRT ONNX parser does not implement (onnx-tensorrt operator matrix).
 TRT_UNSUPPORTED_OPS = frozenset({
@@ -78,6 +82,17 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
+def _node_name(node: onnx.NodeProto, index: int) -> str:
+    """How findings name a node: its name, else its first output, else its place in the graph."""
+    return node.name or (node.output[0] if node.output else f"#{index} ({node.op_type})")
+
+
+def _integer(value) -> int | None:
+    """The one integer a constant holds (TopK's K), or None (empty, several, not integers)."""
+    value = np.asarray(value)
+    return int(value.reshape(-1)[0]) if value.size == 1 and value.dtype.kind in "iu" else None
+
+
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -94,6 +109,9 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
     ranks = _ranks(model)
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < TRT_MIN_OPSET:
+        add("blocker", "opset", "-", f"opset {opset}: TensorRT's ONNX parser reads opset {TRT_MIN_OPSET} and newer; "
+            "re-export with --opset 17")
     if opset is not None and opset > TRT_MAX_OPSET:
         add("warning", "opset", "-", f"opset {opset} is newer than TensorRT 10.x is tested with ({TRT_MAX_OPSET}); export with --opset 17")
 
@@ -109,8 +127,8 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
         if inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE:
             add("blocker", "dtype", inp.name, f"input '{inp.name}' is float64; TensorRT has no FP64 I/O")
 
-    for node in model.graph.node:
-        name = node.name or node.output[0]
+    for index, node in enumerate(model.graph.node):
+        name = _node_name(node, index)
         if node.domain not in ("", "ai.onnx"):
             add("blocker", "custom-op", name, f"{node.domain}::{node.op_type} is not a standard ONNX op; TensorRT needs a plugin")
             continue
@@ -123,8 +141,11 @@ def lint_tensorrt(model: onnx.ModelProto) -> list[Finding]:
             if k is None:
                 add("blocker", "topk", name, "TopK's K is computed at run time; TensorRT needs a build-time constant "
                     "(export with --topk threshold)")
-            elif int(np.asarray(k).reshape(-1)[0]) > TRT_MAX_TOPK_K:
-                add("blocker", "topk", name, f"TopK with K={int(np.asarray(k).reshape(-1)[0])} exceeds TensorRT's limit of "
+            elif _integer(k) is None:
+                add("blocker", "topk", name, f"TopK's K is not one integer (a {np.asarray(k).dtype} constant of "
+                    f"{np.asarray(k).size} values)")
+            elif _integer(k) > TRT_MAX_TOPK_K:
+                add("blocker", "topk", name, f"TopK with K={_integer(k)} exceeds TensorRT's limit of "
                     f"{TRT_MAX_TOPK_K} (export with --topk threshold)")
             else:
                 add("info", "topk", name, "TopK with a constant K: fixed to the export resolution")
@@ -198,14 +219,18 @@ def _lint_qdq(node: onnx.NodeProto, name: str, constants: dict) -> list[Finding]
         zero_point = constants.get(node.input[2])
         if zero_point is None:
             out.append(Finding("blocker", "qdq", name, "Q/DQ zero point is not a constant"))
+        elif zero_point.dtype.kind not in "iu":
+            out.append(Finding("blocker", "qdq", name, f"Q/DQ zero point is {zero_point.dtype}, not an integer"))
         else:
             if zero_point.dtype == np.uint8:
                 out.append(Finding("blocker", "qdq", name, "unsigned (UINT8) Q/DQ: TensorRT takes symmetric INT8 only "
                                    "(the U8S8 graph is for ONNX Runtime on CPU)"))
             elif np.any(zero_point != 0):
                 out.append(Finding("blocker", "qdq", name, "non-zero Q/DQ zero point: TensorRT supports symmetric quantization only"))
-    scale = constants.get(node.input[1])
-    if scale is not None and np.any(np.asarray(scale) <= 0):
+    scale = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if scale is not None and scale.dtype.kind != "f":
+        out.append(Finding("blocker", "qdq", name, f"Q/DQ scale is {scale.dtype}, not a float"))
+    elif scale is not None and np.any(np.asarray(scale) <= 0):
         out.append(Finding("blocker", "qdq", name, "Q/DQ scale <= 0"))
     return out
 

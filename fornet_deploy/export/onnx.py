@@ -43,6 +43,7 @@ from ..contract import (
     TOPK_FORMS,
     TOPK_MASK,
     check_batch,
+    check_pixels,
     check_size,
 )
 from ..data.labels import LabelSet, label_set_for
@@ -91,6 +92,7 @@ class ExportConfig:
                 raise OptionError(f"export {name} must be an integer, got {value!r}")
         check_size(self.height, self.width)
         check_batch(self.batch)
+        check_pixels(self.batch, self.height, self.width, "export")
         unknown = [o for o in self.outputs if o not in EXPORT_OUTPUTS]
         if unknown or not self.outputs:
             raise OptionError(f"--outputs: unknown {unknown}; choose from {','.join(EXPORT_OUTPUTS)}")

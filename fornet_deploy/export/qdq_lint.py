@@ -64,7 +64,7 @@ class Graph:
         except Exception:  # noqa: BLE001 - the types of a partly inferable graph are still useful
             pass
         graph = model.graph
-        self.nodes = list(graph.node)
+        self.nodes = [n for n in graph.node if n.output]  # a node without outputs computes nothing to place
         self.order = {id(n): i for i, n in enumerate(self.nodes)}
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list] = defaultdict(list)
@@ -93,7 +93,7 @@ class Graph:
 
     @staticmethod
     def name(node) -> str:
-        return node.name or node.output[0]
+        return node.name or (node.output[0] if node.output else node.op_type)
 
     def prod(self, tensor: str):
         return self.producer.get(tensor)

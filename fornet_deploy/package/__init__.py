@@ -4,8 +4,9 @@
 * ``deepstream``: an ``nvinfer`` config, labels and a ``deepstream-app`` config (:mod:`.deepstream`).
 
 Each target is checked by the code that writes it (Triton's protobuf schema and the ONNX
-graph; DeepStream's documented ``nvinfer`` keys), and written all or nothing
-(:mod:`.output`).
+graph; DeepStream's documented ``nvinfer`` keys), and written all or nothing, over nothing
+but an earlier package's own files (:mod:`.output`). The output folder never is, holds or
+lies inside the bundle or the dataset it reads (:func:`fornet_deploy.targets.output_folder`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..bundle import Bundle
 from ..contract import PACKAGE_TARGETS, check_choice
+from ..targets import output_folder
 from .output import write_package
 
 
@@ -24,6 +26,7 @@ def package(bundle_dir: str | Path, target: str, out: str | Path, options) -> di
     """
     check_choice(target, PACKAGE_TARGETS, "package target")
     options.validate()
+    output_folder(out, "--out", reads=(bundle_dir, getattr(options, "data", None)))
     bundle = Bundle.open(bundle_dir, verify=False)  # the files packaged are checked one by one
     if target == "triton":
         from .triton import write_repository as write

@@ -9,6 +9,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -40,10 +41,15 @@ class OutputStaging:
     defers.
     """
 
-    def __init__(self, out_dir: Path, stop: StopSignals | None = None):
+    def __init__(self, out_dir: Path, stop: StopSignals | None = None, protect: Iterable[Path] = ()):
         self.out_dir = out_dir
         self.files: list[str] = []  # relative "/"-separated paths, in writing order
         self._stop = stop
+        # the run's input files: never written over, never deleted as an earlier run's output
+        self._protected = {os.path.realpath(p) for p in protect}
+
+    def _protected_name(self, rel: str) -> bool:
+        return os.path.realpath(self.out_dir / rel) in self._protected
 
     def __enter__(self) -> "OutputStaging":
         self._scope = contextlib.ExitStack()
@@ -61,6 +67,9 @@ class OutputStaging:
 
     def path(self, rel: str) -> Path:
         """A staged path for the output ``rel``, recorded as written."""
+        if self._protected_name(rel):
+            raise FornetError(f"output {self.out_dir / rel} would replace an input of this run; "
+                              "choose another --out")
         path = self.staging.path(rel)
         self.files.append(rel)
         return path
@@ -82,7 +91,8 @@ class OutputStaging:
         """Write the report and move the run into place, deleting the files the earlier
         report lists that this run does not write (the package docstring's guarantee)."""
         try:
-            self.staging.commit(report, self.files, sorted(_listed(self.out_dir / REPORT_NAME)))
+            earlier = [name for name in _listed(self.out_dir / REPORT_NAME) if not self._protected_name(name)]
+            self.staging.commit(report, self.files, sorted(earlier))
         except OSError as exc:
             raise FornetError(f"cannot move outputs into {self.out_dir}: {exc.strerror or exc}") from None
 

@@ -18,12 +18,13 @@ import numpy as np
 from ..bundle import Bundle
 from ..data.formats import submission_label_ids
 from ..data.labels import LabelSet
-from ..errors import FornetError, OptionError
+from ..errors import OptionError
 from ..evaluation.keys import aspect_note, colour_bar, with_legend
 from ..evaluation.postprocess import HEATMAP, importance_heatmap, label_overlay, topk_picture
 from ..interrupts import StopSignals, stop_signals
 from ..io import read_image
 from ..runtimes.base import Runner
+from ..targets import output_folder
 from .outputs import REPORT_NAME, OutputStaging
 from .segmenter import Prediction, Segmenter
 from .sources import Source, collect_inputs, open_video, probe, read_frames
@@ -204,21 +205,26 @@ def _total(sources: list[Source], cfg: PredictConfig) -> int | None:
     return total
 
 
-def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
+def predict(bundle_dir: str | Path, inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
             cfg: PredictConfig = PredictConfig(), progress: Progress | None = None) -> dict:
     """The library function behind ``fornet-deploy predict``; returns the summary that is
     also written to ``OUT_DIR/predictions.json``.
 
     ``inputs``: image and video files, folders, and live sources (camera index, URL,
-    GStreamer pipeline; pass them as strings: a ``Path`` folds a URL's ``//``).
+    GStreamer pipeline; pass them as strings: a ``Path`` folds a URL's ``//``); a single
+    ``str`` or ``Path`` is one input.
     ``progress(done, total, note)`` is called after each image or frame; ``total`` is None
     while a live source without ``max_frames`` is read, ``note`` is the frame rate.
     """
     start = time.perf_counter()
     cfg.validate()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FornetError(f"output path {out_dir} exists and is not a folder")
+    if isinstance(inputs, (str, Path)):  # one input, not a sequence of characters
+        inputs = [inputs]
+    # The output folder may lie inside an input folder (it is left out of the search), never
+    # be one or hold one, nor be or hold the bundle; no output replaces an input file.
+    folders = [given for given in inputs if Path(given).is_dir()]
+    output_folder(out_dir, "--out", reads=(*folders, bundle_dir), inside_reads=True)
     items = collect_inputs(inputs, exclude=out_dir)
     bundle = Bundle.open(bundle_dir, verify=False)  # the runner checks the hash of the artefact it runs
 
@@ -234,7 +240,8 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out_dir: str |
         meter = _Meter(runner, _progress_reporter(progress), _total(sources, cfg))
 
         records = []
-        with OutputStaging(out_dir, stop) as staging:
+        inputs_read = {item.path for item in items if item.path is not None}
+        with OutputStaging(out_dir, stop, protect=inputs_read) as staging:
             for source in sources:
                 record = {"source": source.item.source, "kind": source.item.kind,
                           "size": list(source.hw), "network_size": list(source.net_hw)}

@@ -16,12 +16,23 @@ import cv2
 import numpy as np
 
 from ..errors import FornetError
-from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files, read_image
+from ..io import (
+    FFMPEG_LOG_LEVEL,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    check_frame_size,
+    find_files,
+    read_image,
+    read_image_size,
+)
 from .segmenter import Segmenter
 
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
 STREAM_TIMEOUT_MS = 10_000  # opening a live source, and waiting for one of its frames
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A camera index is ASCII digits (not "²", which str.isdigit() accepts) that fit the C int
+# OpenCV takes; a longer number is not a camera.
+_CAMERA = re.compile(r"^[0-9]{1,9}$")
 
 
 @dataclass(frozen=True)
@@ -36,10 +47,15 @@ class InputItem:
         """How the report names the input (a URL without its password)."""
         return _redacted(self.stream) if self.stream is not None else str(self.path)
 
+
+def _is_camera(text: str) -> bool:
+    return bool(_CAMERA.match(text))
+
+
 def is_live_source(text: str) -> bool:
     """Whether an input that is not an existing path names a live source: a camera index,
     a URL or a GStreamer pipeline."""
-    return text.isdigit() or bool(_URL.match(text)) or "!" in text
+    return _is_camera(text) or bool(_URL.match(text)) or "!" in text
 
 
 def collect_inputs(paths: Sequence[str | Path], exclude: Path | None = None) -> list[InputItem]:
@@ -98,11 +114,15 @@ def _folder_items(folder: Path, excluded: Path | None) -> list[InputItem]:
 
 def _stream_name(text: str) -> str:
     """Output stem of a live source: ``camera0``, ``HOST_PORT_PATH`` of a URL, ``pipeline``."""
-    if text.isdigit():
+    if _is_camera(text):
         return f"camera{int(text)}"
     if _URL.match(text):
         url = urllib.parse.urlsplit(text)
-        name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{url.hostname or ''}_{url.port or ''}_{url.path}").strip("_.")
+        try:
+            port = url.port or ""
+        except ValueError:  # not a number, or beyond 65535
+            raise FornetError(f"input {_redacted(text)}: the URL's port is not a port number (1 to 65535)") from None
+        name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{url.hostname or ''}_{port}_{url.path}").strip("_.")
         return name or "stream"
     return "pipeline"
 
@@ -111,10 +131,14 @@ def _redacted(text: str) -> str:
     """A URL without the password it may carry (reports and messages are shared)."""
     if not _URL.match(text):
         return text
-    url = urllib.parse.urlsplit(text)
-    if url.password is None:
+    try:
+        url = urllib.parse.urlsplit(text)
+        password = url.password
+    except ValueError:  # a URL urllib cannot split (a bad IPv6 host): shown as given
         return text
-    return url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1)).geturl()
+    if password is None:
+        return text
+    return url._replace(netloc=url.netloc.replace(f":{password}@", ":***@", 1)).geturl()
 
 
 def _check_names(items: list[InputItem]) -> None:
@@ -145,11 +169,15 @@ class Source:
 def probe(item: InputItem, segment: Segmenter, stack: contextlib.ExitStack) -> Source:
     """An input checked before the run: readable, and a size the artefact accepts.
 
-    Images are decoded fully (a header check does not catch truncated data); videos must
-    open and yield a first frame; a live source is opened (and kept open in ``stack``).
+    Images are checked by their header's size, then decoded fully (a header check does not
+    catch truncated data); videos must open and yield a first frame; a live source is opened
+    (and kept open in ``stack``).
     """
     capture = first = None
     if item.kind == "image":
+        # the size from the header first: an image the artefact cannot take is refused before
+        # it is decoded (an 8000x8000 picture is 192 MB decoded, its network input far more)
+        segment.check_size(read_image_size(item.path), item.source)
         hw, fps, frames = read_image(item.path).shape[:2], None, 1
     elif item.kind == "stream":
         capture = stack.enter_context(_open_stream(item.stream))
@@ -171,8 +199,9 @@ def probe(item: InputItem, segment: Segmenter, stack: contextlib.ExitStack) -> S
 
 @contextlib.contextmanager
 def quiet_opencv() -> Iterator[None]:
-    # OpenCV logs multi-line warnings of its own for a source it cannot open; our errors
-    # say it in one line.
+    # OpenCV logs multi-line warnings of its own for a source it cannot open, and FFmpeg
+    # its own errors; our errors say it in one line.
+    os.environ.setdefault(*FFMPEG_LOG_LEVEL)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
@@ -206,6 +235,7 @@ def open_video(path: Path) -> Iterator[cv2.VideoCapture]:
         try:
             if not cap.isOpened():
                 raise FornetError(f"cannot open video {path}: not a video file, corrupt, or a codec OpenCV lacks")
+            check_frame_size(cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH), str(path))
             yield cap
         finally:
             cap.release()
@@ -221,7 +251,7 @@ def _open_stream(text: str) -> Iterator[cv2.VideoCapture]:
     pipeline (OpenCV's GStreamer backend), open, or a one-line error."""
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     with quiet_opencv():
-        if text.isdigit():
+        if _is_camera(text):
             cap, what = cv2.VideoCapture(int(text), cv2.CAP_ANY), f"camera {int(text)}"
         elif _URL.match(text):
             cap, what = cv2.VideoCapture(text, cv2.CAP_FFMPEG, timeouts), f"stream {_redacted(text)}"
@@ -229,7 +259,7 @@ def _open_stream(text: str) -> Iterator[cv2.VideoCapture]:
             cap, what = cv2.VideoCapture(text, cv2.CAP_GSTREAMER), f"GStreamer pipeline {text!r}"
     try:
         if not cap.isOpened():
-            if not text.isdigit() and not _URL.match(text) and not _has_gstreamer():
+            if not _is_camera(text) and not _URL.match(text) and not _has_gstreamer():
                 raise FornetError(f"cannot open {what}: this OpenCV is built without GStreamer "
                                   "(see cv2.getBuildInformation()); is it meant to be a file? it does not exist")
             raise FornetError(f"cannot open {what}: not reachable, no such device, or a format OpenCV cannot read")

@@ -30,6 +30,7 @@ from ..contract import (
     MAX_BATCH,
     MAX_SIDE,
     ONNX_FP32,
+    check_pixels,
     format_shape,
 )
 from ..errors import FornetError
@@ -76,6 +77,7 @@ class InputSpec:
         if max(h, w) > MAX_SIDE or shape[0] > MAX_BATCH:
             raise FornetError(f"input shape {format_shape(shape)} is beyond the supported {MAX_BATCH} images of at "
                               f"most {MAX_SIDE} pixels per side")
+        check_pixels(shape[0], h, w, "input", FornetError)
         if self.min_shape is not None and any(g < m for g, m in zip(shape, self.min_shape)):
             raise FornetError(f"input shape {format_shape(shape)} is below the artefact's minimum {format_shape(self.min_shape)}")
         if self.max_shape is not None and any(g > m for g, m in zip(shape, self.max_shape)):

@@ -36,7 +36,9 @@ docs/benchmarks.md section 12). One folder serves every graph and precision: Ope
 blob after a hash of the model, and on the CPU an f32 and a bf16 compilation of one graph share
 a blob from which each still runs at its own precision (a test checks it). The folder sits in
 the bundle, like ONNX Runtime's TensorRT engines, so it goes away with the bundle and needs no
-per-user state; a bundle folder that cannot be written runs without the cache.
+per-user state; a bundle folder that cannot be written runs without the cache, and so does one
+whose ``openvino_cache`` is not a plain folder in it (a symbolic link would have OpenVINO write
+its blobs outside the bundle: nothing is written through one, docs/reliability.md).
 
 Names called (OpenVINO 2025.x-2026.x Python API): ``openvino.Core`` (``available_devices``,
 ``get_property(device, "FULL_DEVICE_NAME")``, ``read_model(bytes)``, ``compile_model(model,
@@ -49,6 +51,8 @@ device, config)``), ``openvino.Type``, ``openvino.properties.hint.inference_prec
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Sequence
@@ -184,9 +188,10 @@ class OpenVinoRunner(Runner):
             return False
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:  # a read-only bundle runs without the cache
+            # lstat: a link to a folder elsewhere passes mkdir(exist_ok=True) and is not the bundle's
+            return stat.S_ISDIR(os.lstat(self.cache_dir).st_mode)
+        except OSError:  # a read-only bundle, or a file where the folder goes: no cache
             return False
-        return True
 
     def _deactivate_impl(self) -> None:
         self._compiled = {}  # frees the compiled models and their threads

@@ -7,6 +7,7 @@ how fast anything is (benchmarks are scripts, not timed tests).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,8 +81,13 @@ def test_a_dynamic_bundle_benchmarks_a_size_that_is_not_a_multiple_of_32(tiny_bu
 @pytest.mark.parametrize("cfg, words", [
     (BenchConfig(shape=(9000, 500)), ["9000x500", "larger than the supported 8192"]),
     (BenchConfig(batch=0), ["--batch", ">= 1"]),
-    (BenchConfig(iters=0), ["--iterations", ">= 1"]),
+    (BenchConfig(iters=0), ["--iterations", "from 1 to 100000"]),
     (BenchConfig(warmup=-1), ["--warmup"]),
+    # issue 26: --threads 100000 crashed ONNX Runtime (SIGSEGV); --warmup 10**12 ran until killed
+    (BenchConfig(threads=100_000), ["--threads", f"from 1 to {os.cpu_count()}"]),
+    (BenchConfig(warmup=10**12), ["--warmup", "from 0 to 100000"]),
+    (BenchConfig(iters=100_001), ["--iterations", "from 1 to 100000"]),
+    (BenchConfig(batch=8, shape=(1024, 2048)), ["8 x 1024x2048", "16.0 M pixels"]),
     (BenchConfig(device="tpu"), ["--device", "cpu, cuda, jetson"]),
     (BenchConfig(runtime="tflite"), ["tflite"]),
 ])

@@ -196,6 +196,20 @@ def test_bad_data_is_one_line(tmp_path, video):
         CalibrationSet.select(video, Preprocessing(), SIZE, num=0)
 
 
+def test_a_video_of_frames_beyond_the_pixel_budget_is_refused_when_it_opens(video, monkeypatch):
+    """The size the container declares is checked before a frame is decoded (FFmpeg allocates
+    it per frame; issue 26's bounds). The budget lowered to just under the clip's 96 x 128
+    stands in for a file declaring 30000x30000."""
+    import fornet_deploy.io as io_module
+
+    h, w = 96, 128  # the clip's frames (conftest.VIDEO_HW)
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", h * w - 1)
+    with pytest.raises(FornetError, match=f"video {video} declares {w}x{h} frames, more than the"):
+        CalibrationSet.select(video, Preprocessing(), SIZE, num=2)
+    monkeypatch.setattr(io_module, "MAX_IMAGE_PIXELS", h * w)  # at the budget: read
+    assert len(CalibrationSet.select(video, Preprocessing(), SIZE, num=2)) == 2
+
+
 def test_the_cache_keeps_only_this_keys_ranges(tmp_path):
     folder = tmp_path / CALIBRATION_DIR
     folder.mkdir()

@@ -1,8 +1,12 @@
+import json
+
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
+from fornet_deploy.errors import ExitCode
 from fornet_deploy.export.lint import TRT_MAX_TOPK_K, lint_file, lint_tensorrt
 from fornet_deploy.export.qdq_lint import Graph, int_to_uint8_cast
 
@@ -160,3 +164,50 @@ def test_a_shape_computed_through_a_2d_tensor_warns():
     assert "IShuffleLayer" in findings[1].message
     assert [f.check for f in lint_tensorrt(_traced(OwnPad(), dynamic=True))] == ["dynamic-shape"]
     assert lint_tensorrt(_traced(FPad(), dynamic=False)) == []
+
+
+def _hostile(kind: str) -> onnx.ModelProto:
+    """The issue-26 graphs that made lint raise, or say PASS on a graph TensorRT cannot read."""
+    x, y = _vi("x", [1, 4]), _vi("y", [1, 4])
+    identity = helper.make_node("Identity", ["x"], ["y"])
+    if kind == "node without outputs":  # a custom-domain node: the ONNX checker has no schema to hold it to
+        node = helper.make_node("Sink", ["x"], [], domain="my.domain")
+        graph = helper.make_graph([node, identity], "g", [x], [y])
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)]
+        return helper.make_model(graph, opset_imports=opsets)
+    if kind == "empty TopK K":
+        k = numpy_helper.from_array(np.array([], np.int64), "k")
+    elif kind == "string TopK K":
+        k = helper.make_tensor("k", TensorProto.STRING, [1], [b"three"])
+    if kind in ("empty TopK K", "string TopK K"):
+        return _model([helper.make_node("TopK", ["x", "k"], ["y", "i"], name="topk")], [k], [x],
+                      [y, _vi("i", [1, 4], TensorProto.INT64)])
+    if kind == "string Q/DQ scale":
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q"),
+                 helper.make_node("DequantizeLinear", ["q", "s2"], ["y"], name="dq")]
+        inits = [helper.make_tensor("s", TensorProto.STRING, [], [b"a"]),
+                 numpy_helper.from_array(np.array(0.1, np.float32), "s2")]
+        return _model(nodes, inits, [x], [y])
+    assert kind == "opset 1"
+    return helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                             opset_imports=[helper.make_opsetid("", 1)])
+
+
+@pytest.mark.parametrize("kind, check, fragment", [
+    ("node without outputs", "custom-op", "my.domain::Sink"),
+    ("empty TopK K", "topk", "TopK's K is not one integer"),
+    ("string TopK K", "topk", "TopK's K is not one integer"),
+    ("string Q/DQ scale", "qdq", "Q/DQ scale is object, not a float"),
+    ("opset 1", "opset", "reads opset 9 and newer"),  # PASS before: TensorRT's ONNX parser needs 9+
+])
+def test_hostile_graphs_are_findings_not_tracebacks(tmp_path, kind, check, fragment):
+    """Issue 26 (5, 6): lint raised on the first four (IndexError, ValueError, TypeError) and said
+    PASS on the last; now each is a blocker in a FAIL report through the real entry point."""
+    path = tmp_path / "model.onnx"
+    onnx.save(_hostile(kind), str(path))
+    result = run_cli("lint", str(path), "--json", str(tmp_path / "report.json"))
+    assert result.returncode == ExitCode.CHECK_FAILED, result.stderr
+    assert "Traceback" not in result.stderr and "FAIL: 1 blockers" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(f["severity"], f["check"]) for f in report["findings"]] == [("blocker", check)]
+    assert fragment in report["findings"][0]["message"]

@@ -148,7 +148,7 @@ def test_static_engine_spells_out_its_batch(static_bundle, tmp_path):
     assert trt_model(Bundle.open(bundle), TritonOptions(device="cpu")) is None
 
 
-def test_writes_are_all_or_nothing_and_only_over_a_package(tiny_bundle, tmp_path, monkeypatch):
+def test_writes_are_all_or_nothing_and_never_over_a_users_file(tiny_bundle, tmp_path, monkeypatch):
     out = tmp_path / "repo"
     package(tiny_bundle, "triton", out, TritonOptions())
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -166,9 +166,13 @@ def test_writes_are_all_or_nothing_and_only_over_a_package(tiny_bundle, tmp_path
     package(tiny_bundle, "triton", out, TritonOptions(max_batch=2))  # an earlier package is replaced
     assert read_config(out / "fornet_ort_fp32" / "config.pbtxt").max_batch_size == 2
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(FornetError, match="not an earlier output"):
+    (tmp_path / "mine" / "README.md").write_text("keep")
+    with pytest.raises(FornetError, match="was not written by fornet-deploy package"):
         package(tiny_bundle, "triton", tmp_path / "mine", TritonOptions())
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["README.md"]
+    assert (tmp_path / "mine" / "README.md").read_text() == "keep"
+    (tmp_path / "mine" / "README.md").rename(tmp_path / "mine" / "notes.txt")
+    package(tiny_bundle, "triton", tmp_path / "mine", TritonOptions())  # beside the user's files
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 

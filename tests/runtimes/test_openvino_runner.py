@@ -245,3 +245,23 @@ def test_demo_verifies_openvino(tmp_path, tiny_checkpoint):
                                                                ("openvino", "int8")}
     with pytest.raises(OptionError, match="unknown demo runtime 'trt'"):
         run_demo(DemoConfig(out=tmp_path / "other", runtime="trt"))
+
+
+def test_a_cache_folder_that_is_a_link_is_never_written_through(int8_bundle, tmp_path):
+    """`BUNDLE/openvino_cache` as a symbolic link to a folder elsewhere: the runner runs without
+    the cache rather than have OpenVINO write its blobs outside the bundle (issue 26)."""
+    cache = int8_bundle / OPENVINO_CACHE_DIR
+    shutil.rmtree(cache, ignore_errors=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        with load_runner(int8_bundle, "openvino", "int8", "cpu") as runner:
+            assert runner.info().to_dict()["cache_dir"] is None
+            runner(_batch())
+        assert list(elsewhere.iterdir()) == [] and cache.is_symlink()
+    finally:
+        cache.unlink()
+    with load_runner(int8_bundle, "openvino", "int8", "cpu") as runner:  # a plain folder: used
+        assert runner.info().to_dict()["cache_dir"] == str(cache)
+    assert any(cache.iterdir())
