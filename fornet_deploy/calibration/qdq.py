@@ -283,26 +283,31 @@ class GraphMaker:
         copy.CopyFrom(self._converted)
         return copy
 
-    def _quantize(self, path: Path, excluded: Sequence[str], cpu_exclude: Sequence[str]) -> dict:
+    def _quantize(self, path: Path, excluded: Sequence[str]) -> dict:
+        """The quantized graph with ``excluded`` convolutions float, before :func:`_finish`."""
         if self.target == "tensorrt":
             proto, placement = tensorrt_graph(self._at_opset(), self.ranges, exclude=excluded)
             onnx.save(proto, str(path))
             return {"quantized_ops": ["Conv"], "placement": placement}
-        quantize_cpu(self._private_fp32, path, self.ranges, self.method, list(cpu_exclude))
+        quantize_cpu(self._private_fp32, path, self.ranges, self.method, [*self.kept_float, *excluded])
         if excluded:
             onnx.save(read_float_inputs(onnx.load(str(path)), self.fp32, excluded), str(path))
         return {"quantized_ops": list(QUANTIZED_OPS)}
 
     def write(self, path: Path, excluded: Sequence[str] = ()) -> tuple[dict, onnx.ModelProto]:
         """The graph with ``excluded`` convolutions float at ``path``: (entry details, graph)."""
-        details = self._quantize(path, excluded, [*self.kept_float, *excluded])
+        details = self._quantize(path, excluded)
         return details, _finish(path, self.source, self.target, self.method, self.key)
 
     def write_single(self, path: Path, conv: str) -> None:
         """Only ``conv`` quantized, and the export's full-resolution ``logits`` kept (no CPU
-        tail): what the budget's sensitivity compares with ``model.onnx``."""
-        others = [c for c in self.candidates if c != conv]
-        self._quantize(path, others, [n.name for n in self.fp32.graph.node if n.name != conv])
+        tail): what the budget's sensitivity compares with ``model.onnx``. In the CPU graph,
+        ONNX Runtime's quantizer is given ``conv`` alone: its own pairs (input, weight, output)."""
+        if self.target == "tensorrt":
+            self._quantize(path, [c for c in self.candidates if c != conv])
+        else:
+            quantize_cpu(self._private_fp32, path, self.ranges, self.method,
+                         [n.name for n in self.fp32.graph.node if n.name != conv])
 
 
 # --- the stage ----------------------------------------------------------------------------------

@@ -200,6 +200,10 @@ def test_a_float_conv_of_the_cpu_graph_reads_its_input_before_rounding(fornet64,
     (tmp_path / "scratch").mkdir()
     maker = GraphMaker("cpu", fp32, bundle / ONNX_FP32, fp32, ranges, "minmax", "key", tmp_path / "scratch")
     conv, other = _shared_relu_conv(fp32, maker.candidates)
+    single = tmp_path / "single.onnx"
+    maker.write_single(single, other)  # a sensitivity graph: ONNX Runtime's pairs of that conv alone
+    graph = onnx.load(str(single))
+    assert {n.name for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in _producers(graph)} == {other}
     path = tmp_path / "one_float.onnx"
     maker.write(path, [conv])
     proto = onnx.load(str(path))
