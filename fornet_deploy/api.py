@@ -26,6 +26,7 @@ from .contract import (
     CALIBRATION_PERCENTILE,
     DEFAULT_TAIL,
     FP32_SCOPES,
+    MAX_DROP_IMAGES,
     MAX_SIDE,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
@@ -139,7 +140,8 @@ def export_model(checkpoint: str | Path, out: str | Path, shape: tuple[int, int]
 
 def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, method: str = "entropy",
               target: str = "tensorrt", seed: int = 0, percentile: float = CALIBRATION_PERCENTILE,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, max_drop: float | None = None,
+              max_drop_data: str | Path | None = None, max_drop_images: int | None = None) -> dict:
     """INT8 Q/DQ graph calibrated on a deterministic selection of ``data`` (a dataset's train
     split, class-balanced; a folder of images; or ``num_images`` frames spread evenly over a
     video), each image resized to the network input (selector / Top-K kept FP32); returns
@@ -147,12 +149,24 @@ def calibrate(bundle: str | Path, data: str | Path, *, num_images: int = 64, met
     builds on ``model.fp16.onnx`` (made first when missing); the activation ranges are
     measured once per image set, method and percentile and cached in the bundle for both
     targets; ``progress(done, total)`` counts the images of a measurement. The entry's
-    ``artifact`` names the file written."""
+    ``artifact`` names the file written.
+
+    ``max_drop`` (mIoU points, 0..100): an accuracy budget. The most sensitive convolutions
+    stay float until the mIoU drop against ``model.onnx`` on ``max_drop_images`` (default 32)
+    held-out labelled images (the val split of ``max_drop_data``, default ``data``; never a
+    calibration image) is within it; the entry's ``accuracy_budget`` records the layers left
+    out, the drop before and after and the ONNX Runtime CPU latency ratio. A budget that cannot
+    be met raises :class:`~fornet_deploy.errors.CheckFailed` (exit 1) and writes nothing."""
+    from .calibration.budget import AccuracyBudget
     from .calibration.qdq import TARGETS, calibrate_bundle
 
     _positive(num_images, "--num-images")
+    if max_drop is None and (max_drop_data is not None or max_drop_images is not None):
+        raise OptionError("--max-drop-data and --max-drop-images apply with --max-drop POINTS")
+    budget = (AccuracyBudget(max_drop, max_drop_data, MAX_DROP_IMAGES if max_drop_images is None else max_drop_images)
+              if max_drop is not None else None)
     entry = calibrate_bundle(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
-                             progress=progress, percentile=percentile)
+                             progress=progress, percentile=percentile, budget=budget)
     return {"artifact": TARGETS[target].artifact, **entry}
 
 

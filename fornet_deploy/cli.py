@@ -30,6 +30,7 @@ from .contract import (
     DEFAULT_TAIL,
     DEVICES,
     EXPORT_OUTPUTS,
+    MAX_DROP_IMAGES,
     ORT_PROVIDERS,
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
@@ -491,17 +492,27 @@ def calibrate(
                                                    "cpu: U8S8 for ONNX Runtime on x86"),
     seed: int = typer.Option(0, min=0, help="seed of the calibration-image selection"),
     percentile: float = typer.Option(CALIBRATION_PERCENTILE, help="--method percentile: the share of values kept"),
+    max_drop: Optional[float] = typer.Option(
+        None, metavar="POINTS", help="accuracy budget: leave the most sensitive convolutions float until the mIoU "
+        "drop against model.onnx on held-out labelled images is at most POINTS (0..100); exit 1, writing nothing, "
+        "when leaving all of them float still misses it"),
+    max_drop_data: Optional[Path] = typer.Option(
+        None, help="labelled dataset whose val split --max-drop scores on (calibration images left out) "
+        "[default: --data]"),
+    max_drop_images: Optional[int] = typer.Option(None, help=f"held-out images for --max-drop [default: "
+                                                                     f"{MAX_DROP_IMAGES}]"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """INT8 Q/DQ graph calibrated on a deterministic image set, resized to the network input
     (class-balanced from a labelled dataset; selector kept FP32); the ranges are measured once
-    per image set and method and shared by both targets."""
+    per image set and method and shared by both targets. --max-drop: an accuracy budget."""
     from .api import calibrate as run
 
     _json_file(json_out, reads=(data,), writes=(bundle,))
     with bar(f"calibrate {method} -> {target}") as update:
         entry = run(bundle, data, num_images=num_images, method=method, target=target, seed=seed,
-                    percentile=percentile, progress=update)
+                    percentile=percentile, progress=update, max_drop=max_drop, max_drop_data=max_drop_data,
+                    max_drop_images=max_drop_images)
     calibration = entry["calibration"]
     ranges, resized = calibration["ranges"], calibration["resized"]
     how = ("cached in the bundle" if ranges["cached"]
@@ -515,8 +526,22 @@ def calibrate(
         ["calibration key", calibration["key"][:16]], ["ranges", f"{ranges['tensors']} tensors, {how}"],
         *([["quantized convs", entry["placement"]["quantized_convs"]]] if "placement" in entry else []),
         ["nodes kept FP32", len(entry["excluded_nodes"])], ["sha256", entry["sha256"][:12]],
+        *(_budget_rows(entry["accuracy_budget"]) if "accuracy_budget" in entry else []),
     ])
     _write_json(json_out, entry)
+
+
+def _budget_rows(budget: dict) -> list[list]:
+    """``calibrate --max-drop``'s verdict, as rows of the calibrate table."""
+    heldout, left = budget["heldout"], budget["excluded_layers"]
+    return [
+        ["accuracy budget", f"at most {budget['max_drop']:g} mIoU points vs {budget['reference']} on "
+                            f"{budget['images']} held-out {heldout['split']} images of {heldout['path']}"],
+        ["mIoU drop", f"{budget['drop_before']:.2f} -> {budget['drop_after']:.2f} points "
+                      f"(FP32 mIoU {100 * budget['fp32_miou']:.2f})"],
+        ["left float", f"{len(left)} of {budget['candidates']} convs" + (": " + ", ".join(left) if left else "")],
+        ["latency (ORT CPU)", f"{budget['latency_ratio']:.2f}x the fully quantized graph"],
+    ]
 
 
 def _precision(command: str, precision: Optional[str], fp16: bool, int8: bool, fp32: bool,

@@ -122,6 +122,7 @@ CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 CALIBRATION_PERCENTILE = 99.999  # --method percentile: the share of values a range keeps
 # symmetric INT8 Q/DQ on the FP16 graph for TensorRT | U8S8 on the FP32 graph for ONNX Runtime on x86
 CALIBRATION_TARGETS = ("tensorrt", "cpu")
+MAX_DROP_IMAGES = 32  # calibrate --max-drop: held-out images the mIoU drop is measured on
 # How the CPU graphs compute labels from the 1/4-scale logits (export/tail.py): refine (the
 # labels of the full-resolution tail, cheaply), nearest (the 1/4-scale argmax, x4), full (the
 # full-resolution Resize + ArgMax that model.onnx and every TensorRT-bound graph keep).

@@ -108,7 +108,13 @@ def _check_num(num: int) -> None:
 def _select(dataset: Dataset, split: str, num: int, seed: int) -> tuple[list[Sample], bool]:
     """The selected samples and whether any class was there to balance (labels read)."""
     _check_num(num)
-    samples = dataset.samples(split, require_labels=False)
+    return select_samples(dataset, dataset.samples(split, require_labels=False), num, seed)
+
+
+def select_samples(dataset: Dataset, samples: Sequence[Sample], num: int, seed: int) -> tuple[list[Sample], bool]:
+    """``num`` of ``samples`` by steps 2-4 of the module docstring (class-balanced, then seeded
+    random; sorted by name), and whether any class was there to balance."""
+    samples = list(samples)
     with ThreadPoolExecutor() as pool:  # cv2 decodes outside the GIL
         presence = list(pool.map(lambda s: _classes_present(dataset, s), samples))
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(samples))]

@@ -40,7 +40,7 @@ cross into FP16, which carry a ``_fp16`` suffix (:func:`fp32_name`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import onnx
@@ -57,6 +57,7 @@ OPSET = 19  # first opset with FP16 Q/DQ scales
 INT8_MAX = 127.0
 FP16_TINY = np.float16(6e-8)  # smallest positive float16 (a subnormal): TensorRT rejects scales <= 0
 FP16_SUFFIX = "_fp16"  # export/fp16.py's name for a tensor converted to FP16
+EXCLUDED = "left unquantized by the accuracy budget (calibrate --max-drop)"  # a skipped conv's reason
 
 
 @dataclass
@@ -110,8 +111,12 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
             for info in (*graph.input, *graph.output, *graph.value_info)}
 
 
-def plan_qdq(model: onnx.ModelProto, fanout: str = "shared") -> QdqPlan:
-    """The placement on a graph (FP16 or FP32: the same tensors), without data."""
+def plan_qdq(model: onnx.ModelProto, fanout: str = "shared", exclude: Collection[str] = ()) -> QdqPlan:
+    """The placement on a graph (FP16 or FP32: the same tensors), without data.
+
+    ``exclude``: convolutions left unquantized (``calibrate --max-drop``, :mod:`.budget`): no
+    Q/DQ on their weight, and they read their input tensor itself, not the DQ other readers
+    share, so nothing of theirs is rounded to INT8."""
     if fanout not in FANOUTS:
         raise ValueError(f"fanout must be one of {FANOUTS}, got {fanout!r}")
     graph = model.graph
@@ -135,6 +140,9 @@ def plan_qdq(model: onnx.ModelProto, fanout: str = "shared") -> QdqPlan:
     quantized: set[str] = set()
     for node in graph.node:
         if node.op_type not in QUANTIZED_OPS or in_fp32_scope(node.name):
+            continue
+        if node.name in exclude:
+            plan.skipped_convs[node.name] = EXCLUDED
             continue
         weight = node.input[1]
         if weight not in initializers:
@@ -162,7 +170,8 @@ def plan_qdq(model: onnx.ModelProto, fanout: str = "shared") -> QdqPlan:
         for tensor, readers in plan.activations.items():
             listed = {name for name, _ in readers}
             for c in consumers.get(tensor, []):
-                if c.name not in listed and not in_fp32_scope(c.name) and c.op_type != "Shape":
+                if c.name not in listed and c.name not in exclude and not in_fp32_scope(c.name) \
+                        and c.op_type != "Shape":
                     readers.append((c.name, list(c.input).index(tensor)))
                     listed.add(c.name)
 
@@ -318,11 +327,12 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
 
 
 def tensorrt_graph(fp16_model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
-                   fanout: str = "shared") -> tuple[onnx.ModelProto, dict]:
+                   fanout: str = "shared", exclude: Collection[str] = ()) -> tuple[onnx.ModelProto, dict]:
     """The INT8 Q/DQ graph for TensorRT from the mixed FP16 graph and FP32-graph ``ranges``
-    (tensor -> (low, high)); returns the checked model and the placement summary."""
+    (tensor -> (low, high)), the ``exclude`` convolutions left FP16 (:func:`plan_qdq`);
+    returns the checked model and the placement summary."""
     model = to_opset(fp16_model)
-    plan = plan_qdq(model, fanout)
+    plan = plan_qdq(model, fanout, exclude)
     amax = {}
     for tensor in plan.activations:
         low, high = ranges[fp32_name(tensor, ranges)]

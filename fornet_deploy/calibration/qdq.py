@@ -28,18 +28,26 @@ collects nothing.
     image, at an export size that is not a multiple of the stride), so every output is
     computed in float rather than read from a DequantizeLinear.
 
+``--max-drop POINTS`` (:mod:`.budget`) leaves the most sensitive convolutions float until the
+mIoU drop against ``model.onnx`` on held-out labelled images is within the budget; every graph
+it measures comes from the same ranges (:class:`GraphMaker`). A float convolution gets no Q/DQ
+on its weight and reads its input unrounded: the TensorRT placement skips it
+(:func:`.placement.plan_qdq`), and in the CPU graph it is excluded from ONNX Runtime's quantizer
+and rewired to the float tensor (:func:`read_float_inputs`).
+
 ``quant_pre_process`` is not used: the export is already simplified and shape-inferred, and
 its ORT graph optimisations would rename the nodes the exclusions are matched by.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -52,26 +60,31 @@ from ..contract import (
     CALIBRATION_PERCENTILE,
     CALIBRATION_TARGETS,
     FP32_SCOPES,
+    ONNX_CPU,
     ONNX_FP16,
     ONNX_FP32,
     ONNX_INT8_CPU,
     ONNX_INT8_QDQ,
     check_choice,
 )
-from ..errors import FornetError, OptionError
+from ..data.formats import Dataset
+from ..data.labels import manifest_label_set
+from ..errors import CheckFailed, FornetError, OptionError
 from ..export.fp16 import convert_fp16, fp32_scope_nodes
 from ..export.onnx import check_runs, embed_metadata, load_onnx, read_metadata
 from ..export.tail import calibrated_graph
 from ..io import atomic_write_json, read_json
 from ..runtimes.ort_runner import import_onnxruntime
+from .budget import AccuracyBudget, heldout_set, measure_latency_ratio, open_heldout, search
 from .calibset import CalibrationSet, bundle_calibration_set, check_source, graph_input_dims, tidy_cache
 from .collect import CollectConfig, Ranges, collect_ranges, quantizer_tensors, with_aliases
-from .placement import OPSET, range_tensors, tensorrt_graph
+from .placement import OPSET, plan_qdq, range_tensors, tensorrt_graph, to_opset
 
 METHODS = CALIBRATION_METHODS
 # Op types ONNX Runtime's quantizer quantizes in the CPU graph. Everything else in the graph
 # (ArgMax, the selector / Top-K ops) stays float.
 QUANTIZED_OPS = ("Conv", "Relu", "Add", "Mul", "Concat", "Resize", "GlobalAveragePool")
+Progress = Callable[..., None]
 RANGES_VERSION = 1  # bump when the range rules change: cached ranges are then collected again
 
 
@@ -81,11 +94,14 @@ class Target:
     source: str  # the graph it is built from (its manifest lineage)
     activations: str
     weights: str
+    float_graph: str  # what to deploy where no INT8 graph meets an accuracy budget
 
 
 TARGETS = {
-    "tensorrt": Target(ONNX_INT8_QDQ, ONNX_FP16, "int8, symmetric, per tensor", "int8, symmetric, per output channel"),
-    "cpu": Target(ONNX_INT8_CPU, ONNX_FP32, "uint8, asymmetric, per tensor", "int8, symmetric, per output channel"),
+    "tensorrt": Target(ONNX_INT8_QDQ, ONNX_FP16, "int8, symmetric, per tensor", "int8, symmetric, per output channel",
+                       f"an FP16 engine ({ONNX_FP16})"),
+    "cpu": Target(ONNX_INT8_CPU, ONNX_FP32, "uint8, asymmetric, per tensor", "int8, symmetric, per output channel",
+                  f"the FP32 CPU graph ({ONNX_CPU})"),
 }
 
 
@@ -183,59 +199,184 @@ def quantize_cpu(source: Path, output: Path, ranges: Ranges, method: str, exclud
         logging.disable(previous)
 
 
+def read_float_inputs(quantized: onnx.ModelProto, fp32: onnx.ModelProto, convs: Sequence[str]) -> onnx.ModelProto:
+    """``convs`` of ONNX Runtime's CPU graph ``quantized`` read their activation input in float,
+    as the FP32 graph ``fp32`` computes it, rather than through the Q/DQ pair the quantizer put on
+    it for a neighbour (a producer that quantizes its output, or another reader: one pair serves
+    every reader), so a convolution the budget leaves float sees no INT8 rounding, as in the
+    TensorRT graph (:func:`.placement.plan_qdq`). Where the quantizer removed the ReLU before
+    the pair (its uint8 range from 0 does the clamping), the convolution reads a ReLU of the
+    pair's input; any other pattern keeps reading the pair. A pair no longer read is removed.
+    Edits ``quantized`` in place and returns it."""
+    graph = quantized.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fp32_producer = {o: n for n in fp32.graph.node for o in n.output}
+    fp32_input = {n.name: n.input[0] for n in fp32.graph.node if n.input}
+    present = {n.name for n in graph.node}
+    relus: dict[str, onnx.NodeProto] = {}  # conv name -> the ReLU to emit before it
+    wanted = set(convs)
+    for node in (n for n in graph.node if n.name in wanted):
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # reads a float tensor already
+        rounded, original = q.input[0], fp32_input[node.name]
+        source, made_by = fp32_producer.get(original), producer.get(rounded)
+        if source is None or (made_by is not None and made_by.name == source.name):
+            node.input[0] = rounded  # the tensor itself (a graph input, or made by the same node as in fp32)
+        elif source.op_type == "Relu" and source.name not in present:
+            relus[node.name] = onnx.helper.make_node("Relu", [rounded], [f"{original}_float_{node.name}"],
+                                                     name=f"{source.name}_float_{node.name}")
+            node.input[0] = relus[node.name].output[0]
+    nodes = [n for node in graph.node for n in ([relus[node.name]] if node.name in relus else []) + [node]]
+    for op_type in ("DequantizeLinear", "QuantizeLinear"):  # readers first: a Q is unread once its DQ is gone
+        read = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+        nodes = [n for n in nodes if n.op_type != op_type or n.output[0] in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return quantized
+
+
+# --- one target's graph, with some convolutions left float -------------------------------------
+
+
+@dataclass
+class GraphMaker:
+    """Writes a target's INT8 graph from the shared ranges as the bundle gets it (checked
+    against its source, post-processed, metadata embedded), with some convolutions left float:
+    the graph ``calibrate`` writes, and the graphs the accuracy budget measures
+    (:class:`.budget.TrialGraphs`)."""
+
+    target: str
+    fp32: onnx.ModelProto
+    fp32_path: Path
+    source: onnx.ModelProto  # the graph the target builds on (TARGETS[target].source)
+    ranges: Ranges
+    method: str
+    key: str
+    scratch: Path  # a private folder
+
+    def __post_init__(self):
+        # What the target keeps float whatever the budget says (module docstring).
+        self.kept_float = fp32_scope_nodes(self.source) if self.target == "tensorrt" else excluded_nodes(self.fp32)
+        if self.target == "cpu":
+            # ONNX Runtime writes <model>-inferred.onnx beside its input: it reads a private copy,
+            # so that file never lands in (or, through a link, outside) the bundle.
+            self._private_fp32 = self.scratch / ONNX_FP32
+            shutil.copyfile(self.fp32_path, self._private_fp32)
+
+    @functools.cached_property
+    def candidates(self) -> tuple[str, ...]:
+        """The convolutions this target's graph quantizes, in graph order."""
+        if self.target == "tensorrt":
+            return tuple(plan_qdq(self._at_opset()).weights)
+        kept = set(self.kept_float)
+        return tuple(n.name for n in self.fp32.graph.node if n.op_type == "Conv" and n.name not in kept)
+
+    @functools.cached_property
+    def _converted(self) -> onnx.ModelProto:
+        return to_opset(self.source)  # converted once, not for every graph the budget measures
+
+    def _at_opset(self) -> onnx.ModelProto:
+        """A copy of the source at the TensorRT graph's opset: the placement edits what it is given."""
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self._converted)
+        return copy
+
+    def _quantize(self, path: Path, excluded: Sequence[str]) -> dict:
+        """The quantized graph with ``excluded`` convolutions float, before :func:`_finish`."""
+        if self.target == "tensorrt":
+            proto, placement = tensorrt_graph(self._at_opset(), self.ranges, exclude=excluded)
+            onnx.save(proto, str(path))
+            return {"quantized_ops": ["Conv"], "placement": placement}
+        quantize_cpu(self._private_fp32, path, self.ranges, self.method, [*self.kept_float, *excluded])
+        if excluded:
+            onnx.save(read_float_inputs(onnx.load(str(path)), self.fp32, excluded), str(path))
+        return {"quantized_ops": list(QUANTIZED_OPS)}
+
+    def write(self, path: Path, excluded: Sequence[str] = ()) -> tuple[dict, onnx.ModelProto]:
+        """The graph with ``excluded`` convolutions float at ``path``: (entry details, graph)."""
+        details = self._quantize(path, excluded)
+        return details, _finish(path, self.source, self.target, self.method, self.key)
+
+    def write_single(self, path: Path, conv: str) -> None:
+        """Only ``conv`` quantized, and the export's full-resolution ``logits`` kept (no CPU
+        tail): what the budget's sensitivity compares with ``model.onnx``. In the CPU graph,
+        ONNX Runtime's quantizer is given ``conv`` alone: its own pairs (input, weight, output)."""
+        if self.target == "tensorrt":
+            self._quantize(path, [c for c in self.candidates if c != conv])
+        else:
+            quantize_cpu(self._private_fp32, path, self.ranges, self.method,
+                         [n.name for n in self.fp32.graph.node if n.name != conv])
+
+
 # --- the stage ----------------------------------------------------------------------------------
 
 
 def calibrate_bundle(bundle_dir: str | Path, data_dir: str | Path, num_images: int = 64, method: str = "entropy",
-                     target: str = "tensorrt", seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                     percentile: float = CALIBRATION_PERCENTILE) -> dict:
+                     target: str = "tensorrt", seed: int = 0, progress: Progress | None = None,
+                     percentile: float = CALIBRATION_PERCENTILE, budget: AccuracyBudget | None = None) -> dict:
     """The library function behind ``fornet-deploy calibrate``; returns the manifest entry.
 
     ``data_dir``: a dataset, a folder of images or a video file (:class:`.calibset.CalibrationSet`:
     selection, resizing to the network input, key); the entry's ``calibration`` records its
     ``source``, ``network_size`` and what was ``resized``.
 
+    ``budget`` (``--max-drop``): the most sensitive convolutions stay float until the mIoU
+    drop against ``model.onnx`` on held-out labelled images is within it (:mod:`.budget`; the
+    entry's ``accuracy_budget`` says what was left out, the drops and the speed cost); a budget
+    that cannot be met raises :class:`~fornet_deploy.errors.CheckFailed` and writes nothing.
+
     ``progress(done, total)`` counts the images of a range collection (none when the ranges
-    are cached). ``target="tensorrt"`` on a bundle without ``model.fp16.onnx`` makes it first
+    are cached), then ``progress(done, total, note)`` the graphs a budget measures.
+    ``target="tensorrt"`` on a bundle without ``model.fp16.onnx`` makes it first
     (``export --precision fp16``, its own commit).
     """
     check_choice(method, METHODS, "calibration method")
     check_choice(target, CALIBRATION_TARGETS, "calibration target")
     if not 0.0 < percentile <= 100.0:
         raise OptionError(f"--percentile must be in (0, 100], got {percentile}")
+    # a wrong --data or held-out folder fails before anything is written
+    heldout_data = open_heldout(budget, data_dir) if budget is not None else None
     if target == "tensorrt" and not Bundle.open(bundle_dir, verify=False).has(ONNX_FP16):
-        check_source(data_dir)  # a wrong --data fails before anything is written
+        check_source(data_dir)
         convert_fp16(bundle_dir)
     with transaction(bundle_dir, f"calibrate --target {target}") as txn:
-        return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile)
+        return _calibrate(txn, data_dir, num_images, method, target, seed, progress, percentile, budget,
+                          heldout_data)
 
 
 def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: str, target: str, seed: int,
-               progress: Callable[[int, int], None] | None, percentile: float) -> dict:
+               progress: Progress | None, percentile: float, budget: AccuracyBudget | None,
+               heldout_data: Dataset | None) -> dict:
     """:func:`calibrate_bundle` under the bundle's writer lock; the graph is committed on return."""
     bundle, spec = txn.bundle, TARGETS[target]
     fp32_path = bundle.path(ONNX_FP32)  # checks the sha256 the key is built from, and its lineage
     fp32 = load_onnx(fp32_path)
-    source_path = bundle.path(spec.source)
-    source = fp32 if spec.source == ONNX_FP32 else load_onnx(source_path)
+    source = fp32 if spec.source == ONNX_FP32 else load_onnx(bundle.path(spec.source))
     calib = bundle_calibration_set(bundle, graph_input_dims(fp32), data_dir, num=num_images, seed=seed)
+    heldout = (heldout_set(heldout_data, manifest_label_set(bundle.manifest, f"bundle {bundle.root}"), budget, calib,
+                           seed) if budget is not None else None)
     ranges, collected = _ranges(txn, calib, fp32, method, percentile, progress)
+    maker = GraphMaker(target, fp32, fp32_path, source, ranges, method, collected["key"], txn.scratch())
+    excluded_convs: list[str] = []
+    if budget is not None:
+        verdict = search(maker, fp32_path, heldout, budget.max_drop, txn.scratch(), progress)
+        if not verdict.met:
+            _store_ranges(txn.root, ranges, collected)  # valid whatever the budget: a retry collects nothing
+            raise CheckFailed(
+                f"--max-drop {budget.max_drop:g} cannot be met: the INT8 {target} graph loses "
+                f"{verdict.drop_before:.2f} mIoU points against {ONNX_FP32} on {len(heldout.examples)} held-out "
+                f"images, and still {verdict.drop_after:.2f} with all {verdict.candidates} quantized convolutions "
+                f"left float; nothing was written: allow a larger drop, or deploy {spec.float_graph}")
+        excluded_convs = verdict.excluded
     out = txn.path(spec.artifact)
-    if target == "tensorrt":
-        proto, placement = tensorrt_graph(source, ranges)
-        onnx.save(proto, str(out))
-        excluded = fp32_scope_nodes(source)
-        details = {"quantized_ops": ["Conv"], "placement": placement}
-    else:
-        excluded = excluded_nodes(fp32)
-        # ONNX Runtime writes <model>-inferred.onnx beside its input: it reads a private copy,
-        # so that file never lands in (or, through a link, outside) the bundle.
-        private_source = txn.scratch() / ONNX_FP32
-        shutil.copyfile(fp32_path, private_source)
-        quantize_cpu(private_source, out, ranges, method, excluded)
-        details = {"quantized_ops": list(QUANTIZED_OPS)}
-    proto = _finish(out, source, target, method, collected["key"])
+    details, proto = maker.write(out, excluded_convs)
     check_runs(out, collected["input_shape"], f"the INT8 {target} graph")
+    if budget is not None:
+        ratio = (measure_latency_ratio(out, verdict.full_graph, next(iter(heldout.examples)).batch)
+                 if excluded_convs else 1.0)
+        details["accuracy_budget"] = verdict.record(budget, heldout, ratio)
     _store_ranges(txn.root, ranges, collected)
     tidy_cache(txn.root, collected["key"])
     return txn.record(
@@ -248,7 +389,7 @@ def _calibrate(txn: Transaction, data_dir: str | Path, num_images: int, method: 
                      "ranges_from": ONNX_FP32,
                      "ranges": {k: v for k, v in collected.items()
                                 if k not in ("key", "input_shape", "calibration_set", "ranges")}},
-        excluded_scopes=list(FP32_SCOPES), excluded_nodes=excluded,
+        excluded_scopes=list(FP32_SCOPES), excluded_nodes=[*maker.kept_float, *excluded_convs],
         quantizer={"ranges": f"fornet-deploy {__version__} (ONNX Runtime's {method} rules)",
                    "graph": (f"fornet-deploy {__version__} Q/DQ placement" if target == "tensorrt"
                              else f"onnxruntime.quantization {_ort_version()} QDQQuantizer")},
@@ -280,7 +421,7 @@ def _range_cache(root: Path, key: str, method: str, percentile: float) -> Path:
 
 
 def _ranges(txn: Transaction, calib: CalibrationSet, fp32: onnx.ModelProto, method: str, percentile: float,
-            progress: Callable[[int, int], None] | None) -> tuple[Ranges, dict]:
+            progress: Progress | None) -> tuple[Ranges, dict]:
     """The ranges both targets read, and what they came from (``collected``): from the
     bundle's range cache, else from one collection (stored by :func:`_store_ranges` once
     the graph built from them has been written)."""

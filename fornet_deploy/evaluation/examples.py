@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from ..data.formats import Dataset, open_dataset
+from ..data.formats import Dataset, Sample, open_dataset
 from ..data.transforms import Preprocessing, preprocess
 from ..errors import OptionError
 
@@ -83,13 +83,21 @@ def dataset_examples(data: str | Path | Dataset, split: str = "val", preprocessi
     check_limit(limit)
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     samples = dataset.samples(split, require_labels=require_labels)[:limit]
+    return sample_examples(dataset, samples, preprocessing, network_size, f"{len(samples)} {split} images")
+
+
+def sample_examples(dataset: Dataset, samples: Sequence[Sample], preprocessing: Preprocessing = Preprocessing(),
+                    network_size: NetworkSize | None = None, what: str | None = None) -> Examples:
+    """Given samples of a dataset (e.g. a selection), as :class:`Examples`; ``what`` names them
+    in the source line (default: their count)."""
+    samples = list(samples)
 
     def make(index: int) -> Example:
         sample = samples[index]
         image, labels = dataset.load(sample)
         return Example(sample.name, image, labels, _prepare(image, preprocessing, network_size))
 
-    return Examples([s.name for s in samples], make, f"{len(samples)} {split} images of {dataset.root}")
+    return Examples([s.name for s in samples], make, f"{what or f'{len(samples)} images'} of {dataset.root}")
 
 
 def synthetic_examples(count: int, height: int, width: int, preprocessing: Preprocessing, seed: int = 0,
