@@ -191,7 +191,10 @@ def percentile_range(hist: np.ndarray, edges: np.ndarray, min_value, max_value,
                      percentile: float) -> tuple[np.ndarray, np.ndarray]:
     """``HistogramCollector.compute_percentile`` with ``symmetric=False``: cut
     ``(100 - percentile) / 2`` % of the counts on each side."""
-    cdf = np.cumsum(hist / hist.sum())
+    total = hist.sum()
+    if not total:  # nothing counted (every image gave an empty tensor): the data's own range, no 0/0
+        return _clip_to_data(min_value, max_value, min_value, max_value, edges.dtype)
+    cdf = np.cumsum(hist / total)
     cut = (100.0 - percentile) / 200.0
     lo, hi = edges[np.searchsorted(cdf, cut)], edges[np.searchsorted(cdf, 1.0 - cut)]
     return _clip_to_data(lo, hi, min_value, max_value, edges.dtype)

@@ -130,3 +130,14 @@ def test_non_finite_activations_are_one_line():
         assert (nan_aside.min, nan_aside.max) == (-2.0, 1.0)
     with pytest.raises(FornetError, match="infinite or NaN values"):
         _ours([np.array([np.nan], np.float32)], ENTROPY_BINS)
+
+
+def test_an_all_zero_tensor_has_the_zero_range_without_a_division_by_zero():
+    """A tensor that is 0 on every calibration image (a dead ReLU) leaves an empty percentile
+    histogram: its range is the data's, (0, 0), not a 0/0 (which numpy only warned about)."""
+    from fornet_deploy.calibration.histogram import percentile_range
+
+    edges = np.linspace(0, 1, 9, dtype=np.float32)
+    with np.errstate(all="raise"):
+        low, high = percentile_range(np.zeros(8, np.int64), edges, np.float32(0), np.float32(0), 99.99)
+    assert (float(low), float(high)) == (0.0, 0.0)
