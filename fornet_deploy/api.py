@@ -32,6 +32,7 @@ from .contract import (
     OUTPUT_NAMES,
     PACKAGE_TARGETS,
     PRECISIONS,
+    RUN_PRECISIONS,
     SHIPPED_WEIGHTS,
     TAILS,
     TOPK_FORMS,
@@ -243,7 +244,7 @@ def parity(bundle: str | Path, runtime: str = "ort", precision: str | None = Non
         output_folder(out, "--out", reads=(bundle, data))
     output_file(json_out, "--json", reads=(bundle, data), writes=(out,))
     if precision is not None:
-        check_choice(precision, PRECISIONS, "precision")
+        check_choice(precision, RUN_PRECISIONS, "precision")  # bf16: OpenVINO's run of the FP32 graph
     opened = Bundle.open(bundle, verify=False)
     thresholds = thresholds_for(artifact_precision(opened, artifact, precision), atol, min_argmax_agreement,
                                 min_mask_agreement)

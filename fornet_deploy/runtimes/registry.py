@@ -116,7 +116,8 @@ def named_format(bundle: Bundle, runtime: str, precision: str | None, device: st
                           + (f" (use --runtime {' or '.join(runs)})" if runs else ""))
     recorded = entry.get("precision")
     precision = precision or recorded or rows[0].precision
-    if recorded is not None and recorded != precision:
+    # a runtime may run a file at another precision than its own (OpenVINO's bf16 of the FP32 graph): a table row
+    if recorded is not None and recorded != precision and not any(f.precision == precision for f in rows):
         raise FornetError(f"{artifact} is the bundle's {recorded} artefact, not {precision}: "
                           f"leave out --precision, or give --precision {recorded}")
     options = formats_for(runtime, precision, device)  # unknown names, or not on this device

@@ -265,3 +265,22 @@ def test_a_cache_folder_that_is_a_link_is_never_written_through(int8_bundle, tmp
     with load_runner(int8_bundle, "openvino", "int8", "cpu") as runner:  # a plain folder: used
         assert runner.info().to_dict()["cache_dir"] == str(cache)
     assert any(cache.iterdir())
+
+
+@pytest.mark.parametrize("command", ["parity", "eval"])
+def test_bf16_is_a_precision_parity_and_eval_take_from_the_command_line(int8_bundle, tiny_data, tmp_path, command):
+    """`parity --runtime openvino --precision bf16` was refused as an unknown precision (the
+    CLI checked the artefact precisions, not the run precisions)."""
+    result = run_cli(command, "--bundle", str(int8_bundle), "--runtime", "openvino", "--precision", "bf16",
+                     "--data", str(tiny_data), "--num-images", "2", "--json", str(tmp_path / "r.json"))
+    assert "unknown precision" not in result.stderr
+    if result.returncode == ExitCode.NO_HARDWARE:  # a CPU without BF16: one line, not an f32 run called bf16
+        assert_one_line_error(result, "bf16")
+        return
+    assert result.returncode in (0, 1), result.stderr  # 1: a parity verdict, not a refusal
+    report = json.loads((tmp_path / "r.json").read_text())
+    if command == "parity":
+        assert report["precision"] == "bf16"
+        assert report["thresholds"]["min_mask_agreement"] == THRESHOLDS["fp16"].min_mask_agreement
+    else:
+        assert report["runner"]["precision"] == "bf16" and report["runner"]["inference_precision"] == "bf16"
