@@ -46,6 +46,14 @@ for precision in fp32 fp16 int8; do
         --json "$RESULTS/parity_$precision.json" || true  # a failed check is a result, recorded
 done
 
+# 4b. the same on OpenVINO (needs the [openvino] extra): its f32, bf16 (judged with the FP16
+#     thresholds) and INT8 runs of the CPU graphs
+for precision in fp32 bf16 int8; do
+    [ -f "$RESULTS/parity_openvino_$precision.json" ] || fornet-deploy parity --bundle "$B" --runtime openvino \
+        --precision "$precision" --data "$CAMVID" --split test --num-images 233 \
+        --out "$WORK/parity_openvino_$precision" --json "$RESULTS/parity_openvino_$precision.json" || true
+done
+
 # 5. calibration-set study: CamVid train vs SynthCity images, 8 / 32 / 128 of them
 [ -f "$WORK/synthcity/synthcity.json" ] ||
     fornet-deploy synthcity --out "$WORK/synthcity" --train 128 --val 1 --shape 360x480 --seed 0
