@@ -335,12 +335,15 @@ def train_cmd(
     device: Literal["auto", "cpu", "cuda"] = typer.Option("auto"),
     no_amp: bool = typer.Option(False, "--no-amp", help="disable mixed precision on CUDA"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.state.safetensors"),
+    init: Optional[Path] = typer.Option(None, "--init", metavar="CHECKPOINT",
+                                        help="start from these weights (same architecture and classes) with a "
+                                             "fresh optimizer and schedule: fine-tuning, or a second schedule"),
     json_out: Optional[Path] = JSON_OUT,
 ):
     """Train FoR-Net (single process, or multi-GPU/multi-node under torchrun)."""
     from .api import train_model as train
 
-    _json_file(json_out, reads=(data,), writes=(out,))
+    _json_file(json_out, reads=(data,) + ((init,) if init else ()), writes=(out,))
     crop_h, crop_w = _shape(shape)
     batch = _renamed(batch, batch_size, "--batch", "--batch-size") or 8
     with bar("train", total=iterations) as update:
@@ -348,7 +351,7 @@ def train_cmd(
                         batch_size=batch, crop_height=crop_h, crop_width=crop_w, lr=lr, optimizer=optimizer,
                         loss=loss, selector_loss_weight=selector_loss_weight, val_interval=val_interval, seed=seed,
                         device=device, amp=not no_amp, format=data_format, train_split=train_split,
-                        val_split=val_split,
+                        val_split=val_split, init=str(init) if init else None,
                         on_step=lambda done, total, m: update(done, total, f"loss {m['loss']:.3f}"))
     if summary["rank"] != 0:  # under torchrun, one process reports
         return

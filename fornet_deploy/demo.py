@@ -76,12 +76,10 @@ def resolve_weights(cfg: DemoConfig, data: Path, data_labels: LabelSet, log: Log
 def _predicts(checkpoint: Path, data_labels: LabelSet) -> bool:
     """Whether ``checkpoint`` predicts the classes of the data, by name (a dataset with generic
     ``class_i`` names is no evidence that a model of as many named classes fits it)."""
-    from .io import read_bytes
-    from .model.checkpoint import MAX_FILE_BYTES, checkpoint_labels, read_checkpoint_config
+    from .model.checkpoint import read_checkpoint_header
 
-    stored = checkpoint_labels(read_bytes(checkpoint, "checkpoint", MAX_FILE_BYTES), checkpoint)
-    model = label_set_for(read_checkpoint_config(checkpoint).num_classes, stored, f"checkpoint {checkpoint}")
-    return model.classes == data_labels.classes
+    config, stored = read_checkpoint_header(checkpoint)
+    return label_set_for(config.num_classes, stored, f"checkpoint {checkpoint}").classes == data_labels.classes
 
 
 def prepare_data(cfg: DemoConfig, out: Path, log: Log) -> tuple[Path, str, LabelSet, int | None]:

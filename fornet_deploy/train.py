@@ -42,15 +42,22 @@ import torch.nn.functional as F
 
 from .contract import IMPORTANCE, LOGITS, MAX_SIDE, check_choice
 from .data.formats import FORMAT_NAMES, Dataset, TrainingSet, open_dataset
-from .data.labels import IGNORE_INDEX
+from .data.labels import IGNORE_INDEX, label_set_for
 from .data.transforms import Augmentation, Preprocessing
 from .errors import FornetError, Interrupted, OptionError
 from .evaluation.evaluate import evaluate_runner
 from .evaluation.examples import dataset_examples
 from .evaluation.metrics import boundary_band
 from .interrupts import StopSignals, stop_signals
-from .io import atomic_write_bytes, atomic_write_json
-from .model.checkpoint import load_train_state, save_checkpoint, save_train_state
+from .io import atomic_write_bytes, atomic_write_json, read_bytes
+from .model.checkpoint import (
+    MAX_FILE_BYTES,
+    checkpoint_labels,
+    load_checkpoint_bytes,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+)
 from .model.fornet import FoRNet, FoRNetConfig, build_model
 from .runtimes.base import network_size
 from .runtimes.torch_runner import TorchRunner, torch_device
@@ -89,6 +96,10 @@ class TrainConfig:
     val_interval: int = 500
     val_images: int | None = None  # None = whole val split
     seed: int = 0
+    # A checkpoint whose weights start the run (fine-tuning, or a second schedule after the
+    # first): its architecture must be the requested one and its classes the dataset's;
+    # the optimizer and the schedule start afresh (--resume continues a run instead).
+    init: str | None = None
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     amp: bool = True  # used on CUDA only
     threads: int | None = None  # torch CPU threads (None = torch default)
@@ -134,6 +145,8 @@ class TrainConfig:
                 raise OptionError(f"--{name.replace('_', '-')} must name splits such as 'train' or 'train+val', "
                                   f"got {value!r}")
         check_choice(self.loss, ("ce", "ohem"), "loss")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise OptionError(f"--init must name a checkpoint file, got {self.init!r}")
         if not isinstance(self.model, FoRNetConfig):
             raise OptionError(f"model must be a FoRNetConfig, got {type(self.model).__name__}")
 
@@ -274,6 +287,18 @@ class _Run:
         self.saved = iteration
 
 
+def _initial_model(cfg: TrainConfig, dataset: Dataset) -> FoRNet:
+    """The model of ``--init``: the checkpoint's weights, refused (one line) when its
+    architecture is not the requested one or it predicts other classes than the dataset's."""
+    data = read_bytes(cfg.init, "--init checkpoint", MAX_FILE_BYTES)
+    model, _ = load_checkpoint_bytes(data, cfg.init, cfg.model)
+    classes = label_set_for(cfg.model.num_classes, checkpoint_labels(data, cfg.init), f"--init {cfg.init}").classes
+    if classes != dataset.labels.classes:
+        raise FornetError(f"--init {cfg.init} predicts the classes {', '.join(classes)}; the data's are "
+                          f"{', '.join(dataset.labels.classes)}")
+    return model.train()
+
+
 def _validation_due(cfg: TrainConfig, done: int) -> bool:
     return done % cfg.val_interval == 0 or done == cfg.iterations
 
@@ -313,7 +338,8 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
     cfg = replace(cfg, model=cfg.model.replace(num_classes=dataset.labels.num_classes))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device)
+    # on --resume the state holds the weights: --init served the run's start only
+    model = (build_model(cfg.model) if cfg.init is None or resume else _initial_model(cfg, dataset)).to(device)
     optimizer = make_optimizer(model, cfg)
     start, history, best, last_loss = 0, [], None, None
     if resume:

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.data.synthcity import MANIFEST_NAME
 from fornet_deploy.errors import FornetError
@@ -13,8 +14,9 @@ from fornet_deploy.train import LOG, TrainConfig, batch_plan, hard_region_target
 
 
 def _cfg(data, out, tiny_config, **kw):
-    return TrainConfig(data=str(data), out=str(out), model=tiny_config, iterations=6, batch_size=2, crop_height=64,
-                       crop_width=128, val_interval=3, val_images=2, warmup=2, device="cpu", **kw)
+    options = dict(iterations=6, batch_size=2, crop_height=64, crop_width=128, val_interval=3, val_images=2, warmup=2,
+                   device="cpu")
+    return TrainConfig(data=str(data), out=str(out), model=tiny_config, **options | kw)
 
 
 def _weights(path):
@@ -112,4 +114,74 @@ def test_an_interrupted_synthcity_dataset_is_refused(tmp_path, broken_data, tiny
     (broken_data / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(FornetError, match="incomplete SynthCity dataset.*fornet-deploy synthcity --out"):
         train(_cfg(broken_data, tmp_path / "run", tiny_config))
+    assert not (tmp_path / "run").exists()
+
+
+# --init: a second schedule or a fine-tuning from a checkpoint --------------------------------
+
+
+def _parameters(path):
+    model = load_checkpoint(path)[0]
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_data, tiny_config):
+    out = tmp_path_factory.mktemp("first") / "run"
+    train(_cfg(tiny_data, out, tiny_config))
+    return out / "last.safetensors"
+
+
+def test_init_starts_from_the_checkpoint_with_a_fresh_schedule(tmp_path, tiny_data, tiny_config, first_run):
+    # a learning rate too small to move a weight: what the run ends with is what it started from
+    still = dict(iterations=1, warmup=0, lr=1e-30, weight_decay=0.0)
+    summary = train(_cfg(tiny_data, tmp_path / "init", tiny_config, init=str(first_run), **still))
+    train(_cfg(tiny_data, tmp_path / "scratch", tiny_config, **still))
+    start, init = _parameters(first_run), _parameters(tmp_path / "init" / "last.safetensors")
+    scratch = _parameters(tmp_path / "scratch" / "last.safetensors")
+    assert all(torch.equal(start[k], init[k]) for k in start)
+    assert not all(torch.equal(start[k], scratch[k]) for k in start)  # the check can fail
+    assert summary["iterations"] == 1  # the schedule is the new run's, not the checkpoint's
+    assert json.loads((tmp_path / "init" / "train_config.json").read_text())["init"] == str(first_run)
+
+
+def test_init_with_other_classes_is_refused_before_anything_is_written(tmp_path, tiny_data, tiny_config, first_run):
+    from fornet_deploy.data.labels import generic_label_set
+    from fornet_deploy.model.checkpoint import save_checkpoint
+
+    model = load_checkpoint(first_run)[0]
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, model, labels=generic_label_set(tiny_config.num_classes).to_dict())
+    with pytest.raises(FornetError, match="predicts the classes class_0, .*; the data's are road, ") as info:
+        train(_cfg(tiny_data, tmp_path / "run", tiny_config, init=str(other)))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_of_another_architecture_is_refused(tmp_path, tiny_data, tiny_config, first_run):
+    with pytest.raises(FornetError, match="does not match the requested architecture: focus: checkpoint has 'topk'"):
+        train(_cfg(tiny_data, tmp_path / "run", tiny_config.replace(focus="none"), init=str(first_run)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_an_init_run_needs_only_its_state(tmp_path, tiny_data, tiny_config, first_run):
+    init = tmp_path / "start.safetensors"
+    shutil.copy(first_run, init)
+    train(_cfg(tiny_data, tmp_path / "resumed", tiny_config, init=str(init)), stop_after=3)
+    init.unlink()  # the state holds the weights now
+    train(_cfg(tiny_data, tmp_path / "resumed", tiny_config, init=str(init)), resume=True)
+    shutil.copy(first_run, init)
+    train(_cfg(tiny_data, tmp_path / "straight", tiny_config, init=str(init)))
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "resumed" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"])
+def test_init_of_a_missing_or_corrupt_file_is_one_line(tmp_path, tiny_data, content):
+    init = tmp_path / "init.safetensors"
+    if content is not None:
+        init.write_bytes(content)
+    result = run_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--iterations", "1",
+                     "--device", "cpu", "--init", str(init))
+    assert_one_line_error(result, str(init))
     assert not (tmp_path / "run").exists()

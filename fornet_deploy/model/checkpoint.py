@@ -153,6 +153,14 @@ def checkpoint_labels(data: bytes, path: str | Path) -> Any:
     return _metadata(data, path, CHECKPOINT_FORMAT, "checkpoint").get("labels")
 
 
+def read_checkpoint_header(path: str | Path) -> tuple[FoRNetConfig, Any]:
+    """The config and stored label set (dict form, unchecked; None without one) of a
+    checkpoint file, read once."""
+    data = read_bytes(path, "checkpoint", MAX_FILE_BYTES)
+    meta = _metadata(data, path, CHECKPOINT_FORMAT, "checkpoint")
+    return _config(meta, path, "checkpoint"), meta.get("labels")
+
+
 def read_checkpoint_config(path: str | Path) -> FoRNetConfig:
     data = read_bytes(path, "checkpoint", MAX_FILE_BYTES)
     return _config(_metadata(data, path, CHECKPOINT_FORMAT, "checkpoint"), path, "checkpoint")
