@@ -41,14 +41,13 @@ no quiet round a ratio is ``busy``, not a result.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
-from rounds import quiet_ratio, time_rounds, variant_row
+from rounds import print_targets, quiet_ratio, speed_target, time_rounds, timing_parser, variant_row
 
 from fornet_deploy.bench.load import LoadProbe, loadavg
 from fornet_deploy.bench.profile import profile_runner
@@ -148,14 +147,7 @@ def targets(report: dict) -> list[dict]:
     """Issue 15's targets against the measured numbers (``status``: met / NOT MET / busy / missing)."""
     rows = []
     for label, minimum in SPEEDUP_TARGETS.items():
-        ratio = report["ratios"].get(label)
-        if ratio is None:
-            rows.append({"target": label, "status": "missing"})
-        elif ratio["busy"]:
-            rows.append({"target": label, "value": None, "status": "busy"})
-        else:
-            rows.append({"target": label, "value": ratio["median"],
-                         "status": "met" if ratio["median"] >= minimum else "NOT MET"})
+        rows.append(speed_target(report["ratios"].get(label), label, minimum))
     acc = report.get("accuracy", {})
     if "ort_fp32" in acc and "ort_int8" in acc:
         drop = 100 * (acc["ort_fp32"]["miou"] - acc["ort_int8"]["miou"])
@@ -170,17 +162,10 @@ def targets(report: dict) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("data", type=Path, help="dataset whose first val images are timed")
-    parser.add_argument("--num-images", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--block", type=int, default=5)
+    parser = timing_parser(__doc__.splitlines()[0])
     parser.add_argument("--eval-images", type=int, default=50, help="val images for the mIoU (0: skip)")
     parser.add_argument("--profile-runs", type=int, default=10, help="profiled runs for the tail share (0: skip)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=ARTEFACT[:key=value...]")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     bundle = Bundle.open(args.bundle)
@@ -220,13 +205,7 @@ def main() -> None:
     report["loadavg_end"] = loadavg()
     report["machine"] = describe_machine()
     report["targets"] = targets(report)
-    load = report["machine_load"]
-    print(f"load average at the start {report['loadavg_start']}, at the end {report['loadavg_end']}; while timing, "
-          f"other processes took {100 * (load['foreign_share'] or 0):.0f} % of the {load['cpus']} CPUs")
-    for row in report["targets"]:
-        value = row.get("value")
-        shown = "-" if value is None else (f"{100 * value:.1f} %" if "share" in row["target"] else f"{value:.2f}")
-        print(f"{row['target']:58s} {shown:>9s}  {row['status']}")
+    print_targets(report, "share", 1, 58)
     if args.json:
         atomic_write_json(args.json, report)
 

@@ -35,13 +35,12 @@ cells. The closing table holds issue 23's targets: met, NOT MET, or busy.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from rounds import quiet_ratio, time_rounds, variant_row
+from rounds import print_targets, quiet_ratio, speed_target, time_rounds, timing_parser, variant_row
 
 from fornet_deploy.bench.load import loadavg
 from fornet_deploy.bench.sysinfo import describe_machine
@@ -144,14 +143,7 @@ def targets(report: dict) -> list[dict]:
     acc = report.get("accuracy", {})
     for name, minimum in SPEED_TARGETS:
         ratio = report["ratios"].get(f"{name} vs {REFERENCE}")
-        label = f"{name} speed-up over {REFERENCE} (target >= {minimum}x)"
-        if ratio is None:
-            rows.append({"target": label, "status": "missing"})
-        elif ratio["busy"]:
-            rows.append({"target": label, "value": None, "status": "busy"})
-        else:
-            rows.append({"target": label, "value": ratio["median"],
-                         "status": "met" if ratio["median"] >= minimum else "NOT MET"})
+        rows.append(speed_target(ratio, f"{name} speed-up over {REFERENCE} (target >= {minimum}x)", minimum))
     if "ov_bf16" in acc:
         value = acc["ov_bf16"]["argmax_agreement"]
         rows.append({"target": f"ov_bf16 argmax agreement with {REFERENCE} (target >= {100 * MIN_AGREEMENT:.1f} %)",
@@ -164,16 +156,9 @@ def targets(report: dict) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("data", type=Path, help="dataset whose first val images are timed")
-    parser.add_argument("--num-images", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--block", type=int, default=5)
+    parser = timing_parser(__doc__.splitlines()[0])
     parser.add_argument("--eval-images", type=int, default=50, help="val images for the accuracy (0: skip)")
     parser.add_argument("--nncf", type=int, default=0, help="also NNCF's INT8 from this many calibration images")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     import openvino as ov
@@ -220,13 +205,7 @@ def main() -> None:
         runner.deactivate()
     report["machine"] = describe_machine()
     report["targets"] = targets(report)
-    load = report["machine_load"]
-    print(f"load average at the start {report['loadavg_start']}, at the end {report['loadavg_end']}; while timing, "
-          f"other processes took {100 * (load['foreign_share'] or 0):.0f} % of the {load['cpus']} CPUs")
-    for row in report["targets"]:
-        value = row.get("value")
-        shown = "-" if value is None else (f"{100 * value:.2f} %" if "agreement" in row["target"] else f"{value:.2f}")
-        print(f"{row['target']:66s} {shown:>9s}  {row['status']}")
+    print_targets(report, "agreement", 2, 66)
     if args.json:
         atomic_write_json(args.json, report)
 

@@ -13,14 +13,29 @@ their load, so any ratio can be recomputed from the JSON.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from fornet_deploy.bench.load import LoadProbe, load_summary
+
+
+def timing_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every round-robin timing script takes (a script adds its own)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("data", type=Path, help="dataset whose first val images are timed")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--block", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    return parser
 
 
 @dataclass
@@ -88,3 +103,25 @@ def quiet_ratio(timed: Rounds, label: str, fast: str, slow: str) -> dict:
           f"{len(quiet)} quiet rounds of {timed.rounds}; CPU time {cpu_ratio:.2f}x)")
     return {"median": statistics.median(quiet), "min": min(quiet), "max": max(quiet), "quiet_rounds": len(quiet),
             "rounds": timed.rounds, "busy": False, "cpu_time_ratio": cpu_ratio, "all_rounds": all_rounds}
+
+
+def print_targets(report: dict, percent_word: str, decimals: int, width: int) -> None:
+    """The load line and the target rows of a speed report (a target whose name holds
+    ``percent_word`` is a share, printed as a percentage with ``decimals``)."""
+    load = report["machine_load"]
+    print(f"load average at the start {report['loadavg_start']}, at the end {report['loadavg_end']}; while timing, "
+          f"other processes took {100 * (load['foreign_share'] or 0):.0f} % of the {load['cpus']} CPUs")
+    for row in report["targets"]:
+        value = row.get("value")
+        shown = "-" if value is None else (f"{100 * value:.{decimals}f} %" if percent_word in row["target"]
+                                           else f"{value:.2f}")
+        print(f"{row['target']:{width}s} {shown:>9s}  {row['status']}")
+
+
+def speed_target(ratio: dict | None, label: str, minimum: float) -> dict:
+    """A speed-up target's row: met / NOT MET over the quiet rounds, busy, or missing."""
+    if ratio is None:
+        return {"target": label, "status": "missing"}
+    if ratio["busy"]:
+        return {"target": label, "value": None, "status": "busy"}
+    return {"target": label, "value": ratio["median"], "status": "met" if ratio["median"] >= minimum else "NOT MET"}

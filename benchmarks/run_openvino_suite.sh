@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The OpenVINO numbers of docs/benchmarks.md section 10 (issue 23), from the shipped weights:
+# The OpenVINO numbers of docs/benchmarks.md section 12 (issue 23), from the shipped weights:
 #   bash benchmarks/run_openvino_suite.sh     (about 20 min on an idle 2-core machine, + waits)
 # Needs the [openvino] extra, and nncf for the NNCF comparison (NNCF=0 skips it).
 # Timing steps first wait (up to WAIT_MAX s) for the 1-minute load average to fall below
@@ -14,13 +14,7 @@ REPEATS=${REPEATS:-2}
 NNCF=${NNCF:-32}
 DATA=$RUNS/sc0
 mkdir -p "$OUT" "$RUNS"
-wait_quiet() {
-  local waited=0
-  while awk -v q="$QUIET_LOAD" '{exit !($1 > q)}' /proc/loadavg && [ "$waited" -lt "$WAIT_MAX" ]; do
-    sleep 15; waited=$((waited + 15))
-  done
-  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (waited ${waited} s)"
-}
+. "$(dirname "$0")/quiet.sh"
 
 # The bundle of the CPU speed runs (benchmarks/run_speed_suite.sh): 512x1024, the refine tail,
 # FP16 graph, U8S8 CPU graph from 32 calibration images.

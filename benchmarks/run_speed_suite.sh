@@ -13,13 +13,7 @@ WAIT_MAX=${WAIT_MAX:-1800}
 REPEATS=${REPEATS:-3}
 DATA=$RUNS/sc0
 mkdir -p "$OUT" "$RUNS"
-wait_quiet() {
-  local waited=0
-  while awk -v q="$QUIET_LOAD" '{exit !($1 > q)}' /proc/loadavg && [ "$waited" -lt "$WAIT_MAX" ]; do
-    sleep 15; waited=$((waited + 15))
-  done
-  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (waited ${waited} s)"
-}
+. "$(dirname "$0")/quiet.sh"
 
 [ -d "$DATA/leftImg8bit" ] || fornet-deploy synthcity --out "$DATA" --train 64 --val 50 --shape 512x1024 --seed 0
 # The default export (model.cpu.onnx with the refine tail) and one with --tail full (model.onnx
