@@ -93,3 +93,6 @@ done
 [ -f "$RESULTS/ablation.json" ] || python benchmarks/ablation.py --data "$CAMVID" --out "$WORK/ablation" \
     --train-split train+val --val-split test --shape 256x256 --iterations "$ABLATION_ITERATIONS" --seeds 0,1 \
     --variants none,topk025,adaptive --json "$RESULTS/ablation.json"
+
+# 9. the section's tables, from the JSON above
+python benchmarks/camvid_tables.py "$RESULTS" > "$RESULTS/tables.md"
