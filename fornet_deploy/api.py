@@ -98,13 +98,16 @@ def synthcity(out: str | Path, train: int = 64, val: int = 16, shape: tuple[int,
 
 def train_model(data: str | Path, out: str | Path, *, resume: bool = False, on_step: Callable | None = None, **options) -> dict:
     """Train FoR-Net (``options``: fields of :class:`~fornet_deploy.train.TrainConfig`; a
-    ``model`` FoRNetConfig or its ``focus`` / ``topk_ratio``); returns the summary."""
+    ``model`` FoRNetConfig or its ``focus`` / ``topk_ratio``; ``init``: a checkpoint to start
+    from); returns the summary."""
     from .model.fornet import FoRNetConfig
     from .train import TrainConfig
     from .train import train as run
 
     model = options.pop("model", None) or FoRNetConfig(
         **{k: options.pop(k) for k in ("focus", "topk_ratio") if k in options})
+    if isinstance(options.get("init"), Path):
+        options["init"] = str(options["init"])
     return run(TrainConfig(data=str(data), out=str(out), model=model, **options), resume=resume, on_step=on_step)
 
 

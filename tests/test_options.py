@@ -3,6 +3,8 @@ defect 9): one line, the usage exit code, nothing written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
@@ -33,7 +35,8 @@ def test_export_options_are_bounded_before_anything_is_written(tmp_path, tiny_ch
     ({"val_interval": 0}, "--val-interval"), ({"lr": float("nan")}, "--lr"), ({"lr": float("inf")}, "--lr"),
     ({"lr": 0.0}, "--lr"), ({"crop_height": 0}, "--crop-height"), ({"crop_width": 10**6}, "--crop-width"),
     ({"scale_min": 2.0, "scale_max": 1.0}, "scale_min"), ({"optimizer": "adam"}, "optimizer"),
-    ({"val_images": 0}, "--val-images"), ({"momentum": 1.5}, "--momentum"),
+    ({"val_images": 0}, "--val-images"), ({"momentum": 1.5}, "--momentum"), ({"init": ""}, "--init"),
+    ({"init": 3}, "--init"),
 ])
 def test_train_options_are_bounded(tmp_path, changes, option):
     with pytest.raises(OptionError, match=option):
@@ -46,6 +49,13 @@ def test_train_refuses_a_bad_topk_ratio_before_writing(tmp_path, tiny_data, topk
         fd.train_model(tiny_data, tmp_path / "run", topk_ratio=topk_ratio, iterations=1)
     with pytest.raises(OptionError, match="--iterations"):
         fd.train_model(tiny_data, tmp_path / "run", iterations=-1)  # exited 0, "trained to iteration -1"
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_model_takes_a_path_to_start_from(tmp_path, tiny_data, tiny_checkpoint):
+    # a Path is taken (as a str would be): the checkpoint is read, and its classes checked
+    with pytest.raises(FornetError, match="architecture|classes"):
+        fd.train_model(tiny_data, tmp_path / "run", init=Path(tiny_checkpoint), iterations=1)
     assert not (tmp_path / "run").exists()
 
 
