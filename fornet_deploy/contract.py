@@ -64,9 +64,22 @@ MAX_PIXELS = 2048 * 4096
 
 # ONNX node-name scopes of the importance map and the Top-K subgraph (module paths as the
 # TorchScript exporter names nodes, e.g. "/focus/selector/score/Conv"), kept FP32 by the FP16
-# converter, the quantizer and TensorRT.
+# converter, the quantizer, TensorRT and OpenVINO's bf16 / f16 inference precision.
 SELECTOR_SCOPE, TOPK_SCOPE = "/focus/selector/", "/focus/topk/"
 FP32_SCOPES = (SELECTOR_SCOPE, TOPK_SCOPE)
+
+
+def in_fp32_scope(node_name: str, scopes: tuple[str, ...] = FP32_SCOPES) -> bool:
+    """Whether a node belongs to the selector/Top-K subgraph.
+
+    Matched anywhere in the name, not as a prefix: the TorchScript exporter names nodes
+    after module paths ("/focus/selector/score/Conv"), and a wrapper module or another
+    exporter may put a prefix in front ("/model/focus/selector/..."); OpenVINO keeps the
+    ONNX names and appends to them ("/focus/selector/score/Conv/WithoutBiases").
+    """
+    return any(scope in node_name for scope in scopes)
+
+
 FOCUS_SCOPE = "/focus/"  # the selector, the Top-K and the branches they gate
 # Nodes of a CPU graph's cheap tail (export/tail.py); the export's own tail (Resize, ArgMax,
 # Casts) has root-level names ("/Resize"): it belongs to no module.

@@ -43,7 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .._version import __version__
 from ..bundle import transaction
-from ..contract import FP32_SCOPES, ONNX_FP16, ONNX_FP32
+from ..contract import FP32_SCOPES, ONNX_FP16, ONNX_FP32, in_fp32_scope
 from ..errors import FornetError
 from .onnx import check_runs, embed_metadata, load_onnx, read_metadata
 
@@ -66,16 +66,6 @@ FIXED_FP32_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2)}
 # Ops that take a float input of any type and set their output type by an attribute:
 # their inputs are left as they are and their outputs keep the attribute's type.
 TYPE_FROM_ATTRIBUTE = ("Cast", "EyeLike", "RandomNormalLike", "RandomUniformLike")
-
-
-def in_fp32_scope(node_name: str, scopes: tuple[str, ...] = FP32_SCOPES) -> bool:
-    """Whether a node belongs to the selector/Top-K subgraph.
-
-    Matched anywhere in the name, not as a prefix: the TorchScript exporter names nodes
-    after module paths ("/focus/selector/score/Conv"), and a wrapper module or another
-    exporter may put a prefix in front ("/model/focus/selector/...").
-    """
-    return any(scope in node_name for scope in scopes)
 
 
 def fp32_scope_nodes(proto: onnx.ModelProto, scopes: tuple[str, ...] = FP32_SCOPES) -> list[str]:

@@ -8,12 +8,35 @@ Precision is explicit: OpenVINO's own default inference precision is bf16 on a C
 BF16 instructions (AVX-512 BF16, AMX) and f16 on a GPU, so the runner always sets
 ``INFERENCE_PRECISION_HINT`` (:data:`INFERENCE_PRECISIONS`) and checks that the compiled model
 reports it (a compiled model at another precision, e.g. bf16 asked on a CPU without BF16, is
-one line, not a bf16 result that was never bf16). ``int8`` sets f32 for what the Q/DQ pairs leave in float, as ONNX
-Runtime runs it: the selector / Top-K subgraph stays FP32 in every quantized artefact
-(bf16 there was no faster, docs/benchmarks.md section 12). ``bf16`` cannot keep it FP32: the
-CPU plugin runs the selector's convolutions in bf16 and its per-node opt-out is not reachable
-from Python, so near-tie Top-K cells swap (parity judges bf16 with the FP16 thresholds, and its
-mask check failed at 99.88 % on SynthCity) while exactly k cells stay selected.
+one line, not a bf16 result that was never bf16). ``int8`` sets f32 for what the Q/DQ pairs
+leave in float, as ONNX Runtime runs it (bf16 there was no faster, docs/benchmarks.md section 12).
+
+The selector / Top-K subgraph runs in f32 under ``bf16`` too, as in every reduced-precision
+artefact: the ops of :func:`fp32_scope_ops` (named after the ONNX nodes of
+:data:`~fornet_deploy.contract.FP32_SCOPES`: the selector's convolutions, the importance map,
+the Top-K search and its tie ranking) carry OpenVINO's "keep this op's precision" rt_info
+attribute (:func:`keep_fp32`), and ``info()`` records what the compiled model runs them at,
+from its runtime model (``fp32_scope_precisions``: a count per runtime precision; a test checks
+that there is no ``bf16`` in it, and that there is without the marks). Unmarked, the CPU plugin ran the
+selector's two convolutions and the tie ranking's ReduceSum and MatMul in bf16: the logits the
+Top-K ranks were rounded to a few hundred distinct values, and the tie ranking's counts, which
+pass 256 (where bf16 stops holding integers) on a map 1024 cells wide, selected k - 1 or k + 1
+cells on an input 8192 wide (a test). The marks do not make ``bf16`` pass parity's FP16
+thresholds: the selector reads features of the bf16 backbone, and the Top-K mask agreement stayed
+where it was (16 SynthCity val images at 512x1024: 99.892 % marked, 99.890 % unmarked; 40
+CamVid test images at 360x480: 99.735 % both), at the same speed.
+
+How (OpenVINO 2026.4 and 2025.4, both checked): the CPU plugin's ``Node`` keeps its op's
+precision when the op's rt_info disables conversion to f16 (``keepOriginalPrecision``;
+src/plugins/intel_cpu/src/node.cpp: ``is_conversion_disabled(op, element::f16)``, the typed
+attribute ``DisablePrecisionConversion`` in 2026.x; ``fp16_compression_is_disabled(op)``, the
+key ``precise_0``, in 2025.x), and ``Graph::EnforceInferencePrecision`` (graph.cpp) leaves such
+nodes alone. Python sets only strings and integers in rt_info, and a string under the 2026 key
+makes ``compile_model`` fail ("Bad as from std::string to ov::DisablePrecisionConversion"), so
+the attributes are made by OpenVINO's own IR reader from a one-op IR (:data:`KEEP_PRECISION_IR`;
+the reader skips the one it does not know) and copied onto the ops with ``Node.set_rt_info``.
+The marks are set at every precision (at f32 there is nothing to keep) and survive the compiled-
+model cache; the GPU plugin's handling of them is not checked here (no Intel GPU).
 
 Devices: ``cpu`` (OpenVINO's ``CPU``), ``gpu`` / ``npu`` (``GPU`` / ``NPU``, passed through when
 OpenVINO sees them; a library caller may name one such as ``GPU.1``), one line when absent.
@@ -45,8 +68,10 @@ Names called (OpenVINO 2025.x-2026.x Python API): ``openvino.Core`` (``available
 device, config)``), ``openvino.Type``, ``openvino.properties.hint.inference_precision`` /
 ``performance_mode`` / ``PerformanceMode.LATENCY``, ``openvino.properties.cache_dir`` /
 ``inference_num_threads`` / ``hint.num_requests``, ``CompiledModel.create_infer_request``,
-``Model.clone`` / ``reshape`` / ``inputs`` / ``outputs``, ``openvino.PartialShape``,
-``InferRequest.infer(inputs, share_inputs, share_outputs)``.
+``Model.clone`` / ``reshape`` / ``inputs`` / ``outputs`` / ``get_ordered_ops``,
+``Node.get_friendly_name`` / ``get_rt_info`` / ``set_rt_info``, ``CompiledModel.get_runtime_model``
+(its ops' ``runtimePrecision`` / ``originalLayersNames``), ``openvino.PartialShape``,
+``openvino.Tensor``, ``InferRequest.infer(inputs, share_inputs, share_outputs)``.
 """
 
 from __future__ import annotations
@@ -54,12 +79,13 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..contract import OPENVINO_CACHE_DIR
+from ..contract import IMPORTANCE, OPENVINO_CACHE_DIR, TOPK_MASK, in_fp32_scope
 from ..errors import FornetError, HardwareError, MissingDependencyError
 from ..io import read_bytes
 from .base import InputSpec, LoadRequest, Runner, RunnerInfo
@@ -68,6 +94,29 @@ from .base import InputSpec, LoadRequest, Runner, RunnerInfo
 INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # Compiled models a runner keeps for a dynamic graph (one per input shape fed, oldest dropped).
 MAX_COMPILED_SHAPES = 8
+
+# The graph outputs computed by the selector / Top-K subgraph.
+SELECTOR_OUTPUTS = (IMPORTANCE, TOPK_MASK)
+
+# A one-op OpenVINO IR whose op carries the rt_info attributes that keep an op at its own
+# precision under a lower inference precision (module docstring, How): OpenVINO's IR reader
+# makes the typed attributes, which Python cannot. DisablePrecisionConversion (2026.x) takes
+# DisabledPrecisionMap's text form, "from:to,to" (any source type; no conversion to bf16 or
+# f16); "precise" (2025.x's DisableFP16Compression) has no value.
+KEEP_PRECISION_OP = "keep_precision"
+KEEP_PRECISION_IR = f"""<?xml version="1.0"?>
+<net name="keep_precision" version="11"><layers>
+<layer id="0" name="x" type="Parameter" version="opset1"><data shape="1" element_type="f32"/>
+<output><port id="0" precision="FP32"><dim>1</dim></port></output></layer>
+<layer id="1" name="{KEEP_PRECISION_OP}" type="ReLU" version="opset1">
+<rt_info><attribute name="DisablePrecisionConversion" version="0" value="dynamic:bf16,f16"/>
+<attribute name="precise" version="0"/></rt_info>
+<input><port id="0" precision="FP32"><dim>1</dim></port></input>
+<output><port id="1" precision="FP32"><dim>1</dim></port></output></layer>
+<layer id="2" name="y" type="Result" version="opset1">
+<input><port id="0" precision="FP32"><dim>1</dim></port></input></layer>
+</layers><edges><edge from-layer="0" from-port="0" to-layer="1" to-port="0"/>
+<edge from-layer="1" from-port="1" to-layer="2" to-port="0"/></edges></net>"""
 
 
 def import_openvino(purpose: str):
@@ -100,6 +149,50 @@ def check_inference_precision(asked: str, compiled: str, device: str) -> None:
                             f"use --precision fp32{where}")
 
 
+def keeps_f32(op_name: str) -> bool:
+    """Whether an op OpenVINO read from a bundle's graph stays f32: one named after an ONNX node
+    of the FP32 scopes (OpenVINO keeps an ONNX node's name, or appends to it:
+    "/focus/selector/score/Conv/WithoutBiases"), or one producing a graph output of the
+    selector, which OpenVINO names after the output ("importance": the selector's Sigmoid)."""
+    return in_fp32_scope(op_name) or op_name in SELECTOR_OUTPUTS
+
+
+def fp32_scope_ops(model) -> list:
+    """The ops of an ``openvino.Model`` that stay f32 (:func:`keeps_f32`)."""
+    return [op for op in model.get_ordered_ops() if keeps_f32(op.get_friendly_name())]
+
+
+def keep_precision_attributes(ov, core) -> dict:
+    """OpenVINO's rt_info attributes that keep an op at its own precision, by key, as its IR
+    reader makes them from :data:`KEEP_PRECISION_IR` (empty if this OpenVINO knows none of
+    them: its IR reader skips an rt_info attribute it does not know)."""
+    model = core.read_model(KEEP_PRECISION_IR, ov.Tensor(np.zeros(0, np.uint8)))
+    op = next(op for op in model.get_ordered_ops() if op.get_friendly_name() == KEEP_PRECISION_OP)
+    rt_info = op.get_rt_info()
+    return {key: rt_info[key] for key in rt_info.keys()}
+
+
+def keep_fp32(model, attributes: dict) -> int:
+    """Marks the :func:`fp32_scope_ops` of ``model`` with ``attributes``; returns how many ops."""
+    ops = fp32_scope_ops(model) if attributes else []
+    for op in ops:
+        for key, value in attributes.items():
+            op.set_rt_info(value, key)
+    return len(ops)
+
+
+def fp32_scope_precisions(runtime_model) -> dict[str, int]:
+    """How many nodes of a compiled model's runtime model that compute (part of) an op of
+    :func:`fp32_scope_ops` run at each precision, e.g. ``{"f32": 91, "i32": 12, "u8": 7}``."""
+    counts: Counter = Counter()
+    for node in runtime_model.get_ordered_ops():
+        rt_info = node.get_rt_info()
+        names = rt_info["originalLayersNames"].astype(str).split(",")
+        if any(keeps_f32(name) for name in names):
+            counts[rt_info["runtimePrecision"].astype(str)] += 1
+    return dict(sorted(counts.items()))
+
+
 class OpenVinoRunner(Runner):
     """Runs an ONNX file with OpenVINO (module docstring: precision, devices, settings, cache).
 
@@ -125,6 +218,7 @@ class OpenVinoRunner(Runner):
         self._device_name = ""
         self._cached = False
         self._ports: dict[str, int] = {}
+        self._fp32_ops = 0  # ops of the FP32 scopes marked to keep f32
 
     @classmethod
     def from_request(cls, request: LoadRequest) -> "OpenVinoRunner":
@@ -151,6 +245,7 @@ class OpenVinoRunner(Runner):
             self._model = self._core.read_model(model_bytes)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError (and subclasses) for what it cannot read
             raise self._error("read", exc) from None
+        self._fp32_ops = keep_fp32(self._model, keep_precision_attributes(ov, self._core))
         self._ports = {port.get_any_name(): i for i, port in enumerate(self._model.outputs)}
         self._device_name = self._core.get_property(self._ov_device, "FULL_DEVICE_NAME")
         shape = self._model.inputs[0].get_partial_shape()
@@ -229,6 +324,8 @@ class OpenVinoRunner(Runner):
                 threads=compiled.get_property(props.inference_num_threads),
                 streams=int(compiled.get_property("NUM_STREAMS")),
                 compile_seconds=self.compile_seconds,
+                fp32_scope_ops=self._fp32_ops,
+                fp32_scope_precisions=fp32_scope_precisions(compiled.get_runtime_model()),
             )
         return RunnerInfo(backend="openvino", precision=self.precision, device=self.device,
                           artifact=self.onnx_path.name, details=details)

@@ -15,11 +15,16 @@ from fornet_deploy.contract import FORMATS, OPENVINO_CACHE_DIR, RUNNERS, RUNTIME
 from fornet_deploy.errors import ExitCode, FornetError, HardwareError, MissingDependencyError, OptionError
 from fornet_deploy.evaluation.parity import THRESHOLDS, parity_bundle
 from fornet_deploy.model.topk import topk_count
+from fornet_deploy.runtimes import openvino_runner
 from fornet_deploy.runtimes.base import Runner
 from fornet_deploy.runtimes.openvino_runner import (
     OpenVinoRunner,
     check_inference_precision,
+    fp32_scope_ops,
     import_openvino,
+    keep_fp32,
+    keep_precision_attributes,
+    keeps_f32,
     openvino_device,
 )
 from fornet_deploy.runtimes.registry import load_runner, runner_class
@@ -43,6 +48,13 @@ def int8_bundle(tmp_path_factory, tiny_data):
 
 def _batch(h: int = 128, w: int = 256, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(1, 3, h, w)).astype(np.float32)
+
+
+def _cpu_runs_bf16() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+needs_bf16 = pytest.mark.skipif(not _cpu_runs_bf16(), reason="this CPU runs no bf16 (the runner refuses it)")
 
 
 def test_openvino_fp32_matches_onnx_runtime_on_the_same_graph(tiny_bundle):
@@ -83,13 +95,71 @@ def test_input_checks_apply(tiny_bundle):
 
 def test_bf16_is_explicit_and_recorded(int8_bundle):
     runner = load_runner(int8_bundle, "openvino", "bf16", "cpu")  # a static graph: compiled on activation
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if _cpu_runs_bf16():
         with runner:
-            assert runner.info().to_dict()["inference_precision"] == "bf16"
+            info = runner.info().to_dict()
+            assert info["inference_precision"] == "bf16" and info["precision"] == "bf16"
+            assert info["fp32_scope_ops"] > 0 and set(info["fp32_scope_precisions"]) >= {"f32"}
             assert runner(_batch())["labels"].shape == (1, 128, 256)
     else:  # OpenVINO would run f32 and call it bf16
         with pytest.raises(HardwareError, match="not the bf16 asked for"):
             runner.activate()
+
+
+def test_which_ops_keep_f32():
+    assert keeps_f32("/focus/selector/score/Conv/WithoutBiases") and keeps_f32("/focus/topk/ReduceSum_19")
+    assert keeps_f32("/model/focus/selector/Sigmoid") and keeps_f32("importance") and keeps_f32("topk_mask")
+    for name in ("/focus/enhance/fold/conv_0/Conv", "/neck/Resize", "coarse_logits", "labels", "/focus/Mul",
+                 "model.focus.selector.score.weight"):  # a weight: a Constant named after its initializer
+        assert not keeps_f32(name), name
+
+
+def test_the_ops_kept_f32_are_the_selector_and_the_topk(int8_bundle):
+    core = ov.Core()
+    model = core.read_model(str(int8_bundle / "model.cpu.onnx"))
+    kept = {op.get_friendly_name(): op.get_type_name() for op in fp32_scope_ops(model)}
+    convolutions = {name for name, kind in kept.items() if kind == "Convolution"}
+    assert convolutions == {f"/focus/selector/{conv}/Conv/WithoutBiases" for conv in ("conv/conv.0", "score")}
+    assert kept["importance"] == "Sigmoid"  # an output's op is named after the output
+    assert kept["/focus/topk/MatMul"] == "MatMul"  # the tie ranking
+    assert not any(name.startswith(("/backbone/", "/neck/", "/head/", "/focus/enhance/")) for name in kept)
+    attributes = keep_precision_attributes(ov, core)
+    assert attributes.keys() & {"DisablePrecisionConversion_0", "precise_0"}  # 2026.x / 2025.x
+    assert keep_fp32(model, {}) == 0 and keep_fp32(model, attributes) == len(kept)
+    op = next(op for op in model.get_ordered_ops() if op.get_friendly_name() in convolutions)
+    assert attributes.keys() <= set(op.get_rt_info().keys())
+
+
+@needs_bf16
+def test_bf16_runs_the_selector_and_topk_in_f32(int8_bundle, monkeypatch):
+    """What the compiled model runs the FP32 scopes' ops at, from its runtime model: f32 with
+    the marks, and bf16 (the selector's convolutions, the tie ranking) without them."""
+    with load_runner(int8_bundle, "openvino", "bf16", "cpu") as runner:
+        marked = runner.info().to_dict()
+    monkeypatch.setattr(openvino_runner, "keep_precision_attributes", lambda ov, core: {})
+    with OpenVinoRunner(int8_bundle / "model.cpu.onnx", precision="bf16") as runner:
+        unmarked = runner.info().to_dict()
+    assert marked["inference_precision"] == unmarked["inference_precision"] == "bf16"
+    assert "bf16" not in marked["fp32_scope_precisions"] and marked["fp32_scope_precisions"]["f32"] > 50
+    assert unmarked["fp32_scope_ops"] == 0 and unmarked["fp32_scope_precisions"]["bf16"] >= 2
+
+
+@needs_bf16
+def test_bf16_selects_exactly_k_cells_where_bf16_counts_would_round(tiny_bundle, monkeypatch):
+    """An input 8192 wide has 1024 cells per row: the Top-K's tie ranking counts past 256, which
+    bf16 does not hold exactly, and the tiny model's flat map ties at the k-th value. Run in
+    bf16 those counts selected k - 1 or k + 1 cells; kept f32 they select exactly k."""
+    inputs = [np.zeros((1, 3, 16, 8192), np.float32), _batch(16, 8192), _batch(64, 8192, seed=1)]
+
+    def cells(runner):
+        return [int(runner(x, outputs=("topk_mask",))["topk_mask"].sum()) for x in inputs]
+
+    k = [topk_count(0.25, x.shape[2] // 8 * x.shape[3] // 8) for x in inputs]
+    with load_runner(tiny_bundle, "openvino", "bf16", "cpu") as runner:
+        assert cells(runner) == k
+    monkeypatch.setattr(openvino_runner, "keep_precision_attributes", lambda ov, core: {})
+    with OpenVinoRunner(tiny_bundle / "model.cpu.onnx", precision="bf16") as runner:
+        assert cells(runner) != k
 
 
 def test_compiled_precision_check():
@@ -124,15 +194,15 @@ def test_compiled_models_are_cached_in_the_bundle(int8_bundle):
     assert sorted(p.name for p in cache.iterdir()) == blobs  # ... and imported the second time
 
 
+@needs_bf16
 def test_the_cache_serves_each_precision_its_own_model(int8_bundle):
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        pytest.skip("this CPU runs no bf16")
     x = _batch()
     with load_runner(int8_bundle, "openvino", "fp32", "cpu") as fp32:  # fills the bundle's cache first
         f32_logits = fp32(x)["coarse_logits"]
     with load_runner(int8_bundle, "openvino", "bf16", "cpu") as cached, \
             OpenVinoRunner(int8_bundle / "model.cpu.onnx", precision="bf16", cache_dir=None) as uncached:
         a, b = cached(x)["coarse_logits"], uncached(x)["coarse_logits"]
+        assert "bf16" not in cached.info().to_dict()["fp32_scope_precisions"]  # the marks survive the blob
     assert np.array_equal(a, b) and not np.array_equal(a, f32_logits)
 
 
