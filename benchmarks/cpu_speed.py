@@ -54,6 +54,7 @@ from fornet_deploy.bench.profile import profile_runner
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import ONNX_FP32, ONNX_INT8_CPU
+from fornet_deploy.data.labels import manifest_label_set
 from fornet_deploy.data.transforms import Preprocessing
 from fornet_deploy.evaluation.evaluate import evaluate_runner
 from fornet_deploy.evaluation.examples import dataset_examples
@@ -192,7 +193,7 @@ def main() -> None:
                                          args.profile_runs)
         if args.eval_images:
             examples = dataset_examples(args.data, "val", pre, args.eval_images)
-            classes = len(bundle.section("classes"))
+            classes = manifest_label_set(bundle.manifest).num_classes
             report["accuracy"] = accuracies({n: runners[n] for n in ("torch", "ort_fp32", "ort_int8") if n in runners},
                                             examples, classes)
     for runner in runners.values():

@@ -46,6 +46,7 @@ from fornet_deploy.bench.load import loadavg
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import FP32_SCOPES, ONNX_CPU, ONNX_FP16, ONNX_INT8_CPU, TOPK_MASK
+from fornet_deploy.data.labels import manifest_label_set
 from fornet_deploy.data.transforms import Preprocessing
 from fornet_deploy.evaluation.agreement import compare_outputs
 from fornet_deploy.evaluation.evaluate import fixed_topk_ratio
@@ -199,7 +200,7 @@ def main() -> None:
     report["loadavg_end"] = loadavg()
     if args.eval_images:
         examples = list(dataset_examples(args.data, "val", pre, args.eval_images))
-        report["accuracy"] = accuracy(calls, examples, len(bundle.section("classes")),
+        report["accuracy"] = accuracy(calls, examples, manifest_label_set(bundle.manifest).num_classes,
                                       fixed_topk_ratio(bundle.section("topk")))
     for runner in runners.values():
         runner.deactivate()

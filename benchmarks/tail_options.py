@@ -39,6 +39,7 @@ from fornet_deploy.bench.profile import profile_runner
 from fornet_deploy.bench.sysinfo import describe_machine
 from fornet_deploy.bundle import Bundle
 from fornet_deploy.contract import LABELS, ONNX_FP32, ONNX_INT8_CPU, TAILS
+from fornet_deploy.data.labels import manifest_label_set
 from fornet_deploy.data.transforms import Preprocessing
 from fornet_deploy.evaluation.examples import dataset_examples
 from fornet_deploy.evaluation.metrics import SegmentationMetrics
@@ -109,7 +110,7 @@ def main() -> None:
 
     bundle = Bundle.open(args.bundle)
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
-    classes = len(bundle.section("classes"))
+    classes = manifest_label_set(bundle.manifest).num_classes
     examples = list(dataset_examples(args.data, "val", pre, args.num_images))
     report = {"created": now_iso(), "bundle": str(args.bundle), "data": str(args.data), "images": len(examples),
               "shape": list(examples[0].batch.shape), "threads": args.threads, "graphs": {}}
