@@ -81,15 +81,16 @@ def raw_openvino(model, precision: str, threads: int) -> Callable:
     return run
 
 
-def nncf_int8(bundle: Bundle, data: Path, num: int):
-    """NNCF's INT8 of ``model.cpu.onnx`` (an OpenVINO model), calibrated on ``calibrate``'s images."""
+def nncf_int8(bundle: Bundle, data: Path, num: int, size: tuple[int, int]):
+    """NNCF's INT8 of ``model.cpu.onnx`` (an OpenVINO model), calibrated on ``calibrate``'s images
+    at the network input ``size``."""
     import nncf
     import openvino as ov
 
     from fornet_deploy.calibration.calibset import CalibrationSet
 
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
-    images = list(CalibrationSet.select(data, pre, num=num, seed=0).batches())
+    images = list(CalibrationSet.select(data, pre, size, num=num, seed=0).batches())
     model = ov.Core().read_model(bundle.path(ONNX_CPU).read_bytes())
     ignored = nncf.IgnoredScope(patterns=[f"{scope}.*" for scope in FP32_SCOPES], validate=False)
     return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), ignored_scope=ignored)
@@ -185,7 +186,7 @@ def main() -> None:
                                                   args.threads)
         artefacts["raw_ov_fp16_graph"] = f"{ONNX_FP16} (openvino, bf16)"
     if args.nncf:
-        quantized = nncf_int8(bundle, args.data, args.nncf)
+        quantized = nncf_int8(bundle, args.data, args.nncf, tuple(batches[0].shape[2:]))
         for name, precision in (("raw_nncf_int8", "f32"), ("raw_nncf_int8_bf16", "bf16")):
             calls[name] = raw_openvino(quantized, precision, args.threads)
             artefacts[name] = f"NNCF INT8 of {ONNX_CPU}, {args.nncf} calibration images (openvino, {precision})"
