@@ -52,7 +52,11 @@ def read_bytes(path: str | Path, what: str, max_bytes: int | None = None, sha256
     the caller loads is then exactly what was checked)."""
     path = Path(path)
     if not path.is_file():
-        raise FornetError(f"{what} {path} does not exist")
+        try:
+            kind = _kind(os.stat(path).st_mode)  # there, and not a file: say what it is
+        except OSError:
+            raise FornetError(f"{what} {path} does not exist") from None
+        raise FornetError(f"{what} {path} is {kind}, not a file")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 import zlib
@@ -24,6 +25,7 @@ from fornet_deploy.io import (
     find_files,
     folder_lock,
     image_size,
+    read_bytes,
     read_image,
     read_image_size,
 )
@@ -156,3 +158,19 @@ def test_a_folder_that_cannot_hold_the_write_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FornetError, match="cannot write .*afile/out.json: File exists"):
         atomic_write_bytes(tmp_path / "afile" / "out.json", b"{}")
+
+
+def test_read_bytes_says_what_is_there_instead_of_a_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # a read would block until a writer came: refused before opening
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "folder")
+    cases = {"missing": "does not exist", "fifo": "is a FIFO, not a file", "folder": "is a folder, not a file",
+             "link": "is a folder, not a file", "dangling": "does not exist"}
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name, message in cases.items():
+        with pytest.raises(FornetError, match=f"^checkpoint {re.escape(str(tmp_path / name))} {message}$"):
+            read_bytes(tmp_path / name, "checkpoint")
+    with pytest.raises(FornetError, match="is a character device, not a file"):
+        read_bytes(private_char_device(tmp_path), "checkpoint")
+    (tmp_path / "file").write_bytes(b"weights")
+    assert read_bytes(tmp_path / "link" / ".." / "file", "checkpoint") == b"weights"
