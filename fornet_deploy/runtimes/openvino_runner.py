@@ -38,6 +38,15 @@ the reader skips the one it does not know) and copied onto the ops with ``Node.s
 The marks are set at every precision (at f32 there is nothing to keep) and survive the compiled-
 model cache; the GPU plugin's handling of them is not checked here (no Intel GPU).
 
+ArgMax on the CPU: OpenVINO makes an ONNX ``ArgMax`` a ``TopK`` with k = 1, and the CPU plugin's
+TopK over a short class axis was the single slowest node of the CPU graphs' refine tail (5.3 of
+36.8 ms on the U8S8 graph at 512x1024). :func:`argmax_by_reductions` computes it as
+``ReduceMin(Select(x == ReduceMax(x), index, C - 1))`` instead: the same answer, ties to the
+lowest index included (a test against numpy on data full of ties, and the bundle's outputs bit
+for bit against the unrewritten graph), recorded as ``argmax_by_reductions`` in ``info()``. The
+ONNX graphs are not changed: ONNX Runtime's ArgMax is fast, and those reductions were 6x slower
+there.
+
 Devices: ``cpu`` (OpenVINO's ``CPU``), ``gpu`` / ``npu`` (``GPU`` / ``NPU``, passed through when
 OpenVINO sees them; a library caller may name one such as ``GPU.1``), one line when absent.
 
@@ -193,6 +202,47 @@ def fp32_scope_precisions(runtime_model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def argmax_by_reductions(model, attributes: dict) -> int:
+    """Rewrites every ArgMax of ``model`` (an ``openvino.Model`` read from ONNX: OpenVINO makes
+    an ONNX ArgMax a ``TopK`` with k = 1 whose values nobody reads) as the first index of the
+    maximum: ``ReduceMin(Select(x == ReduceMax(x), 0..C-1, C - 1))`` over the same axis, which
+    is ArgMax's answer, ties to the lowest index included. Why: the CPU plugin's TopK took
+    5.3 ms of 36.8 on the U8S8 graph at 512x1024 (the refine tail's argmax over 19 classes of
+    about 4 300 blocks x 16 pixels; ONNX Runtime's ArgMax of that tensor, 0.66 ms), the
+    reductions a third of that (docs/benchmarks.md section 12). The new ops carry
+    ``attributes`` (:func:`keep_fp32`'s, under bf16 / f16): the compare and the maximum then
+    run at one precision, whatever the inference precision. Returns how many were rewritten."""
+    import openvino.opset13 as ops
+
+    rewritten = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "TopK" or op.output(0).get_target_inputs():
+            continue
+        attrs, data, k = op.get_attributes(), op.input_value(0), op.input_value(1).get_node()
+        rank = data.get_partial_shape().rank
+        if attrs.get("mode") != "max" or k.get_type_name() != "Constant" or k.get_data().size != 1 \
+                or int(k.get_data().reshape(-1)[0]) != 1 or not rank.is_static:
+            continue
+        axis = int(attrs["axis"]) % rank.get_length()
+        size = data.get_partial_shape()[axis]
+        if not size.is_static:
+            continue
+        classes, axes = size.get_length(), np.array([axis], np.int64)
+        positions = np.arange(classes, dtype=np.int32).reshape([classes if d == axis else 1
+                                                                for d in range(rank.get_length())])
+        largest = ops.reduce_max(data, axes, keep_dims=True)
+        where = ops.select(ops.equal(data, largest), ops.constant(positions),
+                           ops.constant(np.array(classes - 1, np.int32)))  # NaN everywhere: the last, not C
+        first = ops.convert(ops.reduce_min(where, axes, keep_dims=True), attrs["index_element_type"])
+        for node in (largest, where, first, first.input_value(0).get_node(), where.input_value(0).get_node()):
+            for key, value in attributes.items():
+                node.set_rt_info(value, key)
+        for target in list(op.output(1).get_target_inputs()):
+            target.replace_source_output(first.output(0))
+        rewritten += 1
+    return rewritten
+
+
 class OpenVinoRunner(Runner):
     """Runs an ONNX file with OpenVINO (module docstring: precision, devices, settings, cache).
 
@@ -219,6 +269,7 @@ class OpenVinoRunner(Runner):
         self._cached = False
         self._ports: dict[str, int] = {}
         self._fp32_ops = 0  # ops of the FP32 scopes marked to keep f32
+        self._argmax_rewritten = 0  # ArgMax ops computed by reductions (argmax_by_reductions)
 
     @classmethod
     def from_request(cls, request: LoadRequest) -> "OpenVinoRunner":
@@ -245,7 +296,12 @@ class OpenVinoRunner(Runner):
             self._model = self._core.read_model(model_bytes)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError (and subclasses) for what it cannot read
             raise self._error("read", exc) from None
-        self._fp32_ops = keep_fp32(self._model, keep_precision_attributes(ov, self._core))
+        keep = keep_precision_attributes(ov, self._core)
+        self._fp32_ops = keep_fp32(self._model, keep)
+        # measured on the CPU plugin only (its TopK is the slow one); the marks matter only under
+        # an inference precision below f32
+        lower = keep if INFERENCE_PRECISIONS[self.precision] != "f32" else {}
+        self._argmax_rewritten = argmax_by_reductions(self._model, lower) if self._ov_device == "CPU" else 0
         self._ports = {port.get_any_name(): i for i, port in enumerate(self._model.outputs)}
         self._device_name = self._core.get_property(self._ov_device, "FULL_DEVICE_NAME")
         shape = self._model.inputs[0].get_partial_shape()
@@ -325,6 +381,7 @@ class OpenVinoRunner(Runner):
                 streams=int(compiled.get_property("NUM_STREAMS")),
                 compile_seconds=self.compile_seconds,
                 fp32_scope_ops=self._fp32_ops,
+                argmax_by_reductions=self._argmax_rewritten,
                 fp32_scope_precisions=fp32_scope_precisions(compiled.get_runtime_model()),
             )
         return RunnerInfo(backend="openvino", precision=self.precision, device=self.device,

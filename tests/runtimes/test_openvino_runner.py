@@ -19,6 +19,7 @@ from fornet_deploy.runtimes import openvino_runner
 from fornet_deploy.runtimes.base import Runner
 from fornet_deploy.runtimes.openvino_runner import (
     OpenVinoRunner,
+    argmax_by_reductions,
     check_inference_precision,
     fp32_scope_ops,
     import_openvino,
@@ -354,3 +355,54 @@ def test_bf16_is_a_precision_parity_and_eval_take_from_the_command_line(int8_bun
         assert report["thresholds"]["min_mask_agreement"] == THRESHOLDS["fp16"].min_mask_agreement
     else:
         assert report["runner"]["precision"] == "bf16" and report["runner"]["inference_precision"] == "bf16"
+
+
+def _argmax_model(shape: tuple[int, ...], axis: int, keepdims: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ArgMax", ["x"], ["y"], axis=axis, keepdims=keepdims)], "argmax",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("shape, axis, keepdims", [((16, 300, 19), 2, 0), ((1, 19, 8, 12), 1, 0), ((2, 5, 7), -1, 1),
+                                                   ((4, 3, 6), 0, 0)])
+def test_argmax_by_reductions_is_argmax_ties_to_the_lowest_index(shape, axis, keepdims):
+    """The rewrite gives ONNX ArgMax's answer (numpy's: the first maximum) on data full of ties,
+    each precision's marks or none; OpenVINO's own TopK gives the same (the reference is right)."""
+    core = ov.Core()
+    onnx_bytes = _argmax_model(shape, axis, keepdims)
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 3, size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32),
+            np.zeros(shape, np.float32)]
+    for attributes in ({}, keep_precision_attributes(ov, core)):
+        original, rewritten = core.read_model(onnx_bytes), core.read_model(onnx_bytes)
+        assert argmax_by_reductions(rewritten, attributes) == 1
+        runs = [core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": ov.Type.f32}).create_infer_request()
+                for m in (original, rewritten)]
+        for x in data:
+            expected = np.argmax(x, axis=axis)
+            if keepdims:
+                expected = np.expand_dims(expected, axis)
+            for run in runs:
+                np.testing.assert_array_equal(run.infer({0: x})[0], expected)
+
+
+def test_the_runner_computes_argmax_without_topk(int8_bundle, monkeypatch):
+    """Every graph of the bundle: no TopK left in what the CPU plugin runs (the slow kernel),
+    the outputs identical to the unrewritten graph's, bit for bit."""
+    x = _batch()
+    for artifact, precision in (("model.cpu.onnx", "fp32"), ("model.int8.cpu.onnx", "int8"), ("model.onnx", "fp32")):
+        with OpenVinoRunner(int8_bundle / artifact, precision=precision, cache_dir=None) as runner:
+            rewritten, info = runner(x), runner.info().to_dict()
+            runtime = list(runner._compiled.values())[-1][0].get_runtime_model()
+            kinds = {op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ordered_ops()}
+        assert info["argmax_by_reductions"] >= 1 and "TopK" not in kinds, artifact
+        with monkeypatch.context() as patch:
+            patch.setattr(openvino_runner, "argmax_by_reductions", lambda model, attributes: 0)
+            with OpenVinoRunner(int8_bundle / artifact, precision=precision, cache_dir=None) as runner:
+                original = runner(x)
+        assert original.keys() == rewritten.keys()
+        for name in original:
+            np.testing.assert_array_equal(original[name], rewritten[name], err_msg=f"{artifact}: {name}")
