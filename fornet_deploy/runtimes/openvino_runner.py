@@ -16,7 +16,9 @@ artefact: the ops of :func:`fp32_scope_ops` (named after the ONNX nodes of
 :data:`~fornet_deploy.contract.FP32_SCOPES`: the selector's convolutions, the importance map,
 the Top-K search and its tie ranking) carry OpenVINO's "keep this op's precision" rt_info
 attribute (:func:`keep_fp32`), and ``info()`` records what the compiled model runs them at,
-from its runtime model (``fp32_scope_precisions``: a count per runtime precision; a test checks
+from its runtime model (:func:`fp32_scope_precisions`: a count per runtime precision, read by the
+tests in a child process and not by ``info()``: a suite that read runtime models in its own
+process died of SIGSEGV tests later; a test checks
 that there is no ``bf16`` in it, and that there is without the marks). Unmarked, the CPU plugin ran the
 selector's two convolutions and the tie ranking's ReduceSum and MatMul in bf16: the logits the
 Top-K ranks were rounded to a few hundred distinct values, and the tie ranking's counts, which
@@ -382,7 +384,6 @@ class OpenVinoRunner(Runner):
                 compile_seconds=self.compile_seconds,
                 fp32_scope_ops=self._fp32_ops,
                 argmax_by_reductions=self._argmax_rewritten,
-                fp32_scope_precisions=fp32_scope_precisions(compiled.get_runtime_model()),
             )
         return RunnerInfo(backend="openvino", precision=self.precision, device=self.device,
                           artifact=self.onnx_path.name, details=details)
