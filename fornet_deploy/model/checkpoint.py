@@ -162,8 +162,7 @@ def read_checkpoint_header(path: str | Path) -> tuple[FoRNetConfig, Any]:
 
 
 def read_checkpoint_config(path: str | Path) -> FoRNetConfig:
-    data = read_bytes(path, "checkpoint", MAX_FILE_BYTES)
-    return _config(_metadata(data, path, CHECKPOINT_FORMAT, "checkpoint"), path, "checkpoint")
+    return read_checkpoint_header(path)[0]
 
 
 # Training state ------------------------------------------------------------------------

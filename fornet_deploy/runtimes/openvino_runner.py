@@ -15,11 +15,10 @@ The selector / Top-K subgraph runs in f32 under ``bf16`` too, as in every reduce
 artefact: the ops of :func:`fp32_scope_ops` (named after the ONNX nodes of
 :data:`~fornet_deploy.contract.FP32_SCOPES`: the selector's convolutions, the importance map,
 the Top-K search and its tie ranking) carry OpenVINO's "keep this op's precision" rt_info
-attribute (:func:`keep_fp32`), and ``info()`` records what the compiled model runs them at,
-from its runtime model (:func:`fp32_scope_precisions`: a count per runtime precision, read by the
-tests in a child process and not by ``info()``: a suite that read runtime models in its own
-process died of SIGSEGV tests later; a test checks
-that there is no ``bf16`` in it, and that there is without the marks). Unmarked, the CPU plugin ran the
+attribute (:func:`keep_fp32`); ``info()`` records how many ops were marked. What the compiled
+model runs them at is in its runtime model (:func:`fp32_scope_precisions`: a count per runtime
+precision), which the tests read in a child process (a test checks that there is no ``bf16`` in
+it, and that there is without the marks); ``info()`` does not read it. Unmarked, the CPU plugin ran the
 selector's two convolutions and the tie ranking's ReduceSum and MatMul in bf16: the logits the
 Top-K ranks were rounded to a few hundred distinct values, and the tie ranking's counts, which
 pass 256 (where bf16 stops holding integers) on a map 1024 cells wide, selected k - 1 or k + 1
