@@ -55,7 +55,7 @@ from fornet_deploy.evaluation.metrics import SegmentationMetrics
 from fornet_deploy.evaluation.postprocess import predicted_labels
 from fornet_deploy.io import atomic_write_json, now_iso
 from fornet_deploy.model.topk import topk_count
-from fornet_deploy.runtimes.openvino_runner import OpenVinoRunner
+from fornet_deploy.runtimes.openvino_runner import OpenVinoRunner, openvino_core
 from fornet_deploy.runtimes.registry import load_runner, resolve_format
 
 REFERENCE = "ort_fp32"
@@ -69,7 +69,7 @@ def raw_openvino(model, precision: str, threads: int) -> Callable:
     """An OpenVINO-compiled model at ``precision`` (f32 / bf16), outside the toolkit's runner."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+    compiled = openvino_core(ov).compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                       "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
     names = [port.get_any_name() for port in compiled.outputs]
@@ -91,7 +91,7 @@ def nncf_int8(bundle: Bundle, data: Path, num: int, size: tuple[int, int]):
 
     pre = Preprocessing.from_dict(bundle.section("preprocessing"))
     images = list(CalibrationSet.select(data, pre, size, num=num, seed=0).batches())
-    model = ov.Core().read_model(bundle.path(ONNX_CPU).read_bytes())
+    model = openvino_core(ov).read_model(bundle.path(ONNX_CPU).read_bytes())
     ignored = nncf.IgnoredScope(patterns=[f"{scope}.*" for scope in FP32_SCOPES], validate=False)
     return nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), ignored_scope=ignored)
 
@@ -177,7 +177,7 @@ def main() -> None:
     artefacts = {name: f"{i['artifact']} ({i['backend']}, {i.get('inference_precision', i['precision'])})"
                  for name, i in info.items()}
     calls: dict[str, Callable] = dict(runners)
-    core = ov.Core()
+    core = openvino_core(ov)
     calls["raw_ov_int8_bf16"] = raw_openvino(core.read_model(bundle.path(ONNX_INT8_CPU).read_bytes()), "bf16",
                                              args.threads)
     artefacts["raw_ov_int8_bf16"] = f"{ONNX_INT8_CPU} (openvino, bf16 outside Q/DQ)"

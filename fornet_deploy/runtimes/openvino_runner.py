@@ -15,10 +15,9 @@ The selector / Top-K subgraph runs in f32 under ``bf16`` too, as in every reduce
 artefact: the ops of :func:`fp32_scope_ops` (named after the ONNX nodes of
 :data:`~fornet_deploy.contract.FP32_SCOPES`: the selector's convolutions, the importance map,
 the Top-K search and its tie ranking) carry OpenVINO's "keep this op's precision" rt_info
-attribute (:func:`keep_fp32`); ``info()`` records how many ops were marked. What the compiled
-model runs them at is in its runtime model (:func:`fp32_scope_precisions`: a count per runtime
-precision), which the tests read in a child process (a test checks that there is no ``bf16`` in
-it, and that there is without the marks); ``info()`` does not read it. Unmarked, the CPU plugin ran the
+attribute (:func:`keep_fp32`), and ``info()`` records what the compiled model runs them at,
+from its runtime model (``fp32_scope_precisions``: a count per runtime precision; a test checks
+that there is no ``bf16`` in it, and that there is without the marks). Unmarked, the CPU plugin ran the
 selector's two convolutions and the tie ranking's ReduceSum and MatMul in bf16: the logits the
 Top-K ranks were rounded to a few hundred distinct values, and the tie ranking's counts, which
 pass 256 (where bf16 stops holding integers) on a map 1024 cells wide, selected k - 1 or k + 1
@@ -73,6 +72,16 @@ per-user state; a bundle folder that cannot be written runs without the cache, a
 whose ``openvino_cache`` is not a plain folder in it (a symbolic link would have OpenVINO write
 its blobs outside the bundle: nothing is written through one, docs/reliability.md).
 
+One ``openvino.Core`` serves every runner of a process (:func:`openvino_core`). OpenVINO's CPU
+plugin, made once per Core, swaps the calling thread's alternate signal stack for one of its own
+when it is made and, when it is destroyed, puts back the stack it found and unmaps its own
+(``SigAltStackSetup``, src/plugins/intel_cpu/src/plugin.cpp / sigstack_manager.cpp). Two Cores
+destroyed in the order they were made (a runner closed while the next one's Core exists, a
+Core freed late by the garbage collector) leave the thread on the first one's unmapped stack,
+and Python runs its signal handlers on that stack (``SA_ONSTACK``): the next Ctrl-C killed the
+process with SIGSEGV instead of raising ``KeyboardInterrupt`` (OpenVINO 2026.4, a test). One
+Core for the life of the process makes one CPU plugin, once.
+
 Names called (OpenVINO 2025.x-2026.x Python API): ``openvino.Core`` (``available_devices``,
 ``get_property(device, "FULL_DEVICE_NAME")``, ``read_model(bytes)``, ``compile_model(model,
 device, config)``), ``openvino.Type``, ``openvino.properties.hint.inference_precision`` /
@@ -86,6 +95,7 @@ device, config)``), ``openvino.Type``, ``openvino.properties.hint.inference_prec
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -136,6 +146,12 @@ def import_openvino(purpose: str):
     except ImportError:
         raise MissingDependencyError("openvino", "openvino", purpose) from None
     return openvino
+
+
+@functools.cache
+def openvino_core(ov):
+    """The process's one ``openvino.Core`` (module docstring: why one)."""
+    return ov.Core()
 
 
 def openvino_device(device: str, available: Sequence[str]) -> str:
@@ -289,7 +305,7 @@ class OpenVinoRunner(Runner):
 
     def _activate_impl(self) -> None:
         ov = self._ov = import_openvino("the OpenVINO runner")
-        self._core = ov.Core()
+        self._core = openvino_core(ov)
         self._ov_device = openvino_device(self.device, self._core.available_devices)
         model_bytes = read_bytes(self.onnx_path, "ONNX file", sha256=self.sha256)
         self._cached = self._cache_ready()
@@ -383,6 +399,7 @@ class OpenVinoRunner(Runner):
                 compile_seconds=self.compile_seconds,
                 fp32_scope_ops=self._fp32_ops,
                 argmax_by_reductions=self._argmax_rewritten,
+                fp32_scope_precisions=fp32_scope_precisions(compiled.get_runtime_model()),
             )
         return RunnerInfo(backend="openvino", precision=self.precision, device=self.device,
                           artifact=self.onnx_path.name, details=details)
