@@ -87,6 +87,36 @@ def give_plain_file_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def plain_folder_below(root: str | Path, folder: str | Path) -> bool:
+    """Make ``folder`` (below ``root``) one level at a time, never through a symbolic link:
+    whether every level below ``root`` is now a plain folder. A runtime's cache (OpenVINO's
+    compiled blobs, ONNX Runtime's TensorRT engines) is written into such a folder or not at
+    all: a level that is a link to a folder elsewhere would have the runtime write there, and
+    ``mkdir(parents=True, exist_ok=True)`` follows it. False, not an error, for a link, a file,
+    a folder outside ``root`` or one that cannot be made (a read-only bundle): the caller runs
+    without the cache."""
+    root, folder = Path(root), Path(folder)
+    try:
+        levels = folder.relative_to(root).parts
+    except ValueError:
+        return False
+    current = root
+    for level in levels:
+        current = current / level
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+    return bool(levels)
+
+
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -25,6 +25,7 @@ from fornet_deploy.io import (
     find_files,
     folder_lock,
     image_size,
+    plain_folder_below,
     read_bytes,
     read_image,
     read_image_size,
@@ -174,3 +175,21 @@ def test_read_bytes_says_what_is_there_instead_of_a_file(tmp_path):
         read_bytes(private_char_device(tmp_path), "checkpoint")
     (tmp_path / "file").write_bytes(b"weights")
     assert read_bytes(tmp_path / "link" / ".." / "file", "checkpoint") == b"weights"
+
+
+def test_plain_folder_below_makes_each_level_and_never_goes_through_a_link(tmp_path):
+    root, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    assert plain_folder_below(root, root / "cache" / "graph") and (root / "cache" / "graph").is_dir()
+    assert plain_folder_below(root, root / "cache" / "graph")  # again: already there
+    for link_at in ("linked", "leaf"):  # a link at the first level, then at the last
+        target = root / "cache" / "leaf" if link_at == "leaf" else root / "linked"
+        target.symlink_to(elsewhere, target_is_directory=True)
+        assert not plain_folder_below(root, target / "graph" if link_at == "linked" else target)
+        assert list(elsewhere.iterdir()) == [], link_at
+    (root / "file").write_text("x")
+    assert not plain_folder_below(root, root / "file") and not plain_folder_below(root, root / "file" / "below")
+    assert not plain_folder_below(root, tmp_path / "outside") and not (tmp_path / "outside").exists()
+    assert not plain_folder_below(root, root)  # no level below the root
+    assert not plain_folder_below(tmp_path / "missing", tmp_path / "missing" / "cache")

@@ -96,8 +96,6 @@ device, config)``), ``openvino.Type``, ``openvino.properties.hint.inference_prec
 from __future__ import annotations
 
 import functools
-import os
-import stat
 import time
 from collections import Counter
 from pathlib import Path
@@ -107,7 +105,7 @@ import numpy as np
 
 from ..contract import IMPORTANCE, OPENVINO_CACHE_DIR, TOPK_MASK, in_fp32_scope
 from ..errors import FornetError, HardwareError, MissingDependencyError
-from ..io import read_bytes
+from ..io import plain_folder_below, read_bytes
 from .base import InputSpec, LoadRequest, Runner, RunnerInfo
 
 # --precision -> OpenVINO's inference precision (its element type name).
@@ -264,7 +262,8 @@ class OpenVinoRunner(Runner):
     """Runs an ONNX file with OpenVINO (module docstring: precision, devices, settings, cache).
 
     ``sha256``: the hash the file must have, checked on the bytes OpenVINO reads.
-    ``cache_dir``: OpenVINO's compiled-model cache (None: no cache).
+    ``cache_dir``: OpenVINO's compiled-model cache (None: no cache), a plain folder (made if
+    missing) in a folder that exists; anything else runs without the cache.
     """
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
@@ -308,7 +307,7 @@ class OpenVinoRunner(Runner):
         self._core = openvino_core(ov)
         self._ov_device = openvino_device(self.device, self._core.available_devices)
         model_bytes = read_bytes(self.onnx_path, "ONNX file", sha256=self.sha256)
-        self._cached = self._cache_ready()
+        self._cached = self.cache_dir is not None and plain_folder_below(self.cache_dir.parent, self.cache_dir)
         try:
             self._model = self._core.read_model(model_bytes)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError (and subclasses) for what it cannot read
@@ -350,16 +349,6 @@ class OpenVinoRunner(Runner):
             self._compiled.pop(next(iter(self._compiled)))
         self._compiled[shape] = (compiled, compiled.create_infer_request())
         return self._compiled[shape][1]
-
-    def _cache_ready(self) -> bool:
-        if self.cache_dir is None:
-            return False
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            # lstat: a link to a folder elsewhere passes mkdir(exist_ok=True) and is not the bundle's
-            return stat.S_ISDIR(os.lstat(self.cache_dir).st_mode)
-        except OSError:  # a read-only bundle, or a file where the folder goes: no cache
-            return False
 
     def _deactivate_impl(self) -> None:
         self._compiled = {}  # frees the compiled models and their threads

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..contract import NVIDIA_DEVICES, ORT_TRT_CACHE_DIR
 from ..errors import FornetError, HardwareError, MissingDependencyError, PackageClashError
-from ..io import read_bytes
+from ..io import plain_folder_below, read_bytes
 from .base import InputSpec, LoadRequest, Runner, RunnerInfo
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -124,8 +124,11 @@ class OrtRunner(Runner):
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  cache_dir: str | Path | None = None, gpu: int = 0, sha256: str | None = None,
-                 profile_dir: str | Path | None = None):
+                 profile_dir: str | Path | None = None, cache_root: str | Path | None = None):
         """``sha256``: the hash the file must have, checked on the bytes the session loads.
+        ``cache_dir``: the TensorRT EP's engine cache, used only where every level of it below
+        ``cache_root`` (default: its parent, which must exist) is a plain folder, made if
+        missing (:func:`~fornet_deploy.io.plain_folder_below`); else no engine cache.
         ``profile_dir``: run with ONNX Runtime's profiler on, writing the trace
         (:meth:`end_profiling`) and the optimised graph (``optimized_model_path``) there."""
         super().__init__(f"ort-{precision}")
@@ -134,7 +137,10 @@ class OrtRunner(Runner):
         self.device = device
         self.precision = precision
         self.threads = threads
-        self.cache_dir = cache_dir
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_root = Path(cache_root) if cache_root is not None else \
+            (self.cache_dir.parent if self.cache_dir is not None else None)
+        self._engine_cache = False  # whether the TensorRT EP caches its engines (activate)
         self.gpu = gpu
         self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         self.session = None
@@ -147,7 +153,7 @@ class OrtRunner(Runner):
         device = request.ort_device or ("cuda" if request.device in NVIDIA_DEVICES else "cpu")
         return cls(request.path, device=device, precision=request.precision, threads=request.threads,
                    cache_dir=request.bundle_root / ORT_TRT_CACHE_DIR / request.sha256[:16], gpu=request.gpu,
-                   sha256=request.sha256, profile_dir=request.profile_dir)
+                   sha256=request.sha256, profile_dir=request.profile_dir, cache_root=request.bundle_root)
 
     @property
     def optimized_model_path(self) -> Path | None:
@@ -169,17 +175,23 @@ class OrtRunner(Runner):
             options.enable_profiling = True
             options.profile_file_prefix = str(self.profile_dir / "ort_profile")
             options.optimized_model_filepath = str(self.optimized_model_path)
+        self._engine_cache = self._engine_cache_ready(providers)
         provider_options = [self._provider_options(p) for p in providers]
-        if TENSORRT in providers and self.cache_dir:
-            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         try:
             self.session = ort.InferenceSession(model, options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise FornetError(f"ONNX Runtime cannot load {self.onnx_path}: {str(exc).splitlines()[0][:200]}") from None
         self._output_names = [o.name for o in self.session.get_outputs()]
 
+    def _engine_cache_ready(self, providers: Sequence[str]) -> bool:
+        """Whether the TensorRT EP caches its engines: only in a plain folder of the bundle
+        (:func:`~fornet_deploy.io.plain_folder_below`; a link there would have it write engines
+        elsewhere); without the cache it builds them at every session."""
+        return TENSORRT in providers and self.cache_dir is not None \
+            and plain_folder_below(self.cache_root, self.cache_dir)
+
     def _provider_options(self, provider: str) -> dict:
-        if provider == TENSORRT and self.cache_dir:
+        if provider == TENSORRT and self._engine_cache:
             # Engines built by the TensorRT EP are cached beside the bundle: the first
             # session builds (minutes), later ones load.
             return {"device_id": str(self.gpu), "trt_engine_cache_enable": "True",
@@ -218,5 +230,7 @@ class OrtRunner(Runner):
         device = "cpu" if providers[:1] == [CPU] else providers[0] if providers else self.device
         return RunnerInfo(
             backend="onnxruntime", precision=self.precision, device=device, artifact=self.onnx_path.name,
-            details={"onnxruntime": ort.__version__, "providers": providers, "threads": self.threads},
+            details={"onnxruntime": ort.__version__, "providers": providers, "threads": self.threads,
+                     **({"trt_engine_cache": str(self.cache_dir) if self._engine_cache else None}
+                        if TENSORRT in providers else {})},
         )

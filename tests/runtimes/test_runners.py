@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
 from fornet_deploy.bundle import Bundle
-from fornet_deploy.contract import FORMATS
+from fornet_deploy.contract import FORMATS, ORT_TRT_CACHE_DIR
 from fornet_deploy.errors import (
     ExitCode,
     FornetError,
@@ -76,6 +77,31 @@ def test_cuda_provider_keeps_fp32_fp32(tiny_bundle):
     runner = OrtRunner(tiny_bundle / "model.onnx", device="cuda", gpu=1)
     assert runner._provider_options(CUDA) == {"device_id": "1", "use_tf32": "0"}  # ORT's default is TF32 on
     assert runner._provider_options(CPU) == {}
+
+
+def test_the_tensorrt_engine_cache_is_never_written_through_a_link(tiny_bundle, tmp_path):
+    """`BUNDLE/ort_trt_cache` as a link to a folder elsewhere: the TensorRT EP gets no engine
+    cache (making the graph's folder below it would have written elsewhere); a plain folder is
+    used; other providers make no folder. (The TensorRT EP itself cannot run here: this is the
+    decision, on the runner the registry makes for a bundle.)"""
+    runner = load_runner(tiny_bundle, "ort", "fp32", "cpu")
+    cache = tiny_bundle / ORT_TRT_CACHE_DIR
+    assert runner.cache_root == tiny_bundle and runner.cache_dir.parent == cache
+    shutil.rmtree(cache, ignore_errors=True)
+    assert not runner._engine_cache_ready([CUDA, CPU]) and not cache.exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        assert not runner._engine_cache_ready([TENSORRT, CUDA, CPU])
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        cache.unlink()
+    assert runner._engine_cache_ready([TENSORRT, CUDA, CPU]) and runner.cache_dir.is_dir()
+    runner._engine_cache = True
+    assert runner._provider_options(TENSORRT)["trt_engine_cache_path"] == str(runner.cache_dir)
+    runner._engine_cache = False
+    assert runner._provider_options(TENSORRT) == {"device_id": "0"}
 
 
 def test_one_onnxruntime_wheel_at_a_time():
