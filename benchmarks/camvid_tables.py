@@ -29,6 +29,12 @@ def delta(points: float) -> str:
     return f"+{points:.2f}" if points >= 0 else f"\u2212{-points:.2f}"
 
 
+def report(results: Path, name: str) -> dict | None:
+    """RESULTS/NAME's JSON, None where the suite did not write it."""
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -37,19 +43,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def training(results: Path) -> str | None:
     rows = []
     for name, what in (("train.json", "first schedule"), ("train2.json", "second schedule (--init)")):
-        path = results / name
-        if path.is_file():
-            run = json.loads(path.read_text())
+        run = report(results, name)
+        if run is not None:
             history = ", ".join(f"{100 * h['miou']:.1f}" for h in run["history"] if h.get("miou") is not None)
             rows.append([what, str(run["iterations"]), f"{run['seconds'] / 60:.0f}", history])
     return table(["run", "iterations", "minutes", "test mIoU every 500 iterations (monitoring only)"], rows) if rows else None
 
 
 def per_class(results: Path) -> str | None:
-    path = results / "eval_torch_fp32.json"
-    if not path.is_file():
+    ev = report(results, "eval_torch_fp32.json")
+    if ev is None:
         return None
-    ev = json.loads(path.read_text())
     thin = set(ev.get("thin_iou_per_class", {}))
     names = list(ev["iou_per_class"])
     header = ["class"] + [f"**{n}**" if n in thin else n for n in names]
@@ -62,12 +66,11 @@ def per_class(results: Path) -> str | None:
 
 
 def fidelity(results: Path) -> str | None:
-    path = results / "precision.json"
-    if not path.is_file():
+    precision = report(results, "precision.json")
+    if precision is None:
         return None
-    report = json.loads(path.read_text())
     rows = []
-    for row in report["rows"]:
+    for row in precision["rows"]:
         kind, _, method = row["variant"].rpartition("-") if row["variant"].startswith("int8") else (row["variant"], "", "")
         name = FIDELITY_NAMES[kind] + (f", {method}" if method else "")
         drops = [row["miou_drop_points"], row["boundary_iou_drop_points"], row["thin_iou_drop_points"]]
@@ -75,7 +78,7 @@ def fidelity(results: Path) -> str | None:
         rows.append([name, pts(row["miou"]), "–" if same else delta(drops[0]), pts(row["boundary_iou"]),
                      "–" if same else delta(drops[1]), pts(row["thin_iou"]), "–" if same else delta(drops[2]),
                      f"{100 * row['argmax_agreement']:.3f}", f"{100 * row['mask_agreement']:.3f}"])
-    latency = report.get("latency", {})
+    latency = precision.get("latency", {})
     text = table(["artefact", "mIoU", "Δ", "boundary IoU", "Δ", "thin IoU", "Δ", "argmax agree %",
                   "Top-K mask agree %"], rows)
     if latency:
@@ -87,15 +90,14 @@ def fidelity(results: Path) -> str | None:
 def parity(results: Path) -> str | None:
     rows = []
     for name, runtime in PARITY_FILES:
-        path = results / name
-        if not path.is_file():
+        checked = report(results, name)
+        if checked is None:
             continue
-        report = json.loads(path.read_text())
-        for artifact, entry in report["artifacts"].items():
+        for artifact, entry in checked["artifacts"].items():
             s = entry["summary"]
             selection = s["topk_selection"]
             off_k = selection["images_over_k"] + selection["images_under_k"]
-            where = f"`{artifact}`" if runtime == "ort" else f"OpenVINO {report['precision']} of `{artifact}`"
+            where = f"`{artifact}`" if runtime == "ort" else f"OpenVINO {checked['precision']} of `{artifact}`"
             failed = [check for check, ok in s["checks"].items() if not ok]
             verdict = "pass" if s["passed"] else "**FAIL** (" + ", ".join(failed) + ")"
             rows.append([where, f"{100 * s['argmax_agreement']:.3f} %",
@@ -106,10 +108,9 @@ def parity(results: Path) -> str | None:
 
 
 def calibration_study(results: Path) -> str | None:
-    path = results / "calibration_study.json"
-    if not path.is_file():
+    study = report(results, "calibration_study.json")
+    if study is None:
         return None
-    study = json.loads(path.read_text())
     cells: dict[tuple[str, int], dict[str, dict]] = {}
     for row in study["rows"]:
         cells.setdefault((row["source"], row["num_images"]), {})[row["target"]] = row
@@ -129,18 +130,18 @@ def calibration_study(results: Path) -> str | None:
 
 def budget(results: Path) -> str | None:
     rows = []
-    fp32 = results / "eval_ort_fp32.json"
-    reference = json.loads(fp32.read_text())["miou"] if fp32.is_file() else None
+    fp32 = report(results, "eval_ort_fp32.json")
+    reference = fp32["miou"] if fp32 is not None else None
     for target, name in (("tensorrt", "TensorRT Q/DQ"), ("cpu", "CPU U8S8")):
-        path, test = results / f"max_drop_{target}.json", results / f"max_drop_{target}_test.json"
-        if not path.is_file():
+        selected, test = report(results, f"max_drop_{target}.json"), report(results, f"max_drop_{target}_test.json")
+        if selected is None:
             continue
-        b = json.loads(path.read_text())["accuracy_budget"]
+        b = selected["accuracy_budget"]
         excluded = b["excluded_layers"]
         left = f"{len(excluded)} of {b['candidates']}" + (": " + ", ".join(f"`{n}`" for n in excluded) if excluded else "")
         scored = "–"
-        if test.is_file():
-            miou = json.loads(test.read_text())["miou"]
+        if test is not None:
+            miou = test["miou"]
             scored = pts(miou) + (f" ({delta(100 * (reference - miou))})" if reference is not None else "")
         rows.append([name, f"{b['drop_before']:.3f} → {b['drop_after']:.3f}", left, f"{b['latency_ratio']:.2f}x",
                      scored])

@@ -70,7 +70,8 @@ def raw_openvino(model, precision: str, threads: int) -> Callable:
     import openvino as ov
 
     compiled = openvino_core(ov).compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                      "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+                                                              "PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
     names = [port.get_any_name() for port in compiled.outputs]
 

@@ -121,6 +121,8 @@ def test_an_interrupted_synthcity_dataset_is_refused(tmp_path, broken_data, tiny
 
 
 def _parameters(path):
+    # parameters only (not _weights' state_dict): one training step moves BatchNorm's running
+    # statistics whatever the learning rate
     model = load_checkpoint(path)[0]
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 

@@ -196,12 +196,17 @@ def keep_precision_attributes(ov, core) -> dict:
     return {key: rt_info[key] for key in rt_info.keys()}
 
 
-def keep_fp32(model, attributes: dict) -> int:
-    """Marks the :func:`fp32_scope_ops` of ``model`` with ``attributes``; returns how many ops."""
-    ops = fp32_scope_ops(model) if attributes else []
+def mark(ops, attributes: dict) -> None:
+    """Sets every rt_info attribute of ``attributes`` on every op of ``ops``."""
     for op in ops:
         for key, value in attributes.items():
             op.set_rt_info(value, key)
+
+
+def keep_fp32(model, attributes: dict) -> int:
+    """Marks the :func:`fp32_scope_ops` of ``model`` with ``attributes``; returns how many ops."""
+    ops = fp32_scope_ops(model) if attributes else []
+    mark(ops, attributes)
     return len(ops)
 
 
@@ -246,12 +251,12 @@ def argmax_by_reductions(model, attributes: dict) -> int:
         positions = np.arange(classes, dtype=np.int32).reshape([classes if d == axis else 1
                                                                 for d in range(rank.get_length())])
         largest = ops.reduce_max(data, axes, keep_dims=True)
-        where = ops.select(ops.equal(data, largest), ops.constant(positions),
+        is_largest = ops.equal(data, largest)
+        where = ops.select(is_largest, ops.constant(positions),
                            ops.constant(np.array(classes - 1, np.int32)))  # NaN everywhere: the last, not C
-        first = ops.convert(ops.reduce_min(where, axes, keep_dims=True), attrs["index_element_type"])
-        for node in (largest, where, first, first.input_value(0).get_node(), where.input_value(0).get_node()):
-            for key, value in attributes.items():
-                node.set_rt_info(value, key)
+        smallest = ops.reduce_min(where, axes, keep_dims=True)
+        first = ops.convert(smallest, attrs["index_element_type"])
+        mark((largest, is_largest, where, smallest, first), attributes)
         for target in list(op.output(1).get_target_inputs()):
             target.replace_source_output(first.output(0))
         rewritten += 1

@@ -413,7 +413,6 @@ def test_the_runner_computes_argmax_without_topk(int8_bundle, monkeypatch):
 # made of the signal; a process killed by SIGSEGV prints nothing.
 CROSSED_LIFETIMES_CHILD = """
 import gc, os, signal, sys, time
-import openvino
 from fornet_deploy.runtimes import openvino_runner
 if sys.argv[2] == "a Core per runner":
     openvino_runner.openvino_core = lambda ov: ov.Core()
